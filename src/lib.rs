@@ -1,1 +1,30 @@
-//! pushgate
+//! pushgate: a push gateway. Application backends push messages over HTTP to connected
+//! clients, addressed by user, room, socket or all; clients connect with Socket.IO v4.
+//!
+//! Map of the modules (see ARCHITECTURE.md for the invariants between them):
+//!
+//! - [`server`] — one node's life: build, serve, shut down in order.
+//! - [`config`] — flags, environment and TOML file into a [`config::Config`].
+//! - [`api`] — the HTTP API, health and metrics endpoints.
+//! - [`push`] — a validated push and the push service.
+//! - [`delivery`] — the delivery tracker: reports and acks.
+//! - [`bus`] — routes pushes to the nodes that hold their targets (local for now).
+//! - [`hub`] — this node's connections by socket, user and room; the fan-out.
+//! - [`connection`] — one connection's bounded outbound queue.
+//! - [`frontend`] — client protocols (Socket.IO: codecs, Engine.IO sessions, handler).
+//! - [`auth`] — connection tokens and API keys.
+//! - [`metrics`] — every Prometheus metric.
+//! - [`id`] — the vocabulary's identifiers.
+
+pub mod api;
+pub mod auth;
+pub mod bus;
+pub mod config;
+pub mod connection;
+pub mod delivery;
+pub mod frontend;
+pub mod hub;
+pub mod id;
+pub mod metrics;
+pub mod push;
+pub mod server;

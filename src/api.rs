@@ -1,0 +1,417 @@
+//! The HTTP API (`/v1`, JSON), health and metrics endpoints.
+//!
+//! This is the only module that knows HTTP status codes. Every error answer has the
+//! body `{"error": {"code": "...", "message": "..."}}`. Requests to `/v1` carry a
+//! bearer key when keys are configured; with none configured only loopback callers
+//! are served.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use axum::body::Bytes;
+use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde_json::{json, Value};
+use tokio_util::sync::CancellationToken;
+
+use crate::auth::ApiKeys;
+use crate::delivery::Tracker;
+use crate::hub::Hub;
+use crate::id::{NodeId, RoomName, SocketId, UserId};
+use crate::metrics::Metrics;
+use crate::push::{self, Push, PushService};
+
+/// An error answer.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+
+    fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not_found", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<push::PushError> for ApiError {
+    fn from(e: push::PushError) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+    }
+}
+
+/// A JSON request body, with the API's own errors for a body that is too large (413),
+/// not JSON (400) or unreadable.
+pub struct JsonBody(pub Value);
+
+impl<S: Send + Sync> FromRequest<S> for JsonBody {
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        let bytes = Bytes::from_request(req, state).await.map_err(|e| {
+            if e.status() == StatusCode::PAYLOAD_TOO_LARGE {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is larger than PUSHGATE_MAX_BODY_BYTES",
+                )
+            } else {
+                ApiError::bad_request(format!("cannot read the request body: {e}"))
+            }
+        })?;
+        serde_json::from_slice(&bytes)
+            .map(JsonBody)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
+
+/// What the API handlers share.
+pub struct Api {
+    pub push: Arc<PushService>,
+    pub hub: Arc<Hub>,
+    pub tracker: Arc<Tracker>,
+    pub metrics: Arc<Metrics>,
+    pub keys: ApiKeys,
+    pub node: NodeId,
+    /// Milliseconds since the epoch when this node started.
+    pub started_at: u64,
+    /// Cancelled when the node starts draining: `/readyz` answers 503, pushes too.
+    pub draining: CancellationToken,
+    pub max_body_bytes: usize,
+}
+
+type Shared = State<Arc<Api>>;
+
+/// The API's routes, with key checks, request metrics and body limits applied.
+pub fn router(api: Arc<Api>) -> Router {
+    let v1 = Router::new()
+        .route("/v1/push", post(push_one))
+        .route("/v1/push/batch", post(push_batch))
+        .route("/v1/pushes/{id}", get(push_report))
+        .route("/v1/sockets/{sid}", get(get_socket).delete(delete_socket))
+        .route("/v1/users/{uid}", get(get_user))
+        .route("/v1/users/{uid}/sockets", axum::routing::delete(delete_user_sockets))
+        .route("/v1/rooms/{room}", get(get_room))
+        .route("/v1/rooms/{room}/join", post(join_room))
+        .route("/v1/rooms/{room}/leave", post(leave_room))
+        .route("/v1/nodes", get(nodes))
+        .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
+    Router::new()
+        .merge(v1)
+        .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics))
+        .route_layer(middleware::from_fn_with_state(api.clone(), observe))
+        .layer(axum::extract::DefaultBodyLimit::max(api.max_body_bytes))
+        .with_state(api)
+}
+
+/// The answer for paths no route matches (JSON, like every API error).
+pub async fn not_found() -> ApiError {
+    ApiError::not_found("no such route")
+}
+
+async fn authorize(
+    State(api): Shared,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    req: Request,
+    next: Next,
+) -> Result<Response, ApiError> {
+    if api.keys.is_empty() {
+        if !peer.ip().is_loopback() {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                "forbidden",
+                "no API keys are configured (PUSHGATE_API_KEYS); /v1 answers loopback callers only",
+            ));
+        }
+    } else {
+        let presented = req
+            .headers()
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "));
+        match presented {
+            Some(key) if api.keys.accepts(key.trim()) => {}
+            Some(_) => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "the API key is not valid",
+                ))
+            }
+            None => {
+                return Err(ApiError::new(
+                    StatusCode::UNAUTHORIZED,
+                    "unauthorized",
+                    "missing API key: send Authorization: Bearer <key>",
+                ))
+            }
+        }
+    }
+    Ok(next.run(req).await)
+}
+
+/// Counts every request by route template and status, and times it.
+async fn observe(State(api): Shared, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|p| p.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    api.metrics
+        .http_requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    api.metrics
+        .http_request_seconds
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    response
+}
+
+fn refuse_while_draining(api: &Api) -> Result<(), ApiError> {
+    if api.draining.is_cancelled() {
+        return Err(ApiError::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "draining",
+            "this node is shutting down; retry on another node",
+        ));
+    }
+    Ok(())
+}
+
+fn accepted_json(accepted: &push::Accepted) -> (StatusCode, Value) {
+    match accepted.report {
+        Some(report) => (StatusCode::OK, json!({"id": accepted.id, "report": report})),
+        None => (StatusCode::ACCEPTED, json!({"id": accepted.id})),
+    }
+}
+
+async fn push_one(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    refuse_while_draining(&api)?;
+    let push = Push::from_json(body)?;
+    let accepted = api.push.send(push).await?;
+    let (status, body) = accepted_json(&accepted);
+    Ok((status, Json(body)).into_response())
+}
+
+async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
+    refuse_while_draining(&api)?;
+    let pushes = push::batch_from_json(body).map_err(|(index, e)| match index {
+        Some(i) => ApiError::bad_request(format!("push {i}: {e}")),
+        None => ApiError::from(e),
+    })?;
+    let sends = pushes.into_iter().map(|p| api.push.send(p));
+    let mut results = Vec::new();
+    for accepted in futures_util::future::join_all(sends).await {
+        let accepted = accepted?;
+        results.push(match accepted.report {
+            Some(report) => json!({"id": accepted.id, "report": report}),
+            None => json!({"id": accepted.id}),
+        });
+    }
+    Ok(Json(json!({"results": results})).into_response())
+}
+
+async fn push_report(State(api): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    let (state, report) = api
+        .tracker
+        .get(&id)
+        .ok_or_else(|| ApiError::not_found(format!("no push {id} in the last 10 minutes")))?;
+    Ok(Json(json!({"id": id, "state": state, "report": report})))
+}
+
+fn socket_json(api: &Api, info: crate::hub::SocketInfo) -> Value {
+    json!({
+        "id": info.id,
+        "node": api.node,
+        "user": info.user,
+        "namespace": info.namespace,
+        "transport": info.transport,
+        "rooms": info.rooms,
+        "connected_at": info.connected_at,
+    })
+}
+
+async fn get_socket(State(api): Shared, Path(sid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let info = api
+        .hub
+        .socket(&SocketId::from(sid.as_str()))
+        .ok_or_else(|| ApiError::not_found(format!("no socket {sid}")))?;
+    Ok(Json(socket_json(&api, info)))
+}
+
+async fn delete_socket(State(api): Shared, Path(sid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let sid = SocketId::from(sid);
+    let conn = api
+        .hub
+        .connection(&sid)
+        .ok_or_else(|| ApiError::not_found(format!("no socket {sid}")))?;
+    conn.disconnect(&sid);
+    tracing::info!(socket = %sid, "socket disconnected through the API");
+    Ok(Json(json!({"disconnected": 1})))
+}
+
+async fn get_user(State(api): Shared, Path(uid): Path<String>) -> Json<Value> {
+    let sockets: Vec<Value> = api
+        .hub
+        .user_sockets(&UserId::from(uid.as_str()))
+        .into_iter()
+        .map(|info| socket_json(&api, info))
+        .collect();
+    Json(json!({"user": uid, "sockets": sockets}))
+}
+
+async fn delete_user_sockets(State(api): Shared, Path(uid): Path<String>) -> Json<Value> {
+    let sockets = api.hub.user_sockets(&UserId::from(uid.as_str()));
+    let mut n = 0;
+    for info in sockets {
+        if let Some(conn) = api.hub.connection(&info.id) {
+            conn.disconnect(&info.id);
+            n += 1;
+        }
+    }
+    tracing::info!(user = %uid, sockets = n, "user disconnected through the API");
+    Json(json!({"disconnected": n}))
+}
+
+async fn get_room(State(api): Shared, Path(room): Path<String>) -> Json<Value> {
+    let sockets = api.hub.room_sockets(&RoomName::from(room.as_str()));
+    Json(json!({"room": room, "count": sockets.len(), "sockets": sockets}))
+}
+
+/// The sockets a room change applies to: `{"sockets": [..]}` or `{"user": "u"}`.
+fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
+    let Value::Object(mut obj) = body else {
+        return Err(ApiError::bad_request("expected {\"sockets\": [..]} or {\"user\": \"u\"}"));
+    };
+    let sockets = obj.remove("sockets");
+    let user = obj.remove("user");
+    if let Some(k) = obj.keys().next() {
+        return Err(ApiError::bad_request(format!("unknown field {k:?}")));
+    }
+    match (sockets, user) {
+        (Some(Value::Array(ids)), None) => ids
+            .into_iter()
+            .map(|v| match v {
+                Value::String(s) if !s.is_empty() => Ok(SocketId::from(s)),
+                _ => Err(ApiError::bad_request("sockets must be a list of socket ids")),
+            })
+            .collect(),
+        (None, Some(Value::String(u))) if !u.is_empty() => Ok(api
+            .hub
+            .user_sockets(&UserId::from(u))
+            .into_iter()
+            .map(|i| i.id)
+            .collect()),
+        _ => Err(ApiError::bad_request(
+            "give exactly one of {\"sockets\": [..]} or {\"user\": \"u\"}",
+        )),
+    }
+}
+
+fn room_name(room: &str) -> Result<RoomName, ApiError> {
+    if room.is_empty() || room.len() > 200 {
+        return Err(ApiError::bad_request("room names are 1 to 200 bytes"));
+    }
+    Ok(RoomName::from(room))
+}
+
+async fn join_room(
+    State(api): Shared,
+    Path(room): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let name = room_name(&room)?;
+    let n = members_of(&api, body)?
+        .iter()
+        .filter(|s| api.hub.join(s, &name))
+        .count();
+    Ok(Json(json!({"room": room, "sockets": n})))
+}
+
+async fn leave_room(
+    State(api): Shared,
+    Path(room): Path<String>,
+    JsonBody(body): JsonBody,
+) -> Result<Json<Value>, ApiError> {
+    let name = room_name(&room)?;
+    let n = members_of(&api, body)?
+        .iter()
+        .filter(|s| api.hub.leave(s, &name))
+        .count();
+    Ok(Json(json!({"room": room, "sockets": n})))
+}
+
+async fn nodes(State(api): Shared) -> Json<Value> {
+    Json(json!({"nodes": [{
+        "id": api.node,
+        "connections": api.metrics.socketio.connections.get(),
+        "started_at": api.started_at,
+    }]}))
+}
+
+async fn readyz(State(api): Shared) -> Response {
+    if api.draining.is_cancelled() {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "draining"})),
+        )
+            .into_response()
+    } else {
+        Json(json!({"status": "ready"})).into_response()
+    }
+}
+
+async fn metrics(State(api): Shared) -> Response {
+    (
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; version=0.0.4"),
+        )],
+        api.metrics.render(),
+    )
+        .into_response()
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,427 @@
+//! Configuration: command-line flags, each also an environment variable, optionally a
+//! TOML file. Flags win over the environment, the environment over the file, the file
+//! over the defaults.
+//!
+//! Only this module reads the environment or files. Resolution is a pure function of
+//! the parsed flags, an environment lookup and the file's text, so tests build a
+//! [`Config`] from a map without touching the process environment.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::id::{InvalidNodeId, NodeId};
+
+/// Engine.IO's own default: long enough that idle mobile clients are cheap, short enough
+/// that a dead peer is noticed within a minute.
+pub const DEFAULT_PING_INTERVAL_MS: u64 = 25_000;
+/// Engine.IO's default pong wait.
+pub const DEFAULT_PING_TIMEOUT_MS: u64 = 20_000;
+/// Socket.IO's default: a session that never joins a namespace is closed after this.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 45_000;
+/// Engine.IO's `maxHttpBufferSize` default (1 MB).
+pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
+/// Engine.IO's default upgrade window.
+pub const DEFAULT_UPGRADE_TIMEOUT_MS: u64 = 10_000;
+/// HTTP API bodies: a batch of 1000 small pushes fits; a runaway body does not.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Outbound frames a connection may have queued. A client that is this far behind is
+/// not reading; holding more would only grow memory (the kernel socket buffer already
+/// holds what is in flight).
+pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
+/// Outbound bytes a connection may have queued, so a few large pushes cannot pin
+/// megabytes per slow connection.
+pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
+/// How long queues may drain on SIGTERM before sessions are closed.
+pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+
+/// Flags as parsed by clap; every one optional so that the environment and the file
+/// can fill what the command line did not say.
+#[derive(Debug, Default, Parser)]
+#[command(name = "pushgate", version, about = "A push gateway for Socket.IO clients")]
+pub struct Flags {
+    /// TOML file with the same settings (snake_case names) [env: PUSHGATE_CONFIG]
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Address for client transports, the HTTP API, metrics and health [env: PUSHGATE_LISTEN] [default: 0.0.0.0:3000]
+    #[arg(long)]
+    pub listen: Option<String>,
+    /// Redis URL for the cluster bus; unset = single node [env: PUSHGATE_REDIS_URL]
+    #[arg(long)]
+    pub redis_url: Option<String>,
+    /// Comma-separated bearer keys for /v1; unset = loopback callers only [env: PUSHGATE_API_KEYS]
+    #[arg(long)]
+    pub api_keys: Option<String>,
+    /// HS256 secret for connection JWTs; unset = anonymous connections [env: PUSHGATE_JWT_SECRET]
+    #[arg(long)]
+    pub jwt_secret: Option<String>,
+    /// Stable node id, 1-16 of [A-Za-z0-9_-] [env: PUSHGATE_NODE_ID] [default: random]
+    #[arg(long)]
+    pub node_id: Option<String>,
+    /// Comma-separated Socket.IO namespaces clients may join [env: PUSHGATE_NAMESPACES] [default: /]
+    #[arg(long)]
+    pub namespaces: Option<String>,
+    /// [env: PUSHGATE_PING_INTERVAL_MS] [default: 25000]
+    #[arg(long)]
+    pub ping_interval_ms: Option<String>,
+    /// [env: PUSHGATE_PING_TIMEOUT_MS] [default: 20000]
+    #[arg(long)]
+    pub ping_timeout_ms: Option<String>,
+    /// [env: PUSHGATE_CONNECT_TIMEOUT_MS] [default: 45000]
+    #[arg(long)]
+    pub connect_timeout_ms: Option<String>,
+    /// [env: PUSHGATE_UPGRADE_TIMEOUT_MS] [default: 10000]
+    #[arg(long)]
+    pub upgrade_timeout_ms: Option<String>,
+    /// Largest Engine.IO payload in bytes [env: PUSHGATE_MAX_PAYLOAD] [default: 1000000]
+    #[arg(long)]
+    pub max_payload: Option<String>,
+    /// Largest HTTP API body in bytes [env: PUSHGATE_MAX_BODY_BYTES] [default: 1048576]
+    #[arg(long)]
+    pub max_body_bytes: Option<String>,
+    /// Outbound frames queued per connection before it is dropped as slow [env: PUSHGATE_QUEUE_CAPACITY] [default: 256]
+    #[arg(long)]
+    pub queue_capacity: Option<String>,
+    /// Outbound bytes queued per connection before it is dropped as slow [env: PUSHGATE_QUEUE_BYTES] [default: 1048576]
+    #[arg(long)]
+    pub queue_bytes: Option<String>,
+    /// Drain deadline on SIGTERM/SIGINT [env: PUSHGATE_SHUTDOWN_TIMEOUT_MS] [default: 10000]
+    #[arg(long)]
+    pub shutdown_timeout_ms: Option<String>,
+}
+
+/// The TOML file's shape: the same names as the flags, in snake_case, typed.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileSettings {
+    listen: Option<String>,
+    redis_url: Option<String>,
+    api_keys: Option<Vec<String>>,
+    jwt_secret: Option<String>,
+    node_id: Option<String>,
+    namespaces: Option<Vec<String>>,
+    ping_interval_ms: Option<u64>,
+    ping_timeout_ms: Option<u64>,
+    connect_timeout_ms: Option<u64>,
+    upgrade_timeout_ms: Option<u64>,
+    max_payload: Option<u64>,
+    max_body_bytes: Option<usize>,
+    queue_capacity: Option<usize>,
+    queue_bytes: Option<usize>,
+    shutdown_timeout_ms: Option<u64>,
+}
+
+/// The resolved configuration of one node.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    pub redis_url: Option<String>,
+    pub api_keys: Vec<String>,
+    pub jwt_secret: Option<String>,
+    pub node_id: NodeId,
+    pub namespaces: Vec<String>,
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub connect_timeout: Duration,
+    pub upgrade_timeout: Duration,
+    pub max_payload: u64,
+    pub max_body_bytes: usize,
+    pub queue_capacity: usize,
+    pub queue_bytes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+/// A setting that could not be used; the message names it.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{name}: {message} (got {value:?})")]
+    Invalid {
+        name: &'static str,
+        value: String,
+        message: String,
+    },
+    #[error("cannot read config file {path}")]
+    ReadFile {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("config file {path}: {source}")]
+    ParseFile {
+        path: PathBuf,
+        #[source]
+        source: toml::de::Error,
+    },
+    #[error(transparent)]
+    NodeId(#[from] InvalidNodeId),
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Self::resolve(Flags::default(), |_| None, None).expect("defaults are valid")
+    }
+}
+
+impl Config {
+    /// Reads flags from the command line, the process environment and the config file.
+    pub fn load() -> Result<Self, ConfigError> {
+        let flags = Flags::parse();
+        let env = |name: &str| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let path = flags
+            .config
+            .clone()
+            .or_else(|| env("PUSHGATE_CONFIG").map(PathBuf::from));
+        let file = match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(&path).map_err(|source| {
+                    ConfigError::ReadFile {
+                        path: path.clone(),
+                        source,
+                    }
+                })?;
+                Some((path, text))
+            }
+            None => None,
+        };
+        Self::resolve(flags, env, file)
+    }
+
+    /// Resolves flags, then `env`, then the file (path and text), then defaults.
+    pub fn resolve(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+        file: Option<(PathBuf, String)>,
+    ) -> Result<Self, ConfigError> {
+        let file: FileSettings = match file {
+            Some((path, text)) => {
+                toml::from_str(&text).map_err(|source| ConfigError::ParseFile { path, source })?
+            }
+            None => FileSettings::default(),
+        };
+        // One setting: the flag, else the variable, else the file's value rendered as text.
+        let pick = |flag: Option<String>, var: &str, file: Option<String>| {
+            flag.or_else(|| env(var)).or(file)
+        };
+        let num = |name: &'static str, flag: Option<String>, file: Option<u64>, default: u64| {
+            match pick(flag, name, file.map(|v| v.to_string())) {
+                None => Ok(default),
+                Some(v) => v.trim().parse::<u64>().map_err(|e| invalid(name, &v, e)),
+            }
+        };
+        let positive = |name: &'static str, flag, file, default| {
+            let v = num(name, flag, file, default)?;
+            if v == 0 {
+                return Err(invalid(name, "0", "must be greater than zero"));
+            }
+            Ok(v)
+        };
+
+        let listen_text = pick(flags.listen, "PUSHGATE_LISTEN", file.listen)
+            .unwrap_or_else(|| "0.0.0.0:3000".to_owned());
+        let listen = listen_text
+            .parse()
+            .map_err(|e| invalid("PUSHGATE_LISTEN", &listen_text, e))?;
+
+        let api_keys = match pick(
+            flags.api_keys,
+            "PUSHGATE_API_KEYS",
+            file.api_keys.map(|v| v.join(",")),
+        ) {
+            None => Vec::new(),
+            Some(v) => {
+                let keys: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|k| !k.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if keys.is_empty() {
+                    return Err(invalid("PUSHGATE_API_KEYS", "", "no key in the list"));
+                }
+                keys
+            }
+        };
+
+        let node_id = match pick(flags.node_id, "PUSHGATE_NODE_ID", file.node_id) {
+            Some(v) => NodeId::parse(v.trim())?,
+            None => NodeId::random(),
+        };
+
+        let namespaces = match pick(
+            flags.namespaces,
+            "PUSHGATE_NAMESPACES",
+            file.namespaces.map(|v| v.join(",")),
+        ) {
+            None => vec!["/".to_owned()],
+            Some(v) => {
+                let list: Vec<String> = v
+                    .split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect();
+                if list.is_empty() || list.iter().any(|n| !n.starts_with('/')) {
+                    return Err(invalid(
+                        "PUSHGATE_NAMESPACES",
+                        &v,
+                        "a comma-separated list of names that start with '/'",
+                    ));
+                }
+                list
+            }
+        };
+
+        let ms = Duration::from_millis;
+        let config = Config {
+            listen,
+            redis_url: pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url),
+            api_keys,
+            jwt_secret: pick(flags.jwt_secret, "PUSHGATE_JWT_SECRET", file.jwt_secret),
+            node_id,
+            namespaces,
+            ping_interval: ms(positive(
+                "PUSHGATE_PING_INTERVAL_MS",
+                flags.ping_interval_ms,
+                file.ping_interval_ms,
+                DEFAULT_PING_INTERVAL_MS,
+            )?),
+            ping_timeout: ms(positive(
+                "PUSHGATE_PING_TIMEOUT_MS",
+                flags.ping_timeout_ms,
+                file.ping_timeout_ms,
+                DEFAULT_PING_TIMEOUT_MS,
+            )?),
+            connect_timeout: ms(positive(
+                "PUSHGATE_CONNECT_TIMEOUT_MS",
+                flags.connect_timeout_ms,
+                file.connect_timeout_ms,
+                DEFAULT_CONNECT_TIMEOUT_MS,
+            )?),
+            upgrade_timeout: ms(positive(
+                "PUSHGATE_UPGRADE_TIMEOUT_MS",
+                flags.upgrade_timeout_ms,
+                file.upgrade_timeout_ms,
+                DEFAULT_UPGRADE_TIMEOUT_MS,
+            )?),
+            max_payload: positive(
+                "PUSHGATE_MAX_PAYLOAD",
+                flags.max_payload,
+                file.max_payload,
+                DEFAULT_MAX_PAYLOAD,
+            )?,
+            max_body_bytes: positive(
+                "PUSHGATE_MAX_BODY_BYTES",
+                flags.max_body_bytes,
+                file.max_body_bytes.map(|v| v as u64),
+                DEFAULT_MAX_BODY_BYTES as u64,
+            )? as usize,
+            queue_capacity: positive(
+                "PUSHGATE_QUEUE_CAPACITY",
+                flags.queue_capacity,
+                file.queue_capacity.map(|v| v as u64),
+                DEFAULT_QUEUE_CAPACITY as u64,
+            )? as usize,
+            queue_bytes: positive(
+                "PUSHGATE_QUEUE_BYTES",
+                flags.queue_bytes,
+                file.queue_bytes.map(|v| v as u64),
+                DEFAULT_QUEUE_BYTES as u64,
+            )? as usize,
+            shutdown_timeout: ms(num(
+                "PUSHGATE_SHUTDOWN_TIMEOUT_MS",
+                flags.shutdown_timeout_ms,
+                file.shutdown_timeout_ms,
+                DEFAULT_SHUTDOWN_TIMEOUT_MS,
+            )?),
+        };
+        if config.jwt_secret.as_deref() == Some("") {
+            return Err(invalid("PUSHGATE_JWT_SECRET", "", "must not be empty"));
+        }
+        Ok(config)
+    }
+}
+
+fn invalid(name: &'static str, value: &str, message: impl ToString) -> ConfigError {
+    ConfigError::Invalid {
+        name,
+        value: value.to_owned(),
+        message: message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn from_env(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        Config::resolve(Flags::default(), |k| map.get(k).cloned(), None)
+    }
+
+    #[test]
+    fn defaults_match_the_design_brief() {
+        let c = from_env(&[]).unwrap();
+        assert_eq!(c.listen.to_string(), "0.0.0.0:3000");
+        assert!(c.redis_url.is_none() && c.jwt_secret.is_none() && c.api_keys.is_empty());
+        assert_eq!(c.namespaces, vec!["/"]);
+        assert_eq!(c.ping_interval, Duration::from_millis(25_000));
+    }
+
+    #[test]
+    fn environment_sets_every_value() {
+        let c = from_env(&[
+            ("PUSHGATE_LISTEN", "127.0.0.1:0"),
+            ("PUSHGATE_API_KEYS", "k1, k2,"),
+            ("PUSHGATE_NODE_ID", "gw1"),
+            ("PUSHGATE_NAMESPACES", "/,/custom"),
+            ("PUSHGATE_QUEUE_CAPACITY", "16"),
+        ])
+        .unwrap();
+        assert_eq!(c.api_keys, vec!["k1", "k2"]);
+        assert_eq!(c.node_id.as_str(), "gw1");
+        assert_eq!(c.namespaces, vec!["/", "/custom"]);
+        assert_eq!(c.queue_capacity, 16);
+    }
+
+    #[test]
+    fn flag_wins_over_environment_which_wins_over_file() {
+        let flags = Flags {
+            queue_capacity: Some("7".into()),
+            ..Flags::default()
+        };
+        let file = "queue_capacity = 9\nqueue_bytes = 99\nping_timeout_ms = 5\n".to_owned();
+        let env = |k: &str| (k == "PUSHGATE_QUEUE_BYTES").then(|| "55".to_owned());
+        let c = Config::resolve(flags, env, Some(("f.toml".into(), file))).unwrap();
+        assert_eq!(c.queue_capacity, 7);
+        assert_eq!(c.queue_bytes, 55);
+        assert_eq!(c.ping_timeout, Duration::from_millis(5));
+    }
+
+    #[test]
+    fn bad_values_name_the_setting() {
+        let err = from_env(&[("PUSHGATE_PING_INTERVAL_MS", "soon")]).unwrap_err();
+        assert!(err.to_string().contains("PUSHGATE_PING_INTERVAL_MS"), "{err}");
+        let err = from_env(&[("PUSHGATE_LISTEN", "nowhere")]).unwrap_err();
+        assert!(err.to_string().contains("PUSHGATE_LISTEN"), "{err}");
+        assert!(from_env(&[("PUSHGATE_QUEUE_CAPACITY", "0")]).is_err());
+        assert!(from_env(&[("PUSHGATE_NODE_ID", "a.b")]).is_err());
+        assert!(from_env(&[("PUSHGATE_NAMESPACES", "chat")]).is_err());
+    }
+
+    #[test]
+    fn unknown_file_keys_are_refused() {
+        let r = Config::resolve(
+            Flags::default(),
+            |_| None,
+            Some(("f.toml".into(), "listn = \"x\"".into())),
+        );
+        assert!(matches!(r, Err(ConfigError::ParseFile { .. })));
+    }
+}

@@ -1,0 +1,847 @@
+//! Engine.IO v4 sessions: the handshake, server-driven heartbeats, the long-polling
+//! and WebSocket transports, and the upgrade from one to the other.
+//!
+//! A [`Session`] is one Engine.IO connection. Its outbound frames wait in its
+//! [`Outbox`]; whichever transport is current drains it: the pending long-poll GET, or
+//! the session's WebSocket task. The layer above (Socket.IO) plugs in as a
+//! [`Handler`] and sees only messages, never transports.
+//!
+//! Tasks: a WebSocket session has exactly one task, which reads, writes and keeps the
+//! heartbeat. A polling session has one heartbeat task; its reads and writes happen in
+//! the HTTP requests themselves. An upgrade hands the session from the second shape
+//! to the first.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::{Body, Bytes};
+use axum::extract::Request;
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use hyper_util::rt::TokioIo;
+use parking_lot::{Mutex, RwLock};
+use rand::RngCore;
+use tokio::sync::Notify;
+use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::Message as WsMessage;
+use tokio_tungstenite::WebSocketStream;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::engineio::{self, ErrorCode, OpenPacket, Packet, Query};
+use crate::connection::{CloseReason, Frame, Outbox, Queued};
+use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
+
+/// Bytes tungstenite reads per syscall and keeps allocated per connection. Clients send
+/// little (pongs, acks, joins), and a larger message only grows the buffer while it is
+/// read, so 512 bytes keeps idle connections small. tungstenite's default is 128 KiB.
+const WS_READ_BUFFER: usize = 512;
+/// Frames are written out as soon as they are formatted: no write-side buffering
+/// beyond the frame itself (tungstenite's default batches 128 KiB).
+const WS_WRITE_BUFFER: usize = 0;
+
+/// Engine.IO settings of one endpoint.
+#[derive(Debug, Clone)]
+pub struct EngineConfig {
+    pub ping_interval: Duration,
+    pub ping_timeout: Duration,
+    pub upgrade_timeout: Duration,
+    /// A session that the handler has not marked attached by then is closed
+    /// (Socket.IO's connectTimeout); `None` for plain Engine.IO.
+    pub connect_timeout: Option<Duration>,
+    pub max_payload: u64,
+    pub queue_capacity: usize,
+    pub queue_bytes: usize,
+}
+
+/// A message from the client, as the layer above sees it.
+#[derive(Debug)]
+pub enum Message<'a> {
+    Text(&'a str),
+    Binary(Bytes),
+}
+
+/// The protocol layered on Engine.IO (Socket.IO, or an echo for conformance tests).
+pub trait Handler: Send + Sync + Sized + 'static {
+    /// Per-session state, touched only under the session's state lock.
+    type State: Send + 'static;
+    /// A session was opened.
+    fn open(&self, session: &Arc<Session<Self>>, query: &Query) -> Self::State;
+    /// A message arrived. An error closes the session with that reason (the session
+    /// closes it after releasing the state lock).
+    fn message(
+        &self,
+        session: &Arc<Session<Self>>,
+        state: &mut Self::State,
+        message: Message<'_>,
+    ) -> Result<(), CloseReason>;
+    /// The session ended; called once.
+    fn close(&self, session: &Arc<Session<Self>>, state: Self::State, reason: CloseReason);
+    /// The HTTP API asked to disconnect one of the session's sockets.
+    fn disconnect(&self, session: &Session<Self>, state: &mut Self::State, socket: &crate::id::SocketId);
+}
+
+const POLLING: u8 = 0;
+const WEBSOCKET: u8 = 1;
+
+/// One Engine.IO session.
+pub struct Session<H: Handler> {
+    /// The Engine.IO session id. Secret to the client: whoever knows it can poll the
+    /// session, so it is never used as a socket id or logged at info level.
+    pub sid: Box<str>,
+    shared: Arc<Shared<H>>,
+    outbox: Outbox,
+    state: Mutex<Option<H::State>>,
+    transport: AtomicU8,
+    /// A WebSocket probe succeeded and the client is switching; polls answer noop.
+    upgrading: AtomicBool,
+    /// A long-poll GET is pending (a second one is a protocol error).
+    polling: AtomicBool,
+    /// A POST is being processed (overlapping POSTs are a protocol error).
+    posting: AtomicBool,
+    /// The handler has a live attachment (a Socket.IO namespace), so the connect
+    /// timeout no longer applies.
+    attached: AtomicBool,
+    closed: AtomicBool,
+    /// Wakes the polling heartbeat task when a pong arrives over polling, or the
+    /// session closes.
+    pong: Notify,
+    opened_at: Instant,
+}
+
+struct Shared<H: Handler> {
+    config: EngineConfig,
+    handler: H,
+    sessions: RwLock<HashMap<Box<str>, Arc<Session<H>>>>,
+    metrics: Arc<Metrics>,
+    ws_config: WebSocketConfig,
+    tasks: TaskTracker,
+    /// Set when the node drains: new handshakes are refused with 503.
+    draining: CancellationToken,
+}
+
+/// An Engine.IO endpoint: the session table and the HTTP entry point.
+pub struct Engine<H: Handler> {
+    shared: Arc<Shared<H>>,
+}
+
+impl<H: Handler> Clone for Engine<H> {
+    fn clone(&self) -> Self {
+        Self {
+            shared: self.shared.clone(),
+        }
+    }
+}
+
+impl<H: Handler> Engine<H> {
+    pub fn new(config: EngineConfig, handler: H, metrics: Arc<Metrics>) -> Self {
+        let ws_config = WebSocketConfig::default()
+            .read_buffer_size(WS_READ_BUFFER)
+            .write_buffer_size(WS_WRITE_BUFFER)
+            .max_write_buffer_size(config.max_payload as usize + 64 * 1024)
+            .max_message_size(Some(config.max_payload as usize))
+            .max_frame_size(Some(config.max_payload as usize));
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                handler,
+                sessions: RwLock::new(HashMap::new()),
+                metrics,
+                ws_config,
+                tasks: TaskTracker::new(),
+                draining: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn handler(&self) -> &H {
+        &self.shared.handler
+    }
+
+    pub fn session_count(&self) -> usize {
+        self.shared.sessions.read().len()
+    }
+
+    /// Entry point for every request on the Engine.IO path.
+    pub async fn handle(&self, req: Request) -> Response {
+        let query = engineio::parse_query(req.uri().query().unwrap_or(""));
+        if query.eio.as_deref() != Some("4") {
+            return protocol_error(ErrorCode::UnsupportedProtocolVersion);
+        }
+        let websocket = match query.transport.as_deref() {
+            Some("polling") => false,
+            Some("websocket") => true,
+            _ => return protocol_error(ErrorCode::TransportUnknown),
+        };
+        match &query.sid {
+            None => {
+                if req.method() != Method::GET {
+                    return protocol_error(ErrorCode::BadHandshakeMethod);
+                }
+                if self.shared.draining.is_cancelled() {
+                    return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+                }
+                if websocket {
+                    self.upgrade(req, None, query)
+                } else {
+                    let session = self.open(POLLING, &query);
+                    let open = self.open_packet(&session, &["websocket"]);
+                    self.spawn_polling_heartbeat(session);
+                    text_response(open.into_bytes())
+                }
+            }
+            Some(sid) => {
+                let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
+                    return if websocket && is_upgrade_request(req.headers()) {
+                        raw_bad_request(ErrorCode::UnknownSid)
+                    } else {
+                        protocol_error(ErrorCode::UnknownSid)
+                    };
+                };
+                if websocket {
+                    self.upgrade(req, Some(session), query)
+                } else if session.transport.load(Ordering::Acquire) != POLLING {
+                    protocol_error(ErrorCode::BadRequest)
+                } else if req.method() == Method::GET {
+                    session.poll().await
+                } else if req.method() == Method::POST {
+                    session.post(req).await
+                } else {
+                    protocol_error(ErrorCode::BadRequest)
+                }
+            }
+        }
+    }
+
+    fn open(&self, transport: u8, query: &Query) -> Arc<Session<H>> {
+        let mut raw = [0u8; 15];
+        rand::rng().fill_bytes(&mut raw);
+        let sid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        let c = &self.shared.config;
+        let session = Arc::new(Session {
+            sid: sid.into_boxed_str(),
+            shared: self.shared.clone(),
+            outbox: Outbox::new(c.queue_capacity, c.queue_bytes),
+            state: Mutex::new(None),
+            transport: AtomicU8::new(transport),
+            upgrading: AtomicBool::new(false),
+            polling: AtomicBool::new(false),
+            posting: AtomicBool::new(false),
+            attached: AtomicBool::new(false),
+            closed: AtomicBool::new(false),
+            pong: Notify::new(),
+            opened_at: Instant::now(),
+        });
+        self.shared
+            .sessions
+            .write()
+            .insert(session.sid.clone(), session.clone());
+        let m = &self.shared.metrics;
+        m.socketio.connections.inc();
+        m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
+        let state = self.shared.handler.open(&session, query);
+        *session.state.lock() = Some(state);
+        tracing::debug!(transport = transport_name(transport), "engine.io session opened");
+        session
+    }
+
+    fn open_packet(&self, session: &Session<H>, upgrades: &[&str]) -> String {
+        let c = &self.shared.config;
+        OpenPacket {
+            sid: &session.sid,
+            upgrades,
+            ping_interval: c.ping_interval.as_millis() as u64,
+            ping_timeout: c.ping_timeout.as_millis() as u64,
+            max_payload: c.max_payload,
+        }
+        .to_text()
+    }
+
+    fn spawn_polling_heartbeat(&self, session: Arc<Session<H>>) {
+        self.shared.tasks.spawn(async move {
+            let mut beat = Heartbeat::new(&session);
+            loop {
+                tokio::select! {
+                    _ = tokio::time::sleep_until(beat.deadline().into()) => {}
+                    _ = session.pong.notified() => beat.on_pong(),
+                }
+                if session.closed.load(Ordering::Acquire)
+                    || session.transport.load(Ordering::Acquire) != POLLING
+                {
+                    return;
+                }
+                match beat.on_deadline(&session) {
+                    Beat::Wait => {}
+                    Beat::Ping => session.outbox.push_control(Frame::text("2")),
+                    Beat::Close(reason) => return session.close(reason),
+                }
+            }
+        });
+    }
+
+    /// Answers a WebSocket request: a new WebSocket-only session, or the upgrade of a
+    /// polling session.
+    fn upgrade(&self, mut req: Request, session: Option<Arc<Session<H>>>, query: Query) -> Response {
+        let headers = req.headers();
+        let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
+            Some(key) if is_upgrade_request(headers) => key.clone(),
+            _ => return protocol_error(ErrorCode::BadRequest),
+        };
+        if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+            return protocol_error(ErrorCode::BadRequest);
+        }
+        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+            return protocol_error(ErrorCode::BadRequest);
+        };
+        let engine = self.clone();
+        self.shared.tasks.spawn(async move {
+            let upgraded = match on_upgrade.await {
+                Ok(u) => u,
+                Err(e) => {
+                    tracing::debug!(error = %e, "websocket upgrade failed");
+                    return;
+                }
+            };
+            let ws = WebSocketStream::from_raw_socket(
+                TokioIo::new(upgraded),
+                Role::Server,
+                Some(engine.shared.ws_config),
+            )
+            .await;
+            match session {
+                None => {
+                    let session = engine.open(WEBSOCKET, &query);
+                    let open = engine.open_packet(&session, &[]);
+                    run_websocket(session, ws, Some(open)).await
+                }
+                Some(session) => engine.probe(session, ws).await,
+            }
+        });
+        let accept = derive_accept_key(key.as_bytes());
+        Response::builder()
+            .status(StatusCode::SWITCHING_PROTOCOLS)
+            .header(header::CONNECTION, "upgrade")
+            .header(header::UPGRADE, "websocket")
+            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
+            .body(Body::empty())
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+
+    /// The upgrade of a polling session: `2probe` → `3probe`, pending polls get noop,
+    /// then `5` makes the WebSocket the session's transport.
+    async fn probe(&self, session: Arc<Session<H>>, mut ws: Ws) {
+        if session.transport.load(Ordering::Acquire) != POLLING
+            || session.upgrading.swap(true, Ordering::AcqRel)
+        {
+            // Already upgraded or upgrading: accept the socket, then close it.
+            let _ = ws.close(None).await;
+            return;
+        }
+        let deadline = tokio::time::Instant::now() + self.shared.config.upgrade_timeout;
+        let mut probed = false;
+        let upgraded = loop {
+            let msg = match tokio::time::timeout_at(deadline, ws.next()).await {
+                Ok(Some(Ok(msg))) => msg,
+                _ => break false,
+            };
+            let WsMessage::Text(text) = msg else {
+                if matches!(msg, WsMessage::Ping(_) | WsMessage::Pong(_)) {
+                    continue;
+                }
+                break false;
+            };
+            match engineio::decode_text(&text) {
+                Ok(Packet::Ping("probe")) if !probed => {
+                    probed = true;
+                    if ws.send(WsMessage::text("3probe")).await.is_err() {
+                        break false;
+                    }
+                    // Pending and new polls now answer noop so the client can switch.
+                    session.outbox.wake();
+                }
+                Ok(Packet::Upgrade) if probed => break true,
+                _ => break false,
+            }
+        };
+        if !upgraded || session.closed.load(Ordering::Acquire) {
+            session.upgrading.store(false, Ordering::Release);
+            let _ = ws.close(None).await;
+            return;
+        }
+        session.transport.store(WEBSOCKET, Ordering::Release);
+        session.upgrading.store(false, Ordering::Release);
+        tracing::debug!("engine.io session upgraded to websocket");
+        run_websocket(session, ws, None).await
+    }
+
+    /// Stops accepting handshakes (returns immediately).
+    pub fn start_draining(&self) {
+        self.shared.draining.cancel();
+    }
+
+    /// Waits until every session's queue is empty or `deadline` passes.
+    pub async fn drain(&self, deadline: tokio::time::Instant) {
+        loop {
+            let busy = self
+                .shared
+                .sessions
+                .read()
+                .values()
+                .any(|s| !s.outbox.is_empty());
+            if !busy || tokio::time::Instant::now() >= deadline {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Closes every session and waits (up to `grace`) for their tasks to finish writing
+    /// the close.
+    pub async fn close_all(&self, reason: CloseReason, grace: Duration) {
+        let sessions: Vec<_> = self.shared.sessions.read().values().cloned().collect();
+        for s in &sessions {
+            s.close(reason);
+        }
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+    }
+}
+
+type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
+
+impl<H: Handler> Session<H> {
+    pub fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    pub fn transport_name(&self) -> &'static str {
+        transport_name(self.transport.load(Ordering::Acquire))
+    }
+
+    /// Marks whether the layer above holds a live attachment (see `connect_timeout`).
+    pub fn set_attached(&self, attached: bool) {
+        self.attached.store(attached, Ordering::Release);
+    }
+
+    /// Runs `f` on the handler state, unless the session is closed.
+    pub fn with_state<R>(&self, f: impl FnOnce(&mut H::State) -> R) -> Option<R> {
+        self.state.lock().as_mut().map(f)
+    }
+
+    /// Ends the session: unregisters it, wakes its transport (which writes the close),
+    /// and tells the handler. Idempotent.
+    pub fn close(self: &Arc<Self>, reason: CloseReason) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.outbox.close(reason);
+        // Wakes a polling session's heartbeat task so it ends now, not at its deadline.
+        self.pong.notify_one();
+        self.shared.sessions.write().remove(&self.sid);
+        let state = self.state.lock().take();
+        if let Some(state) = state {
+            self.shared.handler.close(self, state, reason);
+        }
+        let m = &self.shared.metrics;
+        m.socketio.connections.dec();
+        m.disconnects
+            .with_label_values(&[FRONTEND_SOCKETIO, reason.as_str()])
+            .inc();
+        tracing::debug!(reason = reason.as_str(), "engine.io session closed");
+    }
+
+    fn dispatch(self: &Arc<Self>, message: Message<'_>) {
+        let result = {
+            let mut state = self.state.lock();
+            match state.as_mut() {
+                Some(state) => self.shared.handler.message(self, state, message),
+                None => Ok(()),
+            }
+        };
+        if let Err(reason) = result {
+            self.close(reason);
+        }
+    }
+
+    /// Handles one decoded packet from either transport. Returns false when the
+    /// session must close for a protocol error.
+    fn receive(self: &Arc<Self>, packet: Packet<'_>, beat: Option<&mut Heartbeat>) -> bool {
+        match packet {
+            Packet::Pong(_) => {
+                match beat {
+                    Some(beat) => beat.on_pong(),
+                    None => self.pong.notify_one(),
+                }
+                true
+            }
+            Packet::Message(text) => {
+                self.dispatch(Message::Text(text));
+                true
+            }
+            Packet::Binary(bytes) => {
+                self.dispatch(Message::Binary(Bytes::from(bytes.into_owned())));
+                true
+            }
+            Packet::Close => {
+                self.close(CloseReason::Client);
+                true
+            }
+            Packet::Noop => true,
+            // v4: the server pings; a client ping is "invalid heartbeat direction".
+            Packet::Ping(_) | Packet::Open(_) | Packet::Upgrade => false,
+        }
+    }
+
+    /// A long-poll GET: answers with every queued frame, waiting until there is one.
+    async fn poll(self: &Arc<Self>) -> Response {
+        if self.polling.swap(true, Ordering::AcqRel) {
+            self.close(CloseReason::ProtocolError);
+            return protocol_error(ErrorCode::BadRequest);
+        }
+        let _pending = ResetOnDrop(&self.polling);
+        let mut batch = Vec::new();
+        loop {
+            if self.upgrading.load(Ordering::Acquire) {
+                return text_response(b"6".to_vec());
+            }
+            let closing = self.outbox.drain(&mut batch);
+            if !batch.is_empty() {
+                let mut body = Vec::new();
+                let now = Instant::now();
+                for q in &batch {
+                    self.observe_write(q, now);
+                    match &q.frame {
+                        Frame::Text(t) => engineio::append_text_record(&mut body, t),
+                        Frame::Binary(b) => engineio::append_binary_record(&mut body, b),
+                    }
+                }
+                if closing.is_some() {
+                    engineio::append_text_record(&mut body, "1");
+                }
+                return text_response(body);
+            }
+            match closing {
+                // The client asked to close: its pending poll ends with a noop.
+                Some(CloseReason::Client) => return text_response(b"6".to_vec()),
+                Some(reason) => {
+                    self.close(reason);
+                    return text_response(b"1".to_vec());
+                }
+                None => {}
+            }
+            self.outbox.ready().await;
+        }
+    }
+
+    /// A polling POST: the client's packets, record-separated.
+    async fn post(self: &Arc<Self>, req: Request) -> Response {
+        if self.posting.swap(true, Ordering::AcqRel) {
+            self.close(CloseReason::ProtocolError);
+            return protocol_error(ErrorCode::BadRequest);
+        }
+        let _posting = ResetOnDrop(&self.posting);
+        if req
+            .headers()
+            .get(header::CONTENT_TYPE)
+            .is_some_and(|v| v.as_bytes().starts_with(b"application/octet-stream"))
+        {
+            // v4 carries binary as base64 text over polling.
+            return protocol_error(ErrorCode::BadRequest);
+        }
+        let limit = self.shared.config.max_payload as usize;
+        let body = match axum::body::to_bytes(req.into_body(), limit).await {
+            Ok(b) => b,
+            Err(e) => {
+                let too_large = e.into_inner().is::<http_body_util::LengthLimitError>();
+                if too_large {
+                    self.close(CloseReason::ProtocolError);
+                    return (StatusCode::PAYLOAD_TOO_LARGE, "payload too large").into_response();
+                }
+                return protocol_error(ErrorCode::BadRequest);
+            }
+        };
+        let Ok(text) = std::str::from_utf8(&body) else {
+            self.close(CloseReason::ProtocolError);
+            return protocol_error(ErrorCode::BadRequest);
+        };
+        for packet in engineio::decode_payload(text) {
+            let ok = match packet {
+                Ok(p) => self.receive(p, None),
+                Err(_) => false,
+            };
+            if !ok {
+                self.close(CloseReason::ProtocolError);
+                return protocol_error(ErrorCode::BadRequest);
+            }
+        }
+        Response::builder()
+            .header(header::CONTENT_TYPE, "text/html")
+            .body(Body::from("ok"))
+            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+    }
+
+    fn observe_write(&self, q: &Queued, now: Instant) {
+        if let Some(at) = q.pushed_at {
+            self.shared
+                .metrics
+                .push_write_seconds
+                .observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+    }
+}
+
+impl<H: Handler> crate::hub::Connection for Session<H> {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn disconnect(&self, socket: &crate::id::SocketId) {
+        let mut state = self.state.lock();
+        if let Some(state) = state.as_mut() {
+            self.shared.handler.disconnect(self, state, socket);
+        }
+    }
+
+    fn transport(&self) -> &'static str {
+        self.transport_name()
+    }
+}
+
+/// The WebSocket transport of a session: one task that writes queued frames, reads
+/// client messages and keeps the heartbeat, until the session closes.
+async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: Option<String>) {
+    if let Some(open) = open {
+        if ws.send(WsMessage::text(open)).await.is_err() {
+            return session.close(CloseReason::TransportError);
+        }
+    }
+    let mut beat = Heartbeat::new(&session);
+    let sleep = tokio::time::sleep_until(beat.deadline().into());
+    tokio::pin!(sleep);
+    let mut batch: Vec<Queued> = Vec::new();
+    let reason = 'session: loop {
+        let closing = session.outbox.drain(&mut batch);
+        if !batch.is_empty() {
+            let write = write_batch(&session, &mut ws, &mut batch);
+            tokio::select! {
+                r = write => if r.is_err() { break 'session CloseReason::TransportError },
+                // A client that does not read blocks the write; its queue then
+                // overflows (or it misses a pong) and the session closes anyway.
+                r = wait_closing(&session) => break 'session r,
+            }
+            if batch.capacity() > 64 {
+                batch = Vec::new();
+            }
+        }
+        if let Some(reason) = closing {
+            break reason;
+        }
+        tokio::select! {
+            msg = ws.next() => match msg {
+                Some(Ok(WsMessage::Text(text))) => {
+                    let ok = match engineio::decode_text(&text) {
+                        Ok(p) => session.receive(p, Some(&mut beat)),
+                        Err(_) => false,
+                    };
+                    if !ok {
+                        break CloseReason::ProtocolError;
+                    }
+                    sleep.as_mut().reset(beat.deadline().into());
+                }
+                Some(Ok(WsMessage::Binary(bytes))) => session.dispatch(Message::Binary(bytes)),
+                Some(Ok(WsMessage::Close(_))) => break CloseReason::Client,
+                Some(Ok(_)) => {} // WebSocket-level ping/pong: tungstenite answers pings.
+                Some(Err(e)) => {
+                    tracing::debug!(error = %e, "websocket read failed");
+                    break CloseReason::TransportError;
+                }
+                None => break CloseReason::TransportClose,
+            },
+            _ = session.outbox.ready() => {}
+            _ = &mut sleep => {
+                match beat.on_deadline(&session) {
+                    Beat::Wait => {}
+                    Beat::Ping => session.outbox.push_control(Frame::text("2")),
+                    Beat::Close(reason) => break reason,
+                }
+                sleep.as_mut().reset(beat.deadline().into());
+            }
+        }
+    };
+    session.close(reason);
+    let code = match reason {
+        CloseReason::Shutdown => Some(CloseCode::Away),
+        CloseReason::SlowClient => Some(CloseCode::Policy),
+        CloseReason::ProtocolError => Some(CloseCode::Protocol),
+        CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => None,
+        _ => Some(CloseCode::Normal),
+    };
+    if let Some(code) = code {
+        let frame = CloseFrame {
+            code,
+            reason: reason.as_str().into(),
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+    }
+}
+
+async fn write_batch<H: Handler>(
+    session: &Session<H>,
+    ws: &mut Ws,
+    batch: &mut Vec<Queued>,
+) -> Result<(), tokio_tungstenite::tungstenite::Error> {
+    let now = Instant::now();
+    for q in batch.drain(..) {
+        session.observe_write(&q, now);
+        let msg = match q.frame {
+            Frame::Text(t) => WsMessage::Text(t),
+            Frame::Binary(b) => WsMessage::Binary(b),
+        };
+        ws.feed(msg).await?;
+    }
+    ws.flush().await
+}
+
+async fn wait_closing<H: Handler>(session: &Session<H>) -> CloseReason {
+    loop {
+        if let Some(reason) = session.outbox.closing() {
+            return reason;
+        }
+        session.outbox.ready().await;
+    }
+}
+
+/// What the heartbeat wants done when its deadline passes.
+#[derive(Debug, PartialEq, Eq)]
+enum Beat {
+    Wait,
+    Ping,
+    Close(CloseReason),
+}
+
+/// Server-driven heartbeat (Engine.IO v4): a ping every `ping_interval` after the last
+/// pong (or the open), and the session closes when `ping_timeout` passes without the
+/// pong. The ping timer starts when the ping is queued, as the protocol says.
+#[derive(Debug)]
+struct Heartbeat {
+    interval: Duration,
+    timeout: Duration,
+    next: Instant,
+    awaiting_pong: bool,
+    connect_deadline: Option<Instant>,
+}
+
+impl Heartbeat {
+    fn new<H: Handler>(session: &Session<H>) -> Self {
+        let c = &session.shared.config;
+        Self {
+            interval: c.ping_interval,
+            timeout: c.ping_timeout,
+            next: Instant::now() + c.ping_interval,
+            awaiting_pong: false,
+            connect_deadline: c.connect_timeout.map(|t| session.opened_at + t),
+        }
+    }
+
+    fn deadline(&self) -> Instant {
+        match self.connect_deadline {
+            Some(c) => c.min(self.next),
+            None => self.next,
+        }
+    }
+
+    fn on_pong(&mut self) {
+        if self.awaiting_pong {
+            self.awaiting_pong = false;
+            self.next = Instant::now() + self.interval;
+        }
+    }
+
+    fn on_deadline<H: Handler>(&mut self, session: &Session<H>) -> Beat {
+        let now = Instant::now();
+        if let Some(c) = self.connect_deadline {
+            if session.attached.load(Ordering::Acquire) {
+                self.connect_deadline = None;
+            } else if now >= c {
+                return Beat::Close(CloseReason::ConnectTimeout);
+            }
+        }
+        if now < self.next {
+            return Beat::Wait;
+        }
+        if self.awaiting_pong {
+            return Beat::Close(CloseReason::PingTimeout);
+        }
+        self.awaiting_pong = true;
+        self.next = now + self.timeout;
+        Beat::Ping
+    }
+}
+
+struct ResetOnDrop<'a>(&'a AtomicBool);
+
+impl Drop for ResetOnDrop<'_> {
+    fn drop(&mut self) {
+        self.0.store(false, Ordering::Release);
+    }
+}
+
+fn transport_name(t: u8) -> &'static str {
+    if t == WEBSOCKET {
+        "websocket"
+    } else {
+        "polling"
+    }
+}
+
+fn is_upgrade_request(headers: &HeaderMap) -> bool {
+    let has_token = |name: header::HeaderName, token: &str| {
+        headers.get_all(name).iter().any(|v| {
+            v.to_str()
+                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
+                .unwrap_or(false)
+        })
+    };
+    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
+}
+
+/// The Engine.IO error answer: 400 (403 for Forbidden) with `{"code":N,"message":"…"}`.
+fn protocol_error(code: ErrorCode) -> Response {
+    let status = if code == ErrorCode::Forbidden {
+        StatusCode::FORBIDDEN
+    } else {
+        StatusCode::BAD_REQUEST
+    };
+    (
+        status,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        code.to_json(),
+    )
+        .into_response()
+}
+
+/// A refused WebSocket upgrade: a plain 400 with the message, as the reference server
+/// answers it.
+fn raw_bad_request(code: ErrorCode) -> Response {
+    (
+        StatusCode::BAD_REQUEST,
+        [(header::CONTENT_TYPE, HeaderValue::from_static("text/html"))],
+        code.message(),
+    )
+        .into_response()
+}
+
+fn text_response(body: Vec<u8>) -> Response {
+    Response::builder()
+        .header(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("text/plain; charset=UTF-8"),
+        )
+        .body(Body::from(body))
+        .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+}

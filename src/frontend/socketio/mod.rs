@@ -1,0 +1,379 @@
+//! The Socket.IO v4 frontend: Socket.IO v5 packets over Engine.IO v4 sessions.
+//!
+//! - [`engineio`] and [`packet`] are the pure codecs (no I/O; fuzzed under `fuzz/`).
+//! - [`engine`] runs Engine.IO sessions over long-polling and WebSocket.
+//! - [`SocketIo`] is the Engine.IO handler that speaks Socket.IO: namespaces, CONNECT
+//!   with auth, events, acks in both directions, binary attachments. What a connected
+//!   socket may do is decided by a [`Behaviour`]: the gateway's ([`Gateway`]) or, for
+//!   the protocol conformance suites, the reference server's (see `examples/`).
+//!
+//! One Engine.IO session may carry several namespace sockets; each is one hub
+//! connection with its own socket id, and they share the session's outbox.
+
+pub mod engine;
+pub mod engineio;
+mod gateway;
+pub mod packet;
+
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use bytes::Bytes;
+use serde_json::Value;
+
+pub use engine::{Engine, EngineConfig, Session};
+pub use gateway::Gateway;
+
+use crate::auth::Identity;
+use crate::connection::{CloseReason, Frame};
+use crate::delivery::Tracker;
+use crate::hub::{Hub, Member};
+use crate::id::{NodeId, RoomName, SocketId};
+use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
+use crate::push::Push;
+use engine::{Handler, Message};
+use packet::{Assembled, Assembler, PacketKind};
+
+/// Encodes a push once for every Socket.IO connection: the event packet (with the
+/// push's node-wide ack id when ack-tracked) and its binary attachments.
+pub fn encode_push(push: &Push, ack_id: Option<u64>) -> Vec<Frame> {
+    let mut text = String::with_capacity(push.event.len() + 32);
+    packet::encode_event(
+        &mut text,
+        &push.namespace,
+        ack_id,
+        push.attachments.len(),
+        &push.event,
+        push.data.as_ref(),
+    );
+    let mut frames = Vec::with_capacity(1 + push.attachments.len());
+    frames.push(Frame::text(text));
+    frames.extend(push.attachments.iter().cloned().map(Frame::Binary));
+    frames
+}
+
+/// A refused CONNECT: the message the client sees as `connect_error`, its `data`, and
+/// the `reason` label counted in `pushgate_connect_errors_total`.
+#[derive(Debug, Clone)]
+pub struct Refusal {
+    pub message: String,
+    pub data: Option<Value>,
+    pub reason: &'static str,
+}
+
+/// One event a client emitted.
+#[derive(Debug)]
+pub struct Event<'a> {
+    pub name: &'a str,
+    /// The arguments after the event name (binary placeholders left in place).
+    pub args: &'a [Value],
+    pub attachments: &'a [Bytes],
+    /// The client's ack id, when it passed a callback.
+    pub ack: Option<u64>,
+}
+
+/// What a connected socket may do, decided per deployment.
+pub trait Behaviour: Send + Sync + 'static {
+    /// Accepts or refuses a CONNECT to `nsp`. `token` is `auth.token`, else `?token=`.
+    fn connect(&self, nsp: &str, auth: Option<&Value>, token: Option<&str>)
+        -> Result<Identity, Refusal>;
+    /// The socket is connected (its CONNECT answer is queued).
+    fn connected(&self, _socket: &Socket<'_>, _auth: Option<&Value>) {}
+    /// The client emitted an event.
+    fn event(&self, socket: &Socket<'_>, event: Event<'_>);
+}
+
+/// A connected namespace socket, as a [`Behaviour`] sees it.
+pub struct Socket<'a> {
+    pub id: &'a SocketId,
+    pub nsp: &'a str,
+    pub identity: &'a Identity,
+    outbox: &'a crate::connection::Outbox,
+    hub: &'a Hub,
+}
+
+impl Socket<'_> {
+    /// Emits `event` with `args` (placeholders for `attachments` left in place).
+    pub fn emit(&self, event: &str, args: &[Value], attachments: &[Bytes]) {
+        let mut data = Vec::with_capacity(args.len() + 1);
+        data.push(Value::String(event.to_owned()));
+        data.extend_from_slice(args);
+        let kind = if attachments.is_empty() {
+            PacketKind::Event
+        } else {
+            PacketKind::BinaryEvent
+        };
+        self.send(kind, None, Value::Array(data), attachments);
+    }
+
+    /// Answers the client's ack `id` with `args` (a JSON array).
+    pub fn ack(&self, id: u64, args: Value, attachments: &[Bytes]) {
+        let kind = if attachments.is_empty() {
+            PacketKind::Ack
+        } else {
+            PacketKind::BinaryAck
+        };
+        self.send(kind, Some(id), args, attachments);
+    }
+
+    fn send(&self, kind: PacketKind, id: Option<u64>, data: Value, attachments: &[Bytes]) {
+        let text = packet::encode(&packet::Packet {
+            kind,
+            nsp: self.nsp.to_owned(),
+            id,
+            attachments: attachments.len(),
+            data: Some(data),
+        });
+        let mut frames = Vec::with_capacity(1 + attachments.len());
+        frames.push(Frame::text(text));
+        frames.extend(attachments.iter().cloned().map(Frame::Binary));
+        self.outbox.push(&frames, Instant::now());
+    }
+
+    /// Joins a room; false when already a member.
+    pub fn join(&self, room: &RoomName) -> bool {
+        self.hub.join(self.id, room)
+    }
+
+    /// Leaves a room; false when not a member.
+    pub fn leave(&self, room: &RoomName) -> bool {
+        self.hub.leave(self.id, room)
+    }
+}
+
+/// The per-session state of the Socket.IO layer.
+pub struct State {
+    assembler: Assembler,
+    sockets: Vec<NamespaceSocket>,
+    /// `?token=` from the handshake URL, used when CONNECT carries no `auth.token`.
+    query_token: Option<Box<str>>,
+}
+
+struct NamespaceSocket {
+    nsp: Arc<str>,
+    id: SocketId,
+    identity: Identity,
+}
+
+/// The Engine.IO handler that speaks Socket.IO.
+pub struct SocketIo<B: Behaviour> {
+    hub: Arc<Hub>,
+    tracker: Arc<Tracker>,
+    node: NodeId,
+    namespaces: Vec<String>,
+    behaviour: B,
+    metrics: Arc<Metrics>,
+}
+
+impl<B: Behaviour> SocketIo<B> {
+    pub fn new(
+        hub: Arc<Hub>,
+        tracker: Arc<Tracker>,
+        node: NodeId,
+        namespaces: Vec<String>,
+        behaviour: B,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            hub,
+            tracker,
+            node,
+            namespaces,
+            behaviour,
+            metrics,
+        }
+    }
+
+    fn refuse(&self, session: &Session<Self>, nsp: &str, refusal: Refusal) {
+        self.metrics
+            .connect_errors
+            .with_label_values(&[FRONTEND_SOCKETIO, refusal.reason])
+            .inc();
+        tracing::debug!(nsp, reason = refusal.reason, "socket.io connect refused");
+        let mut text = String::new();
+        packet::encode_connect_error(&mut text, nsp, &refusal.message, refusal.data.as_ref());
+        session.outbox().push_control(Frame::text(text));
+    }
+
+    fn connect(&self, session: &Arc<Session<Self>>, state: &mut State, nsp: &str, auth: Option<&Value>) {
+        if !self.namespaces.iter().any(|n| n == nsp) {
+            return self.refuse(
+                session,
+                nsp,
+                Refusal {
+                    message: "Invalid namespace".into(),
+                    data: None,
+                    reason: "invalid_namespace",
+                },
+            );
+        }
+        if state.sockets.iter().any(|s| &*s.nsp == nsp) {
+            return self.refuse(
+                session,
+                nsp,
+                Refusal {
+                    message: "already connected to this namespace".into(),
+                    data: None,
+                    reason: "duplicate",
+                },
+            );
+        }
+        let token = auth
+            .and_then(|a| a.get("token"))
+            .and_then(Value::as_str)
+            .or(state.query_token.as_deref());
+        let mut identity = match self.behaviour.connect(nsp, auth, token) {
+            Ok(identity) => identity,
+            Err(refusal) => return self.refuse(session, nsp, refusal),
+        };
+        let id = SocketId::generate(&self.node);
+        let nsp: Arc<str> = Arc::from(nsp);
+        let mut text = String::new();
+        packet::encode_connect(&mut text, &nsp, id.as_str());
+        session.outbox().push_control(Frame::text(text));
+        let connected_at = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        self.hub.register(
+            id.clone(),
+            Member {
+                connection: session.clone(),
+                namespace: nsp.clone(),
+                user: identity.user.clone(),
+                rooms: std::mem::take(&mut identity.rooms),
+                connected_at,
+            },
+        );
+        session.set_attached(true);
+        tracing::debug!(socket = %id, user = ?identity.user, "socket.io socket connected");
+        let socket = Socket {
+            id: &id,
+            nsp: &nsp,
+            identity: &identity,
+            outbox: session.outbox(),
+            hub: &self.hub,
+        };
+        self.behaviour.connected(&socket, auth);
+        state.sockets.push(NamespaceSocket { nsp, id, identity });
+    }
+
+    fn packet(
+        &self,
+        session: &Arc<Session<Self>>,
+        state: &mut State,
+        packet: packet::Packet,
+        attachments: Vec<Bytes>,
+    ) -> Result<(), CloseReason> {
+        match packet.kind {
+            PacketKind::Connect => {
+                self.connect(session, state, &packet.nsp, packet.data.as_ref());
+                Ok(())
+            }
+            PacketKind::Disconnect => {
+                if let Some(pos) = state.sockets.iter().position(|s| *s.nsp == packet.nsp) {
+                    let s = state.sockets.swap_remove(pos);
+                    self.hub.unregister(&s.id);
+                    tracing::debug!(socket = %s.id, "socket.io socket disconnected by client");
+                }
+                Ok(())
+            }
+            PacketKind::Event | PacketKind::BinaryEvent => {
+                // Events for a namespace the session is not connected to are ignored,
+                // as the reference server does.
+                let Some(s) = state.sockets.iter().find(|s| *s.nsp == packet.nsp) else {
+                    return Ok(());
+                };
+                let Some(Value::Array(items)) = &packet.data else {
+                    return Err(CloseReason::ProtocolError);
+                };
+                let name = match items.first() {
+                    Some(Value::String(name)) => name.as_str(),
+                    // Numeric event names are valid on the wire; none is meaningful here.
+                    Some(Value::Number(_)) => "",
+                    _ => return Err(CloseReason::ProtocolError),
+                };
+                let socket = Socket {
+                    id: &s.id,
+                    nsp: &s.nsp,
+                    identity: &s.identity,
+                    outbox: session.outbox(),
+                    hub: &self.hub,
+                };
+                self.behaviour.event(
+                    &socket,
+                    Event {
+                        name,
+                        args: &items[1..],
+                        attachments: &attachments,
+                        ack: packet.id,
+                    },
+                );
+                Ok(())
+            }
+            PacketKind::Ack | PacketKind::BinaryAck => {
+                self.metrics.client_events.with_label_values(&["ack"]).inc();
+                if let (Some(id), Some(s)) = (
+                    packet.id,
+                    state.sockets.iter().find(|s| *s.nsp == packet.nsp),
+                ) {
+                    self.tracker.ack(id, &s.id);
+                }
+                Ok(())
+            }
+            PacketKind::ConnectError => Err(CloseReason::ProtocolError),
+        }
+    }
+}
+
+impl<B: Behaviour> Handler for SocketIo<B> {
+    type State = State;
+
+    fn open(&self, _session: &Arc<Session<Self>>, query: &engineio::Query) -> State {
+        State {
+            assembler: Assembler::default(),
+            sockets: Vec::new(),
+            query_token: query.token.as_deref().map(Box::from),
+        }
+    }
+
+    fn message(
+        &self,
+        session: &Arc<Session<Self>>,
+        state: &mut State,
+        message: Message<'_>,
+    ) -> Result<(), CloseReason> {
+        let assembled = match message {
+            Message::Text(text) => state.assembler.push_text(text),
+            Message::Binary(bytes) => state.assembler.push_binary(bytes),
+        };
+        match assembled {
+            Ok(Assembled::Complete(packet, attachments)) => {
+                self.packet(session, state, packet, attachments)
+            }
+            Ok(Assembled::NeedMore) => Ok(()),
+            Err(e) => {
+                tracing::debug!(error = %e, "socket.io packet refused");
+                Err(CloseReason::ProtocolError)
+            }
+        }
+    }
+
+    fn close(&self, _session: &Arc<Session<Self>>, state: State, reason: CloseReason) {
+        for s in state.sockets {
+            self.hub.unregister(&s.id);
+            tracing::debug!(socket = %s.id, reason = reason.as_str(), "socket.io socket closed");
+        }
+    }
+
+    fn disconnect(&self, session: &Session<Self>, state: &mut State, socket: &SocketId) {
+        if let Some(pos) = state.sockets.iter().position(|s| &s.id == socket) {
+            let s = state.sockets.swap_remove(pos);
+            self.hub.unregister(&s.id);
+            let mut text = String::new();
+            packet::encode_disconnect(&mut text, &s.nsp);
+            session.outbox().push_control(Frame::text(text));
+            tracing::debug!(socket = %s.id, "socket.io socket disconnected by the server");
+        }
+    }
+}

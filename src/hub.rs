@@ -1,0 +1,443 @@
+//! The local connections of this node, indexed by socket id, user and room, and the
+//! fan-out that hands one encoded push to every matching connection.
+//!
+//! The hub is sharded by socket id: each [`Shard`] has its own lock and indexes its
+//! own connections' users and rooms. A fan-out visits the shards one after another and
+//! holds each shard's read lock only while it enqueues to that shard's members — never
+//! across an await and never across the whole fan-out — so joins, leaves and
+//! disconnects on other shards proceed meanwhile. Enqueueing never blocks (see
+//! [`crate::connection::Outbox`]), so a read lock is held for microseconds per shard.
+//!
+//! The hub never touches Redis and never awaits a socket.
+
+use std::collections::{HashMap, HashSet};
+use std::hash::{BuildHasher, RandomState};
+use std::sync::Arc;
+use std::time::Instant;
+
+use parking_lot::RwLock;
+
+use crate::connection::{Enqueued, Frame, Outbox};
+use crate::id::{RoomName, SocketId, UserId};
+use crate::metrics::Metrics;
+use crate::push::Target;
+
+/// Enough shards that two cores rarely meet on one lock, few enough that a room
+/// fan-out's per-shard lookups stay cheap.
+const SHARDS: usize = 16;
+
+/// What the hub needs from a frontend's connection.
+pub trait Connection: Send + Sync {
+    /// The outbound queue the fan-out fills.
+    fn outbox(&self) -> &Outbox;
+    /// Ends one socket by the server's decision (the HTTP API's DELETE): the frontend
+    /// tells the client in its protocol and then unregisters the socket.
+    fn disconnect(&self, socket: &SocketId);
+    /// The transport currently carrying the connection ("websocket", "polling").
+    fn transport(&self) -> &'static str;
+}
+
+/// One registered socket.
+pub struct Member {
+    pub connection: Arc<dyn Connection>,
+    pub namespace: Arc<str>,
+    pub user: Option<UserId>,
+    pub rooms: Vec<RoomName>,
+    /// Milliseconds since the Unix epoch.
+    pub connected_at: u64,
+}
+
+/// A copy of one socket's public facts, for the HTTP API.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SocketInfo {
+    pub id: SocketId,
+    pub user: Option<UserId>,
+    pub namespace: String,
+    pub transport: &'static str,
+    pub rooms: Vec<RoomName>,
+    pub connected_at: u64,
+}
+
+/// What one fan-out did on this node.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct FanOut {
+    /// Sockets that matched the target (minus `except`).
+    pub sockets: usize,
+    /// Deliveries queued.
+    pub delivered: usize,
+    /// Deliveries that could not be queued (closing connection or full queue).
+    pub failed: usize,
+    /// The sockets that got it, when asked for (ack-tracked pushes only).
+    pub delivered_to: Vec<SocketId>,
+}
+
+/// One fan-out's inputs.
+pub struct Delivery<'a> {
+    pub target: &'a Target,
+    pub namespace: &'a str,
+    pub except: &'a HashSet<SocketId>,
+    pub frames: &'a [Frame],
+    pub pushed_at: Instant,
+    /// Record which sockets got it (for ack tracking).
+    pub track: bool,
+}
+
+#[derive(Default)]
+struct Shard {
+    members: HashMap<SocketId, Member>,
+    rooms: HashMap<RoomName, HashSet<SocketId>>,
+    users: HashMap<UserId, HashSet<SocketId>>,
+}
+
+pub struct Hub {
+    shards: Box<[RwLock<Shard>]>,
+    hasher: RandomState,
+    metrics: Arc<Metrics>,
+}
+
+impl Hub {
+    pub fn new(metrics: Arc<Metrics>) -> Self {
+        Self {
+            shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
+            hasher: RandomState::new(),
+            metrics,
+        }
+    }
+
+    fn shard(&self, socket: &str) -> &RwLock<Shard> {
+        let h = self.hasher.hash_one(socket) as usize;
+        &self.shards[h % self.shards.len()]
+    }
+
+    /// Registers a socket with its user and initial rooms.
+    pub fn register(&self, socket: SocketId, member: Member) {
+        let mut shard = self.shard(socket.as_str()).write();
+        let shard = &mut *shard;
+        if let Some(user) = &member.user {
+            shard.users.entry(user.clone()).or_default().insert(socket.clone());
+        }
+        for room in &member.rooms {
+            shard.rooms.entry(room.clone()).or_default().insert(socket.clone());
+        }
+        shard.members.insert(socket, member);
+    }
+
+    /// Removes a socket from every index; the last member of a room or user removes
+    /// the room or user entry.
+    pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
+        let mut shard = self.shard(socket.as_str()).write();
+        let shard = &mut *shard;
+        let member = shard.members.remove(socket)?;
+        if let Some(user) = &member.user {
+            remove_from(&mut shard.users, user, socket);
+        }
+        for room in &member.rooms {
+            remove_from(&mut shard.rooms, room, socket);
+        }
+        Some(member)
+    }
+
+    /// Adds a socket to a room; false when it is unknown here or already in it.
+    pub fn join(&self, socket: &SocketId, room: &RoomName) -> bool {
+        let mut shard = self.shard(socket.as_str()).write();
+        let shard = &mut *shard;
+        let Some(member) = shard.members.get_mut(socket) else {
+            return false;
+        };
+        if member.rooms.contains(room) {
+            return false;
+        }
+        member.rooms.push(room.clone());
+        shard.rooms.entry(room.clone()).or_default().insert(socket.clone());
+        true
+    }
+
+    /// Removes a socket from a room; false when it was not in it.
+    pub fn leave(&self, socket: &SocketId, room: &RoomName) -> bool {
+        let mut shard = self.shard(socket.as_str()).write();
+        let shard = &mut *shard;
+        let Some(member) = shard.members.get_mut(socket) else {
+            return false;
+        };
+        let Some(pos) = member.rooms.iter().position(|r| r == room) else {
+            return false;
+        };
+        member.rooms.swap_remove(pos);
+        remove_from(&mut shard.rooms, room, socket);
+        true
+    }
+
+    /// Hands the push's frames to every matching connection's queue.
+    pub fn deliver(&self, d: &Delivery<'_>) -> FanOut {
+        let mut out = FanOut::default();
+        match d.target {
+            Target::Socket(id) => {
+                let shard = self.shard(id.as_str()).read();
+                if let Some(m) = shard.members.get(id) {
+                    self.offer(d, id, m, &mut out);
+                }
+            }
+            Target::All => {
+                for shard in self.shards.iter() {
+                    let shard = shard.read();
+                    for (id, m) in &shard.members {
+                        self.offer(d, id, m, &mut out);
+                    }
+                }
+            }
+            Target::Room(room) => {
+                for shard in self.shards.iter() {
+                    let shard = shard.read();
+                    for id in shard.rooms.get(room).into_iter().flatten() {
+                        if let Some(m) = shard.members.get(id) {
+                            self.offer(d, id, m, &mut out);
+                        }
+                    }
+                }
+            }
+            Target::User(user) => self.deliver_users(d, std::slice::from_ref(user), &mut out),
+            Target::Users(users) => self.deliver_users(d, users, &mut out),
+        }
+        self.metrics.socketio.deliveries.inc_by(out.delivered as u64);
+        out
+    }
+
+    fn deliver_users(&self, d: &Delivery<'_>, users: &[UserId], out: &mut FanOut) {
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for user in users {
+                for id in shard.users.get(user).into_iter().flatten() {
+                    if let Some(m) = shard.members.get(id) {
+                        self.offer(d, id, m, out);
+                    }
+                }
+            }
+        }
+    }
+
+    #[inline]
+    fn offer(&self, d: &Delivery<'_>, id: &SocketId, m: &Member, out: &mut FanOut) {
+        if &*m.namespace != d.namespace || (!d.except.is_empty() && d.except.contains(id)) {
+            return;
+        }
+        out.sockets += 1;
+        match m.connection.outbox().push(d.frames, d.pushed_at) {
+            Enqueued::Queued => {
+                out.delivered += 1;
+                if d.track {
+                    out.delivered_to.push(id.clone());
+                }
+            }
+            Enqueued::Overflow => {
+                out.failed += 1;
+                self.metrics
+                    .queue_overflows
+                    .with_label_values(&[crate::metrics::FRONTEND_SOCKETIO])
+                    .inc();
+                self.metrics
+                    .delivery_failures
+                    .with_label_values(&["queue_full"])
+                    .inc();
+            }
+            Enqueued::Closed => {
+                out.failed += 1;
+                self.metrics.delivery_failures.with_label_values(&["closed"]).inc();
+            }
+        }
+    }
+
+    /// The connection behind a socket, to act on it outside the hub's locks.
+    pub fn connection(&self, socket: &SocketId) -> Option<Arc<dyn Connection>> {
+        let shard = self.shard(socket.as_str()).read();
+        shard.members.get(socket).map(|m| m.connection.clone())
+    }
+
+    pub fn socket(&self, socket: &SocketId) -> Option<SocketInfo> {
+        let shard = self.shard(socket.as_str()).read();
+        shard.members.get(socket).map(|m| info(socket, m))
+    }
+
+    pub fn user_sockets(&self, user: &UserId) -> Vec<SocketInfo> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for id in shard.users.get(user).into_iter().flatten() {
+                if let Some(m) = shard.members.get(id) {
+                    out.push(info(id, m));
+                }
+            }
+        }
+        out
+    }
+
+    pub fn room_sockets(&self, room: &RoomName) -> Vec<SocketId> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            out.extend(shard.read().rooms.get(room).into_iter().flatten().cloned());
+        }
+        out
+    }
+
+    /// Every connection (for shutdown), deduplicated by pointer: one Engine.IO session
+    /// carries several namespace sockets.
+    pub fn connections(&self) -> Vec<Arc<dyn Connection>> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            for m in shard.read().members.values() {
+                if seen.insert(Arc::as_ptr(&m.connection) as *const () as usize) {
+                    out.push(m.connection.clone());
+                }
+            }
+        }
+        out
+    }
+
+    pub fn len(&self) -> usize {
+        self.shards.iter().map(|s| s.read().members.len()).sum()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+fn info(id: &SocketId, m: &Member) -> SocketInfo {
+    SocketInfo {
+        id: id.clone(),
+        user: m.user.clone(),
+        namespace: m.namespace.to_string(),
+        transport: m.connection.transport(),
+        rooms: m.rooms.clone(),
+        connected_at: m.connected_at,
+    }
+}
+
+fn remove_from<K: std::hash::Hash + Eq>(
+    index: &mut HashMap<K, HashSet<SocketId>>,
+    key: &K,
+    socket: &SocketId,
+) {
+    if let Some(set) = index.get_mut(key) {
+        set.remove(socket);
+        if set.is_empty() {
+            index.remove(key);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::connection::Queued;
+    use crate::id::NodeId;
+
+    struct TestConn(Outbox);
+    impl Connection for TestConn {
+        fn outbox(&self) -> &Outbox {
+            &self.0
+        }
+        fn disconnect(&self, _: &SocketId) {}
+        fn transport(&self) -> &'static str {
+            "test"
+        }
+    }
+
+    fn hub() -> Hub {
+        Hub::new(Arc::new(Metrics::new()))
+    }
+
+    fn add(hub: &Hub, user: Option<&str>, rooms: &[&str], capacity: usize) -> (SocketId, Arc<TestConn>) {
+        let id = SocketId::generate(&NodeId::from("n1"));
+        let conn = Arc::new(TestConn(Outbox::new(capacity, 1 << 20)));
+        hub.register(
+            id.clone(),
+            Member {
+                connection: conn.clone(),
+                namespace: Arc::from("/"),
+                user: user.map(UserId::from),
+                rooms: rooms.iter().map(|r| RoomName::from(*r)).collect(),
+                connected_at: 0,
+            },
+        );
+        (id, conn)
+    }
+
+    fn received(conn: &TestConn) -> usize {
+        let mut out: Vec<Queued> = Vec::new();
+        conn.0.drain(&mut out);
+        out.len()
+    }
+
+    fn push(hub: &Hub, target: Target, except: &[SocketId]) -> FanOut {
+        let except: HashSet<SocketId> = except.iter().cloned().collect();
+        hub.deliver(&Delivery {
+            target: &target,
+            namespace: "/",
+            except: &except,
+            frames: &[Frame::text("42[\"e\"]")],
+            pushed_at: Instant::now(),
+            track: true,
+        })
+    }
+
+    #[test]
+    fn room_push_reaches_members_only() {
+        let hub = hub();
+        let (_, a) = add(&hub, None, &["r"], 8);
+        let (_, b) = add(&hub, None, &["r", "s"], 8);
+        let (_, c) = add(&hub, None, &["s"], 8);
+        let out = push(&hub, Target::Room(RoomName::from("r")), &[]);
+        assert_eq!((out.sockets, out.delivered, out.failed), (2, 2, 0));
+        assert_eq!((received(&a), received(&b), received(&c)), (1, 1, 0));
+    }
+
+    #[test]
+    fn user_push_reaches_every_socket_of_the_user_except_excluded() {
+        let hub = hub();
+        let (a_id, a) = add(&hub, Some("alice"), &[], 8);
+        let (_, a2) = add(&hub, Some("alice"), &[], 8);
+        let (_, b) = add(&hub, Some("bob"), &[], 8);
+        let out = push(&hub, Target::User(UserId::from("alice")), &[a_id]);
+        assert_eq!(out.delivered, 1);
+        assert_eq!((received(&a), received(&a2), received(&b)), (0, 1, 0));
+    }
+
+    #[test]
+    fn last_leave_removes_the_room_and_unregister_cleans_indexes() {
+        let hub = hub();
+        let (id, _) = add(&hub, Some("u"), &["r"], 8);
+        let room = RoomName::from("r");
+        assert!(!hub.join(&id, &room), "already a member");
+        assert!(hub.join(&id, &RoomName::from("t")));
+        assert!(hub.leave(&id, &room));
+        assert!(hub.room_sockets(&room).is_empty());
+        hub.unregister(&id);
+        assert!(hub.user_sockets(&UserId::from("u")).is_empty());
+        assert!(hub.room_sockets(&RoomName::from("t")).is_empty());
+        assert!(hub.is_empty());
+    }
+
+    #[test]
+    fn full_queue_counts_a_failure_and_spares_the_others() {
+        let hub = hub();
+        let (_, slow) = add(&hub, None, &[], 1);
+        let (_, fast) = add(&hub, None, &[], 8);
+        assert_eq!(push(&hub, Target::All, &[]).delivered, 2);
+        received(&fast);
+        let out = push(&hub, Target::All, &[]);
+        assert_eq!((out.delivered, out.failed), (1, 1));
+        assert_eq!(received(&fast), 1);
+        assert_eq!(slow.0.closing(), Some(crate::connection::CloseReason::SlowClient));
+    }
+
+    #[test]
+    fn socket_target_tracks_the_delivered_socket() {
+        let hub = hub();
+        let (id, _) = add(&hub, None, &[], 8);
+        let out = push(&hub, Target::Socket(id.clone()), &[]);
+        assert_eq!(out.delivered_to, vec![id]);
+        let missing = push(&hub, Target::Socket(SocketId::from("n1.nope")), &[]);
+        assert_eq!(missing, FanOut::default());
+    }
+}

@@ -1,0 +1,202 @@
+//! Every Prometheus metric of the gateway, named and registered in one place.
+//!
+//! Label sets are bounded: frontends, reasons, target kinds, outcomes and route
+//! templates — never a user id, room name or socket id. Hot-path series (deliveries,
+//! write latency) are resolved once here so the fan-out never looks a label up.
+
+use prometheus::{
+    Encoder, Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge,
+    IntGaugeVec, Opts, Registry, TextEncoder,
+};
+
+/// The only frontend so far; a label value so dashboards keep working when Pusher and
+/// Phoenix arrive.
+pub const FRONTEND_SOCKETIO: &str = "socketio";
+
+/// Latency buckets from 100 µs to 10 s: local writes take microseconds, a slow client
+/// or a long poll that is not pending can take seconds.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+    5.0, 10.0,
+];
+
+pub struct Metrics {
+    registry: Registry,
+    pub connections: IntGaugeVec,
+    pub connects: IntCounterVec,
+    pub disconnects: IntCounterVec,
+    pub connect_errors: IntCounterVec,
+    pub pushes: IntCounterVec,
+    pub deliveries: IntCounterVec,
+    pub delivery_failures: IntCounterVec,
+    pub acks: IntCounterVec,
+    pub push_write_seconds: Histogram,
+    pub queue_overflows: IntCounterVec,
+    pub client_joins: IntCounterVec,
+    pub client_events: IntCounterVec,
+    pub http_requests: IntCounterVec,
+    pub http_request_seconds: HistogramVec,
+    /// Resolved series for the Socket.IO frontend's hot path.
+    pub socketio: FrontendSeries,
+}
+
+/// One frontend's per-delivery series, resolved once.
+pub struct FrontendSeries {
+    pub connections: IntGauge,
+    pub deliveries: IntCounter,
+}
+
+impl Metrics {
+    pub fn new() -> Self {
+        let registry = Registry::new();
+        macro_rules! reg {
+            ($m:expr) => {{
+                let m = $m.expect("metric definition is valid");
+                registry
+                    .register(Box::new(m.clone()))
+                    .expect("metric names are unique");
+                m
+            }};
+        }
+        let counter = |name: &str, help: &str, labels: &[&str]| {
+            IntCounterVec::new(Opts::new(name, help), labels)
+        };
+        let connections = reg!(IntGaugeVec::new(
+            Opts::new("pushgate_connections", "Open client connections."),
+            &["frontend"]
+        ));
+        let deliveries = reg!(counter(
+            "pushgate_deliveries_total",
+            "Pushes handed to a connection's outbound queue.",
+            &["frontend"]
+        ));
+        let socketio = FrontendSeries {
+            connections: connections.with_label_values(&[FRONTEND_SOCKETIO]),
+            deliveries: deliveries.with_label_values(&[FRONTEND_SOCKETIO]),
+        };
+        Self {
+            connects: reg!(counter(
+                "pushgate_connects_total",
+                "Client connections accepted.",
+                &["frontend"]
+            )),
+            disconnects: reg!(counter(
+                "pushgate_disconnects_total",
+                "Client connections ended, by reason.",
+                &["frontend", "reason"]
+            )),
+            connect_errors: reg!(counter(
+                "pushgate_connect_errors_total",
+                "Connection attempts refused, by reason.",
+                &["frontend", "reason"]
+            )),
+            pushes: reg!(counter(
+                "pushgate_pushes_total",
+                "Pushes accepted, by target kind.",
+                &["target"]
+            )),
+            delivery_failures: reg!(counter(
+                "pushgate_delivery_failures_total",
+                "Deliveries that could not be queued.",
+                &["reason"]
+            )),
+            acks: reg!(counter(
+                "pushgate_acks_total",
+                "Ack-tracked deliveries by outcome.",
+                &["outcome"]
+            )),
+            push_write_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "pushgate_push_write_seconds",
+                    "From push accepted to its frame written to the client's transport."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            queue_overflows: reg!(counter(
+                "pushgate_queue_overflows_total",
+                "Connections whose outbound queue filled up (disconnected as slow).",
+                &["frontend"]
+            )),
+            client_joins: reg!(counter(
+                "pushgate_client_joins_total",
+                "Client-initiated room joins and leaves.",
+                &["op", "outcome"]
+            )),
+            client_events: reg!(counter(
+                "pushgate_client_events_total",
+                "Events and acks sent by clients.",
+                &["kind"]
+            )),
+            http_requests: reg!(counter(
+                "pushgate_http_requests_total",
+                "HTTP API requests by route and status.",
+                &["route", "status"]
+            )),
+            http_request_seconds: reg!(HistogramVec::new(
+                HistogramOpts::new("pushgate_http_request_seconds", "HTTP API request duration.")
+                    .buckets(LATENCY_BUCKETS.to_vec()),
+                &["route"]
+            )),
+            connections,
+            deliveries,
+            socketio,
+            registry,
+        }
+    }
+
+    /// The Prometheus text exposition of every metric.
+    pub fn render(&self) -> String {
+        let mut buf = Vec::new();
+        // Encoding into a Vec cannot fail for the text format.
+        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        String::from_utf8(buf).unwrap_or_default()
+    }
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rendered_text_names_every_metric_of_the_readme() {
+        let m = Metrics::new();
+        m.pushes.with_label_values(&["room"]).inc();
+        m.acks.with_label_values(&["acked"]).inc();
+        m.disconnects.with_label_values(&[FRONTEND_SOCKETIO, "client"]).inc();
+        m.connect_errors.with_label_values(&[FRONTEND_SOCKETIO, "expired_token"]).inc();
+        m.delivery_failures.with_label_values(&["closed"]).inc();
+        m.queue_overflows.with_label_values(&[FRONTEND_SOCKETIO]).inc();
+        m.client_joins.with_label_values(&["join", "ok"]).inc();
+        m.client_events.with_label_values(&["ack"]).inc();
+        m.http_requests.with_label_values(&["/v1/push", "200"]).inc();
+        m.http_request_seconds.with_label_values(&["/v1/push"]).observe(0.01);
+        m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
+        m.socketio.deliveries.inc();
+        m.push_write_seconds.observe(0.001);
+        let text = m.render();
+        for name in [
+            "pushgate_connections",
+            "pushgate_connects_total",
+            "pushgate_disconnects_total",
+            "pushgate_connect_errors_total",
+            "pushgate_pushes_total",
+            "pushgate_deliveries_total",
+            "pushgate_delivery_failures_total",
+            "pushgate_acks_total",
+            "pushgate_push_write_seconds_bucket",
+            "pushgate_queue_overflows_total",
+            "pushgate_client_joins_total",
+            "pushgate_client_events_total",
+            "pushgate_http_requests_total",
+            "pushgate_http_request_seconds_bucket",
+        ] {
+            assert!(text.contains(name), "missing {name}");
+        }
+    }
+}

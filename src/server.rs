@@ -1,0 +1,154 @@
+//! One node's life: build the layers from the configuration, serve client transports
+//! and the HTTP API on one listener, and shut down in order.
+//!
+//! Shutdown has one owner, [`run`]. The order: not ready (`/readyz` 503, new pushes
+//! and handshakes refused) → stop accepting connections → let queues drain up to the
+//! deadline → close every session (clients see a closed transport and reconnect
+//! elsewhere) → wait briefly for the close frames → return.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::extract::Request;
+use axum::routing::any;
+use axum::Router;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::api::{self, Api};
+use crate::auth::{ApiKeys, Authenticator};
+use crate::bus::LocalBus;
+use crate::config::Config;
+use crate::connection::CloseReason;
+use crate::delivery::Tracker;
+use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo};
+use crate::hub::Hub;
+use crate::metrics::Metrics;
+use crate::push::PushService;
+
+/// How long to wait for close frames and in-flight HTTP requests after the sessions
+/// were closed.
+const CLOSE_GRACE: Duration = Duration::from_secs(2);
+
+/// Why the node could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("PUSHGATE_REDIS_URL is set, but the Redis bus is not available in this version; unset it to run a single node")]
+    RedisUnsupported,
+    #[error("serving failed")]
+    Serve(#[source] std::io::Error),
+}
+
+/// The Socket.IO endpoint of the gateway.
+pub type SocketIoEngine = Engine<SocketIo<Gateway>>;
+
+/// Runs a node on `listener` until `shutdown` resolves, then shuts down in order.
+pub async fn run(
+    config: Config,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), ServerError> {
+    if config.redis_url.is_some() {
+        return Err(ServerError::RedisUnsupported);
+    }
+    let metrics = Arc::new(Metrics::new());
+    let hub = Arc::new(Hub::new(metrics.clone()));
+    let tracker = Tracker::new(metrics.clone());
+    let bus = Arc::new(LocalBus::new(hub.clone()));
+    let push = Arc::new(PushService::new(bus, tracker.clone(), metrics.clone()));
+    let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
+    let draining = CancellationToken::new();
+
+    let engine = Engine::new(
+        EngineConfig {
+            ping_interval: config.ping_interval,
+            ping_timeout: config.ping_timeout,
+            upgrade_timeout: config.upgrade_timeout,
+            connect_timeout: Some(config.connect_timeout),
+            max_payload: config.max_payload,
+            queue_capacity: config.queue_capacity,
+            queue_bytes: config.queue_bytes,
+        },
+        SocketIo::new(
+            hub.clone(),
+            tracker.clone(),
+            config.node_id.clone(),
+            config.namespaces.clone(),
+            Gateway::new(auth.clone(), metrics.clone()),
+            metrics.clone(),
+        ),
+        metrics.clone(),
+    );
+    let api = Arc::new(Api {
+        push,
+        hub,
+        tracker,
+        metrics,
+        keys: ApiKeys::new(&config.api_keys),
+        node: config.node_id.clone(),
+        started_at: api::now_ms(),
+        draining: draining.clone(),
+        max_body_bytes: config.max_body_bytes,
+    });
+    let app = socketio_routes(engine.clone(), "/socket.io")
+        .merge(api::router(api))
+        .fallback(api::not_found);
+
+    let mode = "single node, in-process bus";
+    if config.api_keys.is_empty() {
+        tracing::warn!("PUSHGATE_API_KEYS is not set: /v1 answers loopback callers only");
+    }
+    if !auth.requires_token() {
+        tracing::warn!("PUSHGATE_JWT_SECRET is not set: anonymous connections are allowed");
+    }
+    let addr = listener.local_addr().map_err(ServerError::Serve)?;
+    tracing::info!(node = %config.node_id, mode, "listening on {addr}");
+
+    let stop_accepting = CancellationToken::new();
+    let serve = axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
+    let mut server = tokio::spawn(async move { serve.await });
+
+    tokio::select! {
+        _ = shutdown => {}
+        r = &mut server => {
+            return match r {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(ServerError::Serve(e)),
+                Err(e) => Err(ServerError::Serve(std::io::Error::other(e))),
+            };
+        }
+    }
+    tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining connections");
+    draining.cancel();
+    engine.start_draining();
+    stop_accepting.cancel();
+    engine
+        .drain(tokio::time::Instant::now() + config.shutdown_timeout)
+        .await;
+    engine.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
+    server.abort();
+    tracing::info!("shutdown complete");
+    Ok(())
+}
+
+/// Routes the Engine.IO path (with and without the trailing slash) to `engine`.
+pub fn socketio_routes<H>(engine: Engine<H>, path: &str) -> Router
+where
+    H: crate::frontend::socketio::engine::Handler,
+{
+    let handler = move |req: Request| {
+        let engine = engine.clone();
+        async move { engine.handle(req).await }
+    };
+    let trimmed = path.trim_end_matches('/');
+    Router::new()
+        .route(trimmed, any(handler.clone()))
+        .route(&format!("{trimmed}/"), any(handler))
+}

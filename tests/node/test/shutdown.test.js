@@ -1,0 +1,76 @@
+"use strict";
+const { describe, test, after } = require("node:test");
+const assert = require("node:assert/strict");
+const h = require("../harness");
+
+describe("graceful shutdown", () => {
+  after(h.cleanup);
+
+  test('SIGTERM: queued pushes are delivered, clients get "transport close" (so they reconnect), exit code 0', { timeout: 30_000 }, async () => {
+    const gw = await h.startGateway({ PUSHGATE_SHUTDOWN_TIMEOUT_MS: "5000" });
+    const ws = await h.connect(gw, { transports: ["websocket"] });
+    const polling = await h.connect(gw, { transports: ["polling"] });
+    const upgraded = await h.connect(gw);
+    const clients = [ws, polling, upgraded];
+    const recs = clients.map((c) => h.record(c, "last-words"));
+    const disconnects = clients.map((c) => h.waitFor(c, "disconnect", 20_000));
+
+    // handed to every queue (wait:true) before the signal: all of it must still arrive
+    for (let i = 0; i < 20; i++) {
+      const res = await h.push(gw, { to: { all: true }, event: "last-words", data: { i, pad: "z".repeat(4000) }, wait: true });
+      assert.equal(res.body.report.delivered, 3);
+    }
+    const code = gw.stop("SIGTERM", 20_000);
+    const reasons = (await Promise.all(disconnects)).map(([reason]) => reason);
+    assert.deepEqual(reasons, ["transport close", "transport close", "transport close"]);
+    for (const r of recs) {
+      assert.deepEqual(
+        r.data().map((d) => d.i),
+        [...Array(20).keys()],
+        "every push queued before SIGTERM was delivered before the close"
+      );
+    }
+    assert.equal(await code, 0, `exit code\n${gw.logs()}`);
+  });
+
+  test("during the drain /readyz answers 503 draining, the API answers 503, new connections are refused; then exit 0", { timeout: 40_000 }, async () => {
+    const gw = await h.startGateway({
+      PUSHGATE_SHUTDOWN_TIMEOUT_MS: "4000",
+      PUSHGATE_QUEUE_CAPACITY: "1000000",
+      PUSHGATE_QUEUE_BYTES: "1000000000",
+      PUSHGATE_MAX_BODY_BYTES: "4000000",
+    });
+    // A client that stops reading, with far more queued for it than the kernel buffers
+    // hold, keeps the drain busy for the whole shutdown timeout.
+    const stuck = await h.rawSocketIo(gw);
+    stuck.ws._socket.pause();
+    const pad = "q".repeat(1_000_000);
+    for (let i = 0; i < 40; i++) {
+      const res = await h.push(gw, { to: { socket: stuck.sid }, event: "big", data: { i, pad }, wait: true });
+      assert.equal(res.body.report.delivered, 1, JSON.stringify(res.body));
+    }
+    const ok = await h.api(gw, "GET", "/readyz");
+    assert.deepEqual([ok.status, ok.body], [200, { status: "ready" }]);
+
+    const normal = await h.connect(gw, { transports: ["websocket"] });
+    const normalGone = h.waitFor(normal, "disconnect", 30_000);
+
+    const code = gw.stop("SIGTERM", 30_000);
+    const draining = await h.eventually(
+      async () => {
+        const r = await h.api(gw, "GET", "/readyz");
+        return r.status === 503 && r;
+      },
+      { timeout: 3000, interval: 20, what: "/readyz answering 503 after SIGTERM" }
+    );
+    assert.deepEqual(draining.body, { status: "draining" });
+    h.assertError(await h.api(gw, "POST", "/v1/push", { to: { all: true }, event: "late" }), 503, "push while draining");
+    await assert.rejects(h.connect(gw, { transports: ["websocket"], timeout: 3000 }), "a new connection is refused while draining");
+    const health = await h.api(gw, "GET", "/healthz");
+    assert.deepEqual([health.status, health.body], [200, { status: "ok" }], "healthz stays ok while the process runs");
+
+    assert.equal(await code, 0, `exit code\n${gw.logs()}`);
+    assert.deepEqual(await normalGone, ["transport close"]);
+    stuck.ws._socket.resume();
+  });
+});
