@@ -67,7 +67,11 @@ impl From<push::PushError> for ApiError {
 
 impl From<crate::bus::BusError> for ApiError {
     fn from(e: crate::bus::BusError) -> Self {
-        Self::new(StatusCode::SERVICE_UNAVAILABLE, "unavailable", e.to_string())
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
     }
 }
 
@@ -121,7 +125,10 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/pushes/{id}", get(push_report))
         .route("/v1/sockets/{sid}", get(get_socket).delete(delete_socket))
         .route("/v1/users/{uid}", get(get_user))
-        .route("/v1/users/{uid}/sockets", axum::routing::delete(delete_user_sockets))
+        .route(
+            "/v1/users/{uid}/sockets",
+            axum::routing::delete(delete_user_sockets),
+        )
         .route("/v1/rooms/{room}", get(get_room))
         .route("/v1/rooms/{room}/join", post(join_room))
         .route("/v1/rooms/{room}/leave", post(leave_room))
@@ -275,7 +282,10 @@ async fn get_socket(State(api): Shared, Path(sid): Path<String>) -> Result<Json<
     Ok(Json(socket_json(&api, info)))
 }
 
-async fn delete_socket(State(api): Shared, Path(sid): Path<String>) -> Result<Json<Value>, ApiError> {
+async fn delete_socket(
+    State(api): Shared,
+    Path(sid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
     let sid = SocketId::from(sid);
     let conn = api
         .hub
@@ -317,7 +327,9 @@ async fn get_room(State(api): Shared, Path(room): Path<String>) -> Json<Value> {
 /// The sockets a room change applies to: `{"sockets": [..]}` or `{"user": "u"}`.
 fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
     let Value::Object(mut obj) = body else {
-        return Err(ApiError::bad_request("expected {\"sockets\": [..]} or {\"user\": \"u\"}"));
+        return Err(ApiError::bad_request(
+            "expected {\"sockets\": [..]} or {\"user\": \"u\"}",
+        ));
     };
     let sockets = obj.remove("sockets");
     let user = obj.remove("user");
@@ -329,7 +341,9 @@ fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
             .into_iter()
             .map(|v| match v {
                 Value::String(s) if !s.is_empty() => Ok(SocketId::from(s)),
-                _ => Err(ApiError::bad_request("sockets must be a list of socket ids")),
+                _ => Err(ApiError::bad_request(
+                    "sockets must be a list of socket ids",
+                )),
             })
             .collect(),
         (None, Some(Value::String(u))) if !u.is_empty() => Ok(api

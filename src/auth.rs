@@ -100,18 +100,23 @@ impl Authenticator {
         let token = token
             .filter(|t| !t.is_empty())
             .ok_or(AuthError::MissingToken)?;
-        let data = jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
-            match e.kind() {
-                ErrorKind::ExpiredSignature => AuthError::Expired,
-                ErrorKind::InvalidSignature => AuthError::BadSignature,
-                _ => AuthError::Invalid(e),
-            }
-        })?;
+        let data =
+            jsonwebtoken::decode::<Claims>(token, key, &self.validation).map_err(|e| {
+                match e.kind() {
+                    ErrorKind::ExpiredSignature => AuthError::Expired,
+                    ErrorKind::InvalidSignature => AuthError::BadSignature,
+                    _ => AuthError::Invalid(e),
+                }
+            })?;
         let claims = data.claims;
         Ok(Identity {
             user: Some(UserId::from(claims.sub)),
             rooms: claims.rooms.into_iter().map(RoomName::from).collect(),
-            join: claims.join.into_iter().map(String::into_boxed_str).collect(),
+            join: claims
+                .join
+                .into_iter()
+                .map(String::into_boxed_str)
+                .collect(),
         })
     }
 }
@@ -175,7 +180,7 @@ mod tests {
             json!({"sub": "alice", "exp": now() + 60, "rooms": ["team:7"], "join": ["chat:*"]}),
         );
         let id = auth.authenticate(Some(&t)).unwrap();
-        assert_eq!(id.user.unwrap().as_str(), "alice");
+        assert_eq!(id.user.as_ref().unwrap().as_str(), "alice");
         assert_eq!(id.rooms[0].as_str(), "team:7");
         assert!(id.may_join("chat:lobby"));
         assert!(!id.may_join("admin"));
@@ -186,12 +191,24 @@ mod tests {
         let auth = Authenticator::new(Some("s3cret"));
         assert_eq!(auth.authenticate(None).unwrap_err().code(), "missing_token");
         let expired = token("s3cret", json!({"sub": "a", "exp": now() - 3600}));
-        assert_eq!(auth.authenticate(Some(&expired)).unwrap_err().code(), "expired_token");
+        assert_eq!(
+            auth.authenticate(Some(&expired)).unwrap_err().code(),
+            "expired_token"
+        );
         let forged = token("other", json!({"sub": "a", "exp": now() + 60}));
-        assert_eq!(auth.authenticate(Some(&forged)).unwrap_err().code(), "bad_signature");
-        assert_eq!(auth.authenticate(Some("garbage")).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            auth.authenticate(Some(&forged)).unwrap_err().code(),
+            "bad_signature"
+        );
+        assert_eq!(
+            auth.authenticate(Some("garbage")).unwrap_err().code(),
+            "invalid_token"
+        );
         let no_sub = token("s3cret", json!({"exp": now() + 60}));
-        assert_eq!(auth.authenticate(Some(&no_sub)).unwrap_err().code(), "invalid_token");
+        assert_eq!(
+            auth.authenticate(Some(&no_sub)).unwrap_err().code(),
+            "invalid_token"
+        );
     }
 
     #[test]

@@ -41,7 +41,11 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 /// Flags as parsed by clap; every one optional so that the environment and the file
 /// can fill what the command line did not say.
 #[derive(Debug, Default, Parser)]
-#[command(name = "pushgate", version, about = "A push gateway for Socket.IO clients")]
+#[command(
+    name = "pushgate",
+    version,
+    about = "A push gateway for Socket.IO clients"
+)]
 pub struct Flags {
     /// TOML file with the same settings (snake_case names) [env: PUSHGATE_CONFIG]
     #[arg(long)]
@@ -176,12 +180,11 @@ impl Config {
             .or_else(|| env("PUSHGATE_CONFIG").map(PathBuf::from));
         let file = match path {
             Some(path) => {
-                let text = std::fs::read_to_string(&path).map_err(|source| {
-                    ConfigError::ReadFile {
+                let text =
+                    std::fs::read_to_string(&path).map_err(|source| ConfigError::ReadFile {
                         path: path.clone(),
                         source,
-                    }
-                })?;
+                    })?;
                 Some((path, text))
             }
             None => None,
@@ -205,12 +208,15 @@ impl Config {
         let pick = |flag: Option<String>, var: &str, file: Option<String>| {
             flag.or_else(|| env(var)).or(file)
         };
-        let num = |name: &'static str, flag: Option<String>, file: Option<u64>, default: u64| {
-            match pick(flag, name, file.map(|v| v.to_string())) {
+        let num =
+            |name: &'static str, flag: Option<String>, file: Option<u64>, default: u64| match pick(
+                flag,
+                name,
+                file.map(|v| v.to_string()),
+            ) {
                 None => Ok(default),
                 Some(v) => v.trim().parse::<u64>().map_err(|e| invalid(name, &v, e)),
-            }
-        };
+            };
         let positive = |name: &'static str, flag, file, default| {
             let v = num(name, flag, file, default)?;
             if v == 0 {
@@ -407,7 +413,10 @@ mod tests {
     #[test]
     fn bad_values_name_the_setting() {
         let err = from_env(&[("PUSHGATE_PING_INTERVAL_MS", "soon")]).unwrap_err();
-        assert!(err.to_string().contains("PUSHGATE_PING_INTERVAL_MS"), "{err}");
+        assert!(
+            err.to_string().contains("PUSHGATE_PING_INTERVAL_MS"),
+            "{err}"
+        );
         let err = from_env(&[("PUSHGATE_LISTEN", "nowhere")]).unwrap_err();
         assert!(err.to_string().contains("PUSHGATE_LISTEN"), "{err}");
         assert!(from_env(&[("PUSHGATE_QUEUE_CAPACITY", "0")]).is_err());

@@ -240,11 +240,21 @@ mod tests {
         let outbox = Outbox::new(8, 1024);
         let now = Instant::now();
         assert_eq!(outbox.push(&[text("a")], now), Enqueued::Queued);
-        assert_eq!(outbox.push(&[text("b"), Frame::Binary(Bytes::from_static(b"x"))], now), Enqueued::Queued);
+        assert_eq!(
+            outbox.push(&[text("b"), Frame::Binary(Bytes::from_static(b"x"))], now),
+            Enqueued::Queued
+        );
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out), None);
         let frames: Vec<_> = out.into_iter().map(|q| q.frame).collect();
-        assert_eq!(frames, vec![text("a"), text("b"), Frame::Binary(Bytes::from_static(b"x"))]);
+        assert_eq!(
+            frames,
+            vec![
+                text("a"),
+                text("b"),
+                Frame::Binary(Bytes::from_static(b"x"))
+            ]
+        );
     }
 
     #[test]
@@ -265,7 +275,10 @@ mod tests {
         let outbox = Outbox::new(100, 10);
         let now = Instant::now();
         assert_eq!(outbox.push(&[text("12345")], now), Enqueued::Queued);
-        assert_eq!(outbox.push(&[text("123"), text("456")], now), Enqueued::Overflow);
+        assert_eq!(
+            outbox.push(&[text("123"), text("456")], now),
+            Enqueued::Overflow
+        );
     }
 
     #[test]

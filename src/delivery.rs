@@ -310,7 +310,10 @@ mod tests {
             .await
             .unwrap()
             .unwrap();
-        assert_eq!((report.delivered, report.acked, report.timed_out), (2, 1, 1));
+        assert_eq!(
+            (report.delivered, report.acked, report.timed_out),
+            (2, 1, 1)
+        );
         assert!(!t.ack(ack, &b), "late acks do not change a final report");
     }
 
@@ -330,7 +333,15 @@ mod tests {
     async fn a_push_without_acks_is_final_immediately() {
         let t = tracker();
         let id = PushId::generate();
-        t.complete(&id, Report { sockets: 3, delivered: 2, failed: 1, ..Report::default() });
+        t.complete(
+            &id,
+            Report {
+                sockets: 3,
+                delivered: 2,
+                failed: 1,
+                ..Report::default()
+            },
+        );
         assert_eq!(t.wait(&id).await.unwrap().failed, 1);
     }
 }

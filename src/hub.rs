@@ -114,10 +114,18 @@ impl Hub {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
         if let Some(user) = &member.user {
-            shard.users.entry(user.clone()).or_default().insert(socket.clone());
+            shard
+                .users
+                .entry(user.clone())
+                .or_default()
+                .insert(socket.clone());
         }
         for room in &member.rooms {
-            shard.rooms.entry(room.clone()).or_default().insert(socket.clone());
+            shard
+                .rooms
+                .entry(room.clone())
+                .or_default()
+                .insert(socket.clone());
         }
         shard.members.insert(socket, member);
     }
@@ -148,7 +156,11 @@ impl Hub {
             return false;
         }
         member.rooms.push(room.clone());
-        shard.rooms.entry(room.clone()).or_default().insert(socket.clone());
+        shard
+            .rooms
+            .entry(room.clone())
+            .or_default()
+            .insert(socket.clone());
         true
     }
 
@@ -198,7 +210,10 @@ impl Hub {
             Target::User(user) => self.deliver_users(d, std::slice::from_ref(user), &mut out),
             Target::Users(users) => self.deliver_users(d, users, &mut out),
         }
-        self.metrics.socketio.deliveries.inc_by(out.delivered as u64);
+        self.metrics
+            .socketio
+            .deliveries
+            .inc_by(out.delivered as u64);
         out
     }
 
@@ -241,7 +256,10 @@ impl Hub {
             }
             Enqueued::Closed => {
                 out.failed += 1;
-                self.metrics.delivery_failures.with_label_values(&["closed"]).inc();
+                self.metrics
+                    .delivery_failures
+                    .with_label_values(&["closed"])
+                    .inc();
             }
         }
     }
@@ -347,7 +365,12 @@ mod tests {
         Hub::new(Arc::new(Metrics::new()))
     }
 
-    fn add(hub: &Hub, user: Option<&str>, rooms: &[&str], capacity: usize) -> (SocketId, Arc<TestConn>) {
+    fn add(
+        hub: &Hub,
+        user: Option<&str>,
+        rooms: &[&str],
+        capacity: usize,
+    ) -> (SocketId, Arc<TestConn>) {
         let id = SocketId::generate(&NodeId::from("n1"));
         let conn = Arc::new(TestConn(Outbox::new(capacity, 1 << 20)));
         hub.register(
@@ -428,7 +451,10 @@ mod tests {
         let out = push(&hub, Target::All, &[]);
         assert_eq!((out.delivered, out.failed), (1, 1));
         assert_eq!(received(&fast), 1);
-        assert_eq!(slow.0.closing(), Some(crate::connection::CloseReason::SlowClient));
+        assert_eq!(
+            slow.0.closing(),
+            Some(crate::connection::CloseReason::SlowClient)
+        );
     }
 
     #[test]

@@ -133,8 +133,11 @@ impl Metrics {
                 &["route", "status"]
             )),
             http_request_seconds: reg!(HistogramVec::new(
-                HistogramOpts::new("pushgate_http_request_seconds", "HTTP API request duration.")
-                    .buckets(LATENCY_BUCKETS.to_vec()),
+                HistogramOpts::new(
+                    "pushgate_http_request_seconds",
+                    "HTTP API request duration."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"]
             )),
             connections,
@@ -168,14 +171,24 @@ mod tests {
         let m = Metrics::new();
         m.pushes.with_label_values(&["room"]).inc();
         m.acks.with_label_values(&["acked"]).inc();
-        m.disconnects.with_label_values(&[FRONTEND_SOCKETIO, "client"]).inc();
-        m.connect_errors.with_label_values(&[FRONTEND_SOCKETIO, "expired_token"]).inc();
+        m.disconnects
+            .with_label_values(&[FRONTEND_SOCKETIO, "client"])
+            .inc();
+        m.connect_errors
+            .with_label_values(&[FRONTEND_SOCKETIO, "expired_token"])
+            .inc();
         m.delivery_failures.with_label_values(&["closed"]).inc();
-        m.queue_overflows.with_label_values(&[FRONTEND_SOCKETIO]).inc();
+        m.queue_overflows
+            .with_label_values(&[FRONTEND_SOCKETIO])
+            .inc();
         m.client_joins.with_label_values(&["join", "ok"]).inc();
         m.client_events.with_label_values(&["ack"]).inc();
-        m.http_requests.with_label_values(&["/v1/push", "200"]).inc();
-        m.http_request_seconds.with_label_values(&["/v1/push"]).observe(0.01);
+        m.http_requests
+            .with_label_values(&["/v1/push", "200"])
+            .inc();
+        m.http_request_seconds
+            .with_label_values(&["/v1/push"])
+            .observe(0.01);
         m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
         m.socketio.deliveries.inc();
         m.push_write_seconds.observe(0.001);

@@ -135,8 +135,8 @@ impl Push {
         let (data, attachments) = match obj.remove("data") {
             None => (None, Vec::new()),
             Some(mut v) => {
-                let attachments = packet::extract_binary(&mut v)
-                    .map_err(|e| field("data", e.to_string()))?;
+                let attachments =
+                    packet::extract_binary(&mut v).map_err(|e| field("data", e.to_string()))?;
                 (Some(v), attachments)
             }
         };
@@ -216,8 +216,14 @@ fn parse_target(v: Value) -> Result<Target, PushError> {
             Value::Bool(true) => Target::All,
             _ => return Err(PushError::InvalidTarget("all must be true")),
         },
-        "user" => Target::User(UserId::from(name(value, "user must be a non-empty string")?)),
-        "room" => Target::Room(RoomName::from(name(value, "room must be a non-empty string")?)),
+        "user" => Target::User(UserId::from(name(
+            value,
+            "user must be a non-empty string",
+        )?)),
+        "room" => Target::Room(RoomName::from(name(
+            value,
+            "room must be a non-empty string",
+        )?)),
         "socket" => Target::Socket(SocketId::from(name(
             value,
             "socket must be a non-empty string",
@@ -349,21 +355,45 @@ mod tests {
             t(json!({"users": ["u", "v", "u"]})),
             Ok(Target::Users(vec!["u".into(), "v".into()]))
         );
-        assert_eq!(t(json!({"socket": "n.x"})), Ok(Target::Socket("n.x".into())));
+        assert_eq!(
+            t(json!({"socket": "n.x"})),
+            Ok(Target::Socket("n.x".into()))
+        );
     }
 
     #[test]
     fn bad_pushes_are_refused_with_a_reason() {
         let e = |v| Push::from_json(v).unwrap_err();
         assert_eq!(e(json!({"event": "e"})), PushError::MissingTarget);
-        assert_eq!(e(json!({"to": {"group": "x"}, "event": "e"})), PushError::UnknownTarget("group".into()));
-        assert_eq!(e(json!({"to": {"all": true, "room": "r"}, "event": "e"})), PushError::AmbiguousTarget);
-        assert!(matches!(e(json!({"to": {"all": false}, "event": "e"})), PushError::InvalidTarget(_)));
+        assert_eq!(
+            e(json!({"to": {"group": "x"}, "event": "e"})),
+            PushError::UnknownTarget("group".into())
+        );
+        assert_eq!(
+            e(json!({"to": {"all": true, "room": "r"}, "event": "e"})),
+            PushError::AmbiguousTarget
+        );
+        assert!(matches!(
+            e(json!({"to": {"all": false}, "event": "e"})),
+            PushError::InvalidTarget(_)
+        ));
         assert_eq!(e(json!({"to": {"all": true}})), PushError::MissingEvent);
-        assert!(matches!(e(json!({"to": {"all": true}, "event": "connect"})), PushError::InvalidEvent(_)));
-        assert!(matches!(e(json!({"to": {"all": true}, "event": "e", "ack": {"timeout_ms": 0}})), PushError::InvalidField { field: "ack", .. }));
-        assert!(matches!(e(json!({"to": {"all": true}, "event": "e", "data": {"$binary": "%%"}})), PushError::InvalidField { field: "data", .. }));
-        assert_eq!(e(json!({"to": {"all": true}, "event": "e", "tarjet": 1})), PushError::UnknownField("tarjet".into()));
+        assert!(matches!(
+            e(json!({"to": {"all": true}, "event": "connect"})),
+            PushError::InvalidEvent(_)
+        ));
+        assert!(matches!(
+            e(json!({"to": {"all": true}, "event": "e", "ack": {"timeout_ms": 0}})),
+            PushError::InvalidField { field: "ack", .. }
+        ));
+        assert!(matches!(
+            e(json!({"to": {"all": true}, "event": "e", "data": {"$binary": "%%"}})),
+            PushError::InvalidField { field: "data", .. }
+        ));
+        assert_eq!(
+            e(json!({"to": {"all": true}, "event": "e", "tarjet": 1})),
+            PushError::UnknownField("tarjet".into())
+        );
         assert_eq!(e(json!([1])), PushError::NotAnObject);
     }
 

@@ -83,7 +83,12 @@ pub trait Handler: Send + Sync + Sized + 'static {
     /// The session ended; called once.
     fn close(&self, session: &Arc<Session<Self>>, state: Self::State, reason: CloseReason);
     /// The HTTP API asked to disconnect one of the session's sockets.
-    fn disconnect(&self, session: &Session<Self>, state: &mut Self::State, socket: &crate::id::SocketId);
+    fn disconnect(
+        &self,
+        session: &Session<Self>,
+        state: &mut Self::State,
+        socket: &crate::id::SocketId,
+    );
 }
 
 const POLLING: u8 = 0;
@@ -246,7 +251,10 @@ impl<H: Handler> Engine<H> {
         m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
         let state = self.shared.handler.open(&session, query);
         *session.state.lock() = Some(state);
-        tracing::debug!(transport = transport_name(transport), "engine.io session opened");
+        tracing::debug!(
+            transport = transport_name(transport),
+            "engine.io session opened"
+        );
         session
     }
 
@@ -286,13 +294,22 @@ impl<H: Handler> Engine<H> {
 
     /// Answers a WebSocket request: a new WebSocket-only session, or the upgrade of a
     /// polling session.
-    fn upgrade(&self, mut req: Request, session: Option<Arc<Session<H>>>, query: Query) -> Response {
+    fn upgrade(
+        &self,
+        mut req: Request,
+        session: Option<Arc<Session<H>>>,
+        query: Query,
+    ) -> Response {
         let headers = req.headers();
         let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
             Some(key) if is_upgrade_request(headers) => key.clone(),
             _ => return protocol_error(ErrorCode::BadRequest),
         };
-        if headers.get(header::SEC_WEBSOCKET_VERSION).map(|v| v.as_bytes()) != Some(b"13") {
+        if headers
+            .get(header::SEC_WEBSOCKET_VERSION)
+            .map(|v| v.as_bytes())
+            != Some(b"13")
+        {
             return protocol_error(ErrorCode::BadRequest);
         }
         let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
@@ -819,7 +836,10 @@ fn protocol_error(code: ErrorCode) -> Response {
     };
     (
         status,
-        [(header::CONTENT_TYPE, HeaderValue::from_static("application/json"))],
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
         code.to_json(),
     )
         .into_response()

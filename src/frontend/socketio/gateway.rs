@@ -34,7 +34,10 @@ impl Gateway {
         let room = match (event.args.first(), event.attachments.is_empty()) {
             (Some(Value::String(r)), true) if !r.is_empty() && r.len() <= MAX_ROOM_LEN => r,
             _ => {
-                self.metrics.client_joins.with_label_values(&[op, "refused"]).inc();
+                self.metrics
+                    .client_joins
+                    .with_label_values(&[op, "refused"])
+                    .inc();
                 return error(
                     "bad_request",
                     &format!("{op} takes a room name (1 to {MAX_ROOM_LEN} bytes) and a callback"),
@@ -42,7 +45,10 @@ impl Gateway {
             }
         };
         if join && !socket.identity.may_join(room) {
-            self.metrics.client_joins.with_label_values(&[op, "refused"]).inc();
+            self.metrics
+                .client_joins
+                .with_label_values(&[op, "refused"])
+                .inc();
             tracing::debug!(socket = %socket.id, room, "client join refused");
             return error("forbidden", &format!("token does not allow joining {room}"));
         }
@@ -52,7 +58,10 @@ impl Gateway {
         } else {
             socket.leave(&room_name);
         }
-        self.metrics.client_joins.with_label_values(&[op, "ok"]).inc();
+        self.metrics
+            .client_joins
+            .with_label_values(&[op, "ok"])
+            .inc();
         tracing::debug!(socket = %socket.id, room, op, "client room change");
         json!({"ok": true, "room": room})
     }
@@ -81,10 +90,15 @@ impl Behaviour for Gateway {
             JOIN_EVENT => self.room_op(socket, &event, true),
             LEAVE_EVENT => self.room_op(socket, &event, false),
             other => {
-                self.metrics.client_events.with_label_values(&["unknown"]).inc();
+                self.metrics
+                    .client_events
+                    .with_label_values(&["unknown"])
+                    .inc();
                 error(
                     "unknown_event",
-                    &format!("the gateway does not handle {other:?}; use {JOIN_EVENT} or {LEAVE_EVENT}"),
+                    &format!(
+                        "the gateway does not handle {other:?}; use {JOIN_EVENT} or {LEAVE_EVENT}"
+                    ),
                 )
             }
         };

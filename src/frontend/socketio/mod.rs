@@ -75,8 +75,12 @@ pub struct Event<'a> {
 /// What a connected socket may do, decided per deployment.
 pub trait Behaviour: Send + Sync + 'static {
     /// Accepts or refuses a CONNECT to `nsp`. `token` is `auth.token`, else `?token=`.
-    fn connect(&self, nsp: &str, auth: Option<&Value>, token: Option<&str>)
-        -> Result<Identity, Refusal>;
+    fn connect(
+        &self,
+        nsp: &str,
+        auth: Option<&Value>,
+        token: Option<&str>,
+    ) -> Result<Identity, Refusal>;
     /// The socket is connected (its CONNECT answer is queued).
     fn connected(&self, _socket: &Socket<'_>, _auth: Option<&Value>) {}
     /// The client emitted an event.
@@ -195,7 +199,13 @@ impl<B: Behaviour> SocketIo<B> {
         session.outbox().push_control(Frame::text(text));
     }
 
-    fn connect(&self, session: &Arc<Session<Self>>, state: &mut State, nsp: &str, auth: Option<&Value>) {
+    fn connect(
+        &self,
+        session: &Arc<Session<Self>>,
+        state: &mut State,
+        nsp: &str,
+        auth: Option<&Value>,
+    ) {
         if !self.namespaces.iter().any(|n| n == nsp) {
             return self.refuse(
                 session,

@@ -1,0 +1,15 @@
+#!/usr/bin/env bash
+# Runs every test of the project: Rust unit and integration tests (the workspace,
+# loadtest included), then the Node suite that drives the real gateway binary with
+# the real socket.io-client. Needs cargo, Node 20+ and npm.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+echo "== cargo test --workspace"
+cargo test --workspace
+
+echo "== Node suite (tests/node) against target/debug/pushgate"
+cargo build --bin pushgate
+cd tests/node
+npm ci --no-audit --no-fund
+PUSHGATE_BIN="$PWD/../../target/debug/pushgate" npm test
