@@ -140,6 +140,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
         .route_layer(middleware::from_fn_with_state(api.clone(), observe))
+        .method_not_allowed_fallback(method_not_allowed)
         .layer(axum::extract::DefaultBodyLimit::max(api.max_body_bytes))
         .with_state(api)
 }
@@ -147,6 +148,14 @@ pub fn router(api: Arc<Api>) -> Router {
 /// The answer for paths no route matches (JSON, like every API error).
 pub async fn not_found() -> ApiError {
     ApiError::not_found("no such route")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "method_not_allowed",
+        "this route does not take that method",
+    )
 }
 
 async fn authorize(

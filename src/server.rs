@@ -2,9 +2,10 @@
 //! and the HTTP API on one listener, and shut down in order.
 //!
 //! Shutdown has one owner, [`run`]. The order: not ready (`/readyz` 503, new pushes
-//! and handshakes refused) → stop accepting connections → let queues drain up to the
-//! deadline → close every session (clients see a closed transport and reconnect
-//! elsewhere) → wait briefly for the close frames → return.
+//! and new sessions refused) → let queues drain up to the deadline → close every
+//! session (WebSocket clients get close 1001, polling clients the close packet at
+//! their next poll; either way they reconnect elsewhere) → stop accepting connections
+//! → wait briefly for in-flight requests → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -125,13 +126,16 @@ pub async fn run(
         }
     }
     tracing::info!(timeout = ?config.shutdown_timeout, "shutting down: draining connections");
+    // Not ready: /readyz answers 503 and new sessions and pushes are refused, while the
+    // listener stays open so existing polling clients can still collect their frames
+    // and, at the end, their close packet.
     draining.cancel();
     engine.start_draining();
-    stop_accepting.cancel();
     engine
         .drain(tokio::time::Instant::now() + config.shutdown_timeout)
         .await;
     engine.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();
     tracing::info!("shutdown complete");

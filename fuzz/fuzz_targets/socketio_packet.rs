@@ -22,7 +22,8 @@ fuzz_target!(|text: &str| {
 
     match (packet.kind, &packet.data) {
         (PacketKind::Event | PacketKind::BinaryEvent, Some(serde_json::Value::Array(items))) => {
-            if let (Some(serde_json::Value::String(event)), true) = (items.first(), items.len() <= 2)
+            if let (Some(serde_json::Value::String(event)), true) =
+                (items.first(), items.len() <= 2)
             {
                 let mut fast = String::new();
                 encode_event(

@@ -41,6 +41,8 @@ use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
 /// little (pongs, acks, joins), and a larger message only grows the buffer while it is
 /// read, so 512 bytes keeps idle connections small. tungstenite's default is 128 KiB.
 const WS_READ_BUFFER: usize = 512;
+/// How long a closing WebSocket waits for the client's close frame.
+const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Frames are written out as soon as they are formatted: no write-side buffering
 /// beyond the frame itself (tungstenite's default batches 128 KiB).
 const WS_WRITE_BUFFER: usize = 0;
@@ -417,15 +419,29 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    /// Closes every session and waits (up to `grace`) for their tasks to finish writing
-    /// the close.
+    /// Closes every session. WebSocket sessions close at once (their task writes the
+    /// close frame); a polling session is marked closing so that its pending or next
+    /// poll collects the close packet, and is closed outright if no poll comes within
+    /// `grace`. Then waits (up to `grace`) for the sessions' tasks to end.
     pub async fn close_all(&self, reason: CloseReason, grace: Duration) {
+        let deadline = tokio::time::Instant::now() + grace;
+        let sessions: Vec<_> = self.shared.sessions.read().values().cloned().collect();
+        for s in &sessions {
+            if s.transport.load(Ordering::Acquire) == POLLING {
+                s.outbox.close(reason);
+            } else {
+                s.close(reason);
+            }
+        }
+        while self.session_count() > 0 && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         let sessions: Vec<_> = self.shared.sessions.read().values().cloned().collect();
         for s in &sessions {
             s.close(reason);
         }
         self.shared.tasks.close();
-        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+        let _ = tokio::time::timeout_at(deadline, self.shared.tasks.wait()).await;
     }
 }
 
@@ -537,8 +553,12 @@ impl<H: Handler> Session<H> {
                         Frame::Binary(b) => engineio::append_binary_record(&mut body, b),
                     }
                 }
-                if closing.is_some() {
-                    engineio::append_text_record(&mut body, "1");
+                match closing {
+                    None | Some(CloseReason::Client) => {}
+                    Some(reason) => {
+                        engineio::append_text_record(&mut body, "1");
+                        self.close(reason);
+                    }
                 }
                 return text_response(body);
             }
@@ -703,7 +723,15 @@ async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: O
             code,
             reason: reason.as_str().into(),
         };
-        let _ = tokio::time::timeout(Duration::from_secs(1), ws.close(Some(frame))).await;
+        // RFC 6455 closing handshake: send the close, then read until the client's
+        // close (or EOF) so the TCP close is clean rather than a reset that could
+        // destroy the close frame in the client's receive buffer.
+        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+            if ws.close(Some(frame)).await.is_ok() {
+                while let Some(Ok(_)) = ws.next().await {}
+            }
+        })
+        .await;
     }
 }
 
