@@ -38,7 +38,7 @@ function startGateway(env = {}) {
   const proc = spawn(BIN, [], {
     env: {
       ...process.env,
-      RUST_LOG: "info",
+      RUST_LOG: process.env.PUSHGATE_TEST_RUST_LOG || "info",
       PUSHGATE_LISTEN: "127.0.0.1:0",
       ...env,
     },
@@ -234,6 +234,7 @@ function client(gw, opts = {}) {
   const { namespace = "/", ...rest } = opts;
   const url = gw.url + (namespace === "/" ? "" : namespace);
   const s = io(url, { forceNew: true, reconnection: false, timeout: 8000, ...rest });
+  s.gateway = gw;
   sockets.add(s);
   return s;
 }
@@ -394,7 +395,7 @@ async function eventually(fn, { timeout = 8000, interval = 50, what = "condition
  */
 function rawWs(gw, query = "EIO=4&transport=websocket", { answerPings = false } = {}) {
   const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket.io/?${query}`);
-  const r = { ws, messages: [], pings: 0, closeInfo: null, error: null };
+  const r = { ws, gateway: gw, messages: [], pings: 0, closeInfo: null, error: null };
   const waiters = [];
   r.closed = new Promise((resolve) => {
     ws.on("close", (code, reason) => {
@@ -459,6 +460,23 @@ async function rawSocketIo(gw, opts = {}) {
   const ok = await r.next((m) => typeof m === "string" && m.startsWith("40"));
   r.sid = JSON.parse(ok.slice(2)).sid;
   return r;
+}
+
+/** How many of the sockets this suite opened are connected to `gw` right now (raw ones included). */
+function connectedCount(gw) {
+  let n = 0;
+  for (const s of sockets) if (s.gateway === gw && s.connected) n++;
+  for (const r of raws) if (r.gateway === gw && r.sid && !r.closeInfo) n++;
+  return n;
+}
+
+/** Asserts that metric `name{labels}` is at least `min`; returns its value. */
+async function metricAtLeast(gw, name, labels, min) {
+  const assert = require("node:assert/strict");
+  const v = await metric(gw, name, labels);
+  const sel = `${name}{${Object.entries(labels || {}).map(([k, x]) => `${k}="${x}"`).join(",")}}`;
+  assert.ok(v !== null && v >= min, `${sel} = ${v}, expected >= ${min}`);
+  return v;
 }
 
 /** Resolve with `promise` or reject after `ms`. */
@@ -538,8 +556,10 @@ module.exports = {
   parseMetrics,
   metricsText,
   metric,
+  metricAtLeast,
+  connectedCount,
   sleep,
   Manager,
   io,
-  trackSocket: (s) => (sockets.add(s), s),
+  trackSocket: (s, gw) => ((s.gateway = gw), sockets.add(s), s),
 };
