@@ -20,7 +20,14 @@ describe("graceful shutdown", () => {
       const res = await h.push(gw, { to: { all: true }, event: "last-words", data: { i, pad: "z".repeat(4000) }, wait: true });
       assert.equal(res.body.report.delivered, 3);
     }
+    const raw = await h.rawSocketIo(gw);
     const code = gw.stop("SIGTERM", 20_000);
+    const closeInfo = await h.within(15_000, raw.closed, "the raw websocket being closed");
+    assert.equal(closeInfo.code, 1001, "WebSocket close 1001 going away");
+    assert.ok(
+      !raw.messages.some((m) => typeof m === "string" && m.startsWith("41")),
+      `no Socket.IO DISCONNECT packet before the close: ${JSON.stringify(raw.messages)}`
+    );
     const reasons = (await Promise.all(disconnects)).map(([reason]) => reason);
     assert.deepEqual(reasons, ["transport close", "transport close", "transport close"]);
     for (const r of recs) {
