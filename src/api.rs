@@ -5,6 +5,7 @@
 //! bearer key when keys are configured; with none configured only loopback callers
 //! are served.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
@@ -20,8 +21,9 @@ use serde_json::{json, Value};
 use tokio_util::sync::CancellationToken;
 
 use crate::auth::ApiKeys;
+use crate::bus::RedisBus;
 use crate::delivery::Tracker;
-use crate::hub::Hub;
+use crate::hub::{Hub, SocketInfo};
 use crate::id::{NodeId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
 use crate::push::{self, Push, PushService};
@@ -62,6 +64,16 @@ impl IntoResponse for ApiError {
 impl From<push::PushError> for ApiError {
     fn from(e: push::PushError) -> Self {
         Self::bad_request(e.to_string())
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the cluster registry cannot be read: {e}; retry later"),
+        )
     }
 }
 
@@ -113,6 +125,16 @@ pub struct Api {
     /// Cancelled when the node starts draining: `/readyz` answers 503, pushes too.
     pub draining: CancellationToken,
     pub max_body_bytes: usize,
+    /// Cluster mode: the Redis bus (with its registry) that answers for other nodes.
+    pub cluster: Option<Arc<RedisBus>>,
+}
+
+impl Api {
+    /// The node owning `sid` when it is another node of the cluster.
+    fn remote_owner<'a>(&self, sid: &'a SocketId) -> Option<&'a str> {
+        self.cluster.as_ref()?;
+        sid.node().filter(|n| *n != self.node.as_str())
+    }
 }
 
 type Shared = State<Arc<Api>>;
@@ -264,17 +286,19 @@ async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Resp
 }
 
 async fn push_report(State(api): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    let (state, report) = api
-        .tracker
-        .get(&id)
-        .ok_or_else(|| ApiError::not_found(format!("no push {id} in the last 10 minutes")))?;
+    let mut found = api.tracker.get(&id);
+    if let (None, Some(c)) = (&found, &api.cluster) {
+        found = c.registry().report(&id).await?;
+    }
+    let (state, report) =
+        found.ok_or_else(|| ApiError::not_found(format!("no push {id} in the last 10 minutes")))?;
     Ok(Json(json!({"id": id, "state": state, "report": report})))
 }
 
-fn socket_json(api: &Api, info: crate::hub::SocketInfo) -> Value {
+fn socket_json(node: &NodeId, info: SocketInfo) -> Value {
     json!({
         "id": info.id,
-        "node": api.node,
+        "node": node,
         "user": info.user,
         "namespace": info.namespace,
         "transport": info.transport,
@@ -284,11 +308,16 @@ fn socket_json(api: &Api, info: crate::hub::SocketInfo) -> Value {
 }
 
 async fn get_socket(State(api): Shared, Path(sid): Path<String>) -> Result<Json<Value>, ApiError> {
-    let info = api
-        .hub
-        .socket(&SocketId::from(sid.as_str()))
-        .ok_or_else(|| ApiError::not_found(format!("no socket {sid}")))?;
-    Ok(Json(socket_json(&api, info)))
+    let id = SocketId::from(sid.as_str());
+    if let Some(info) = api.hub.socket(&id) {
+        return Ok(Json(socket_json(&api.node, info)));
+    }
+    if let (Some(c), Some(_)) = (&api.cluster, api.remote_owner(&id)) {
+        if let Some(e) = c.registry().socket(&id).await? {
+            return Ok(Json(socket_json(&e.node, e.info)));
+        }
+    }
+    Err(ApiError::not_found(format!("no socket {sid}")))
 }
 
 async fn delete_socket(
@@ -296,45 +325,100 @@ async fn delete_socket(
     Path(sid): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let sid = SocketId::from(sid);
-    let conn = api
-        .hub
-        .connection(&sid)
-        .ok_or_else(|| ApiError::not_found(format!("no socket {sid}")))?;
-    conn.disconnect(&sid);
-    tracing::info!(socket = %sid, "socket disconnected through the API");
-    Ok(Json(json!({"disconnected": 1})))
+    if let Some(conn) = api.hub.connection(&sid) {
+        conn.disconnect(&sid);
+        tracing::info!(socket = %sid, "socket disconnected through the API");
+        return Ok(Json(json!({"disconnected": 1})));
+    }
+    if let (Some(c), Some(node)) = (&api.cluster, api.remote_owner(&sid)) {
+        let n = c.kick(node, vec![sid.clone()]).await?;
+        if n > 0 {
+            tracing::info!(socket = %sid, node, "socket disconnected through the API");
+            return Ok(Json(json!({"disconnected": n})));
+        }
+    }
+    Err(ApiError::not_found(format!("no socket {sid}")))
 }
 
-async fn get_user(State(api): Shared, Path(uid): Path<String>) -> Json<Value> {
-    let sockets: Vec<Value> = api
+/// A user's sockets: this node's from the hub, the others' from the registry.
+async fn user_sockets(api: &Api, user: &UserId) -> Result<Vec<(NodeId, SocketInfo)>, ApiError> {
+    let mut out: Vec<(NodeId, SocketInfo)> = api
         .hub
-        .user_sockets(&UserId::from(uid.as_str()))
+        .user_sockets(user)
         .into_iter()
-        .map(|info| socket_json(&api, info))
+        .map(|i| (api.node.clone(), i))
         .collect();
-    Json(json!({"user": uid, "sockets": sockets}))
+    if let Some(c) = &api.cluster {
+        for e in c.registry().user(user).await? {
+            if e.node != api.node {
+                out.push((e.node, e.info));
+            }
+        }
+    }
+    Ok(out)
 }
 
-async fn delete_user_sockets(State(api): Shared, Path(uid): Path<String>) -> Json<Value> {
-    let sockets = api.hub.user_sockets(&UserId::from(uid.as_str()));
+async fn get_user(State(api): Shared, Path(uid): Path<String>) -> Result<Json<Value>, ApiError> {
+    let sockets: Vec<Value> = user_sockets(&api, &UserId::from(uid.as_str()))
+        .await?
+        .into_iter()
+        .map(|(node, info)| socket_json(&node, info))
+        .collect();
+    Ok(Json(json!({"user": uid, "sockets": sockets})))
+}
+
+/// Groups socket ids by owning node: this node's, and every other's.
+fn by_node(api: &Api, sockets: Vec<SocketId>) -> (Vec<SocketId>, HashMap<String, Vec<SocketId>>) {
+    let mut local = Vec::new();
+    let mut remote: HashMap<String, Vec<SocketId>> = HashMap::new();
+    for s in sockets {
+        match api.remote_owner(&s) {
+            Some(node) => remote.entry(node.to_owned()).or_default().push(s),
+            None => local.push(s),
+        }
+    }
+    (local, remote)
+}
+
+async fn delete_user_sockets(
+    State(api): Shared,
+    Path(uid): Path<String>,
+) -> Result<Json<Value>, ApiError> {
+    let sockets = user_sockets(&api, &UserId::from(uid.as_str())).await?;
+    let (local, remote) = by_node(&api, sockets.into_iter().map(|(_, i)| i.id).collect());
     let mut n = 0;
-    for info in sockets {
-        if let Some(conn) = api.hub.connection(&info.id) {
-            conn.disconnect(&info.id);
+    for sid in local {
+        if let Some(conn) = api.hub.connection(&sid) {
+            conn.disconnect(&sid);
             n += 1;
         }
     }
+    if let Some(c) = &api.cluster {
+        for (node, sockets) in remote {
+            n += c.kick(&node, sockets).await? as usize;
+        }
+    }
     tracing::info!(user = %uid, sockets = n, "user disconnected through the API");
-    Json(json!({"disconnected": n}))
+    Ok(Json(json!({"disconnected": n})))
 }
 
-async fn get_room(State(api): Shared, Path(room): Path<String>) -> Json<Value> {
-    let sockets = api.hub.room_sockets(&RoomName::from(room.as_str()));
-    Json(json!({"room": room, "count": sockets.len(), "sockets": sockets}))
+async fn get_room(State(api): Shared, Path(room): Path<String>) -> Result<Json<Value>, ApiError> {
+    let name = RoomName::from(room.as_str());
+    let mut sockets = api.hub.room_sockets(&name);
+    if let Some(c) = &api.cluster {
+        for e in c.registry().room(&name).await? {
+            if e.node != api.node {
+                sockets.push(e.info.id);
+            }
+        }
+    }
+    Ok(Json(
+        json!({"room": room, "count": sockets.len(), "sockets": sockets}),
+    ))
 }
 
 /// The sockets a room change applies to: `{"sockets": [..]}` or `{"user": "u"}`.
-fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
+async fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
     let Value::Object(mut obj) = body else {
         return Err(ApiError::bad_request(
             "expected {\"sockets\": [..]} or {\"user\": \"u\"}",
@@ -355,11 +439,10 @@ fn members_of(api: &Api, body: Value) -> Result<Vec<SocketId>, ApiError> {
                 )),
             })
             .collect(),
-        (None, Some(Value::String(u))) if !u.is_empty() => Ok(api
-            .hub
-            .user_sockets(&UserId::from(u))
+        (None, Some(Value::String(u))) if !u.is_empty() => Ok(user_sockets(api, &UserId::from(u))
+            .await?
             .into_iter()
-            .map(|i| i.id)
+            .map(|(_, i)| i.id)
             .collect()),
         _ => Err(ApiError::bad_request(
             "give exactly one of {\"sockets\": [..]} or {\"user\": \"u\"}",
@@ -380,11 +463,40 @@ async fn join_room(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = room_name(&room)?;
-    let n = members_of(&api, body)?
-        .iter()
-        .filter(|s| api.hub.join(s, &name))
-        .count();
+    let n = change_rooms(&api, &name, members_of(&api, body).await?, true).await?;
     Ok(Json(json!({"room": room, "sockets": n})))
+}
+
+/// Joins or leaves `sockets` to `room` on whichever node holds them; answers once the
+/// change is in effect for pushes (subscriptions made) and returns how many changed.
+async fn change_rooms(
+    api: &Api,
+    room: &RoomName,
+    sockets: Vec<SocketId>,
+    join: bool,
+) -> Result<usize, ApiError> {
+    let (local, remote) = by_node(api, sockets);
+    let mut n = local
+        .iter()
+        .filter(|s| {
+            if join {
+                api.hub.join(s, room)
+            } else {
+                api.hub.leave(s, room)
+            }
+        })
+        .count();
+    if let Some(c) = &api.cluster {
+        for (node, sockets) in remote {
+            n += if join {
+                c.join(&node, room, sockets).await?
+            } else {
+                c.leave(&node, room, sockets).await?
+            } as usize;
+        }
+        c.synced().await;
+    }
+    Ok(n)
 }
 
 async fn leave_room(
@@ -393,19 +505,25 @@ async fn leave_room(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = room_name(&room)?;
-    let n = members_of(&api, body)?
-        .iter()
-        .filter(|s| api.hub.leave(s, &name))
-        .count();
+    let n = change_rooms(&api, &name, members_of(&api, body).await?, false).await?;
     Ok(Json(json!({"room": room, "sockets": n})))
 }
 
-async fn nodes(State(api): Shared) -> Json<Value> {
-    Json(json!({"nodes": [{
+async fn nodes(State(api): Shared) -> Result<Json<Value>, ApiError> {
+    let this = json!({
         "id": api.node,
         "connections": api.metrics.socketio.connections.get(),
         "started_at": api.started_at,
-    }]}))
+    });
+    let Some(c) = &api.cluster else {
+        return Ok(Json(json!({ "nodes": [this] })));
+    };
+    let mut nodes = c.registry().nodes().await?;
+    // This node from its own counters (its heartbeat in Redis may be seconds old).
+    nodes.retain(|n| n["id"] != this["id"]);
+    nodes.push(this);
+    nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    Ok(Json(json!({ "nodes": nodes })))
 }
 
 async fn readyz(State(api): Shared) -> Response {
@@ -413,6 +531,12 @@ async fn readyz(State(api): Shared) -> Response {
         (
             StatusCode::SERVICE_UNAVAILABLE,
             Json(json!({"status": "draining"})),
+        )
+            .into_response()
+    } else if api.cluster.as_ref().is_some_and(|c| !c.is_up()) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({"status": "redis_unavailable"})),
         )
             .into_response()
     } else {

@@ -35,6 +35,9 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 /// Outbound bytes a connection may have queued, so a few large pushes cannot pin
 /// megabytes per slow connection.
 pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
+/// See [`crate::registry::DEFAULT_REGISTRY_TTL_MS`]; shorter than this many ms and
+/// the refresh (every third) would be too busy and too close to a Redis hiccup.
+pub const MIN_REGISTRY_TTL_MS: u64 = 1_000;
 /// How long queues may drain on SIGTERM before sessions are closed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
 
@@ -56,6 +59,12 @@ pub struct Flags {
     /// Redis URL for the cluster bus; unset = single node [env: PUSHGATE_REDIS_URL]
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel [env: PUSHGATE_REDIS_PREFIX] [default: pushgate]
+    #[arg(long)]
+    pub redis_prefix: Option<String>,
+    /// TTL of this node's registry entries in Redis, refreshed every third of it [env: PUSHGATE_REGISTRY_TTL_MS] [default: 30000]
+    #[arg(long)]
+    pub registry_ttl_ms: Option<String>,
     /// Comma-separated bearer keys for /v1; unset = loopback callers only [env: PUSHGATE_API_KEYS]
     #[arg(long)]
     pub api_keys: Option<String>,
@@ -103,6 +112,8 @@ pub struct Flags {
 struct FileSettings {
     listen: Option<String>,
     redis_url: Option<String>,
+    redis_prefix: Option<String>,
+    registry_ttl_ms: Option<u64>,
     api_keys: Option<Vec<String>>,
     jwt_secret: Option<String>,
     node_id: Option<String>,
@@ -123,6 +134,10 @@ struct FileSettings {
 pub struct Config {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
+    /// Prefix of every Redis key and channel, so several gateways can share a Redis.
+    pub redis_prefix: String,
+    /// TTL of the registry entries this node owns in Redis.
+    pub registry_ttl: Duration,
     pub api_keys: Vec<String>,
     pub jwt_secret: Option<String>,
     pub node_id: NodeId,
@@ -280,10 +295,43 @@ impl Config {
             }
         };
 
+        let redis_prefix = pick(
+            flags.redis_prefix,
+            "PUSHGATE_REDIS_PREFIX",
+            file.redis_prefix,
+        )
+        .unwrap_or_else(|| "pushgate".to_owned());
+        if redis_prefix.is_empty()
+            || redis_prefix.len() > 64
+            || redis_prefix
+                .chars()
+                .any(|c| c.is_whitespace() || c.is_control())
+        {
+            return Err(invalid(
+                "PUSHGATE_REDIS_PREFIX",
+                &redis_prefix,
+                "1 to 64 characters, no spaces",
+            ));
+        }
+        let registry_ttl_ms = num(
+            "PUSHGATE_REGISTRY_TTL_MS",
+            flags.registry_ttl_ms,
+            file.registry_ttl_ms,
+            crate::registry::DEFAULT_REGISTRY_TTL_MS,
+        )?;
+        if registry_ttl_ms < MIN_REGISTRY_TTL_MS {
+            return Err(invalid(
+                "PUSHGATE_REGISTRY_TTL_MS",
+                &registry_ttl_ms.to_string(),
+                format!("at least {MIN_REGISTRY_TTL_MS}"),
+            ));
+        }
         let ms = Duration::from_millis;
         let config = Config {
             listen,
             redis_url: pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url),
+            redis_prefix,
+            registry_ttl: ms(registry_ttl_ms),
             api_keys,
             jwt_secret: pick(flags.jwt_secret, "PUSHGATE_JWT_SECRET", file.jwt_secret),
             node_id,
@@ -378,6 +426,27 @@ mod tests {
         assert!(c.redis_url.is_none() && c.jwt_secret.is_none() && c.api_keys.is_empty());
         assert_eq!(c.namespaces, vec!["/"]);
         assert_eq!(c.ping_interval, Duration::from_millis(25_000));
+        assert_eq!(c.redis_prefix, "pushgate");
+        assert_eq!(c.registry_ttl, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn cluster_settings_are_read_and_checked() {
+        let c = from_env(&[
+            ("PUSHGATE_REDIS_URL", "redis://127.0.0.1:6379"),
+            ("PUSHGATE_REDIS_PREFIX", "pg-test"),
+            ("PUSHGATE_REGISTRY_TTL_MS", "3000"),
+        ])
+        .unwrap();
+        assert_eq!(c.redis_url.as_deref(), Some("redis://127.0.0.1:6379"));
+        assert_eq!(c.redis_prefix, "pg-test");
+        assert_eq!(c.registry_ttl, Duration::from_secs(3));
+        let err = from_env(&[("PUSHGATE_REGISTRY_TTL_MS", "10")]).unwrap_err();
+        assert!(
+            err.to_string().contains("PUSHGATE_REGISTRY_TTL_MS"),
+            "{err}"
+        );
+        assert!(from_env(&[("PUSHGATE_REDIS_PREFIX", "a b")]).is_err());
     }
 
     #[test]

@@ -7,18 +7,26 @@
 //!
 //! Reports are kept for [`RETENTION`] after they become final (for
 //! `GET /v1/pushes/{id}`), at most [`MAX_REPORTS`] of them, oldest dropped first.
+//!
+//! In a cluster the tracker plays two parts. On the node that accepted a push (the
+//! origin) a record counts what the delivering nodes report: it expects as many
+//! `Delivered` reports as PUBLISH said nodes received the push, sums them, then counts
+//! acks; it is final when every expected node reported and every delivery was acked,
+//! or at the deadline. On a delivering node a *relay* maps a node-local ack id back to
+//! the push and its origin, accepts each socket's ack once, and hands it to the bus
+//! ([`Tracker::forward_acks`]) to send to the origin.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::Serialize;
-use tokio::sync::oneshot;
+use serde::{Deserialize, Serialize};
+use tokio::sync::{mpsc, oneshot};
 
 use crate::hub::FanOut;
-use crate::id::{PushId, SocketId};
+use crate::id::{NodeId, PushId, SocketId};
 use crate::metrics::Metrics;
 
 /// How long a final report stays readable.
@@ -26,9 +34,16 @@ pub const RETENTION: Duration = Duration::from_secs(600);
 /// Reports kept at most, so a high push rate cannot grow memory without bound
 /// (about 200 bytes each).
 pub const MAX_REPORTS: usize = 200_000;
+/// How long the origin of a push without acks waits for the delivering nodes' reports
+/// before it makes the report final with what arrived: a node reports within
+/// milliseconds unless it died, and a caller's `wait` must never hang.
+pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
+/// A relay outlives its push's ack timeout by this much, so an ack that crossed the
+/// deadline on the wire is still forwarded (the origin ignores it if final).
+const RELAY_GRACE: Duration = Duration::from_secs(1);
 
 /// The outcome of a push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Report {
     pub sockets: usize,
     pub delivered: usize,
@@ -48,7 +63,7 @@ impl Report {
     }
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum State {
     Pending,
@@ -65,13 +80,41 @@ struct Record {
     early: HashSet<SocketId>,
     /// Whether the fan-out has returned and `awaiting` is filled.
     delivered: bool,
+    /// Cluster mode: what the delivering nodes reported so far.
+    nodes: Option<Nodes>,
     waiters: Vec<oneshot::Sender<Report>>,
+}
+
+/// The origin's count of delivering nodes for one push.
+struct Nodes {
+    /// How many nodes received the push (PUBLISH's answer), once known.
+    expected: Option<usize>,
+    reported: usize,
+    /// Whether the push asked for acks.
+    acks: bool,
+}
+
+/// A delivering node's view of an ack-tracked push from some origin.
+struct Relay {
+    push: PushId,
+    origin: NodeId,
+    awaiting: HashSet<SocketId>,
+    early: HashSet<SocketId>,
+    delivered: bool,
+}
+
+/// One client ack for a push accepted on `origin`, to be sent there.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardedAck {
+    pub push: PushId,
+    pub origin: NodeId,
 }
 
 #[derive(Default)]
 struct Records {
     by_id: HashMap<PushId, Record>,
     by_ack: HashMap<u64, PushId>,
+    relays: HashMap<u64, Relay>,
     /// Final reports in the order they became final, for expiry.
     finished: VecDeque<(Instant, PushId)>,
 }
@@ -84,6 +127,11 @@ pub struct Tracker {
     metrics: Arc<Metrics>,
     /// Lets deadline tasks reach the tracker without keeping it alive.
     this: Weak<Tracker>,
+    /// Cluster mode: where relayed acks go (the bus sends them to their origin).
+    forward: OnceLock<mpsc::UnboundedSender<ForwardedAck>>,
+    /// Cluster mode: where final reports of cluster pushes go (the bus stores them in
+    /// Redis, readable from any node).
+    finals: OnceLock<mpsc::UnboundedSender<(PushId, Report)>>,
 }
 
 impl Tracker {
@@ -93,7 +141,190 @@ impl Tracker {
             next_ack: AtomicU64::new(1),
             metrics,
             this: this.clone(),
+            forward: OnceLock::new(),
+            finals: OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: the stream of acks that relays accepted for pushes of other nodes
+    /// (and of this one). Call once; later calls get a receiver that never yields.
+    pub fn forward_acks(&self) -> mpsc::UnboundedReceiver<ForwardedAck> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.forward.set(tx);
+        rx
+    }
+
+    /// Cluster mode: the stream of final reports of cluster pushes. Call once.
+    pub fn final_reports(&self) -> mpsc::UnboundedReceiver<(PushId, Report)> {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let _ = self.finals.set(tx);
+        rx
+    }
+
+    /// Cluster mode, on the origin: opens a pending record before the push is published
+    /// (reports may arrive before PUBLISH answers).
+    pub fn open(&self, id: &PushId, acks: bool) {
+        let mut r = self.records.lock();
+        r.by_id.insert(
+            id.clone(),
+            Record {
+                report: Report::default(),
+                state: State::Pending,
+                ack_id: None,
+                awaiting: HashSet::new(),
+                early: HashSet::new(),
+                delivered: false,
+                nodes: Some(Nodes {
+                    expected: None,
+                    reported: 0,
+                    acks,
+                }),
+                waiters: Vec::new(),
+            },
+        );
+    }
+
+    /// Cluster mode, on the origin: `nodes` received the push; the report is final when
+    /// they all reported (and acked), or after `timeout`.
+    pub fn expect(&self, id: &PushId, nodes: usize, timeout: Duration) {
+        {
+            let mut r = self.records.lock();
+            let Some(rec) = r.by_id.get_mut(id) else {
+                return;
+            };
+            if let Some(n) = rec.nodes.as_mut() {
+                n.expected = Some(nodes);
+            }
+            if self.settle(&mut r, id) {
+                return;
+            }
+        }
+        self.arm(id.clone(), timeout);
+    }
+
+    /// Cluster mode, on the origin: one delivering node's fan-out.
+    pub fn node_reported(&self, id: &PushId, sockets: usize, delivered: usize, failed: usize) {
+        let mut r = self.records.lock();
+        let Some(rec) = r.by_id.get_mut(id) else {
+            return;
+        };
+        let Some(n) = rec.nodes.as_mut() else {
+            return;
+        };
+        if rec.state == State::Final {
+            return;
+        }
+        n.reported += 1;
+        rec.report.sockets += sockets;
+        rec.report.delivered += delivered;
+        rec.report.failed += failed;
+        self.settle(&mut r, id);
+    }
+
+    /// Cluster mode, on the origin: `n` acks that delivering nodes accepted.
+    pub fn acked(&self, id: &PushId, n: usize) {
+        let mut r = self.records.lock();
+        let Some(rec) = r.by_id.get_mut(id) else {
+            return;
+        };
+        if rec.state == State::Final || rec.nodes.is_none() {
+            return;
+        }
+        rec.report.acked += n;
+        self.metrics
+            .acks
+            .with_label_values(&["acked"])
+            .inc_by(n as u64);
+        self.settle(&mut r, id);
+    }
+
+    /// Makes a cluster record final if every expected node reported and, for an
+    /// ack-tracked push, every delivery was acked. Returns whether it is final.
+    fn settle(&self, r: &mut Records, id: &PushId) -> bool {
+        let Some(rec) = r.by_id.get(id) else {
+            return true;
+        };
+        if rec.state == State::Final {
+            return true;
+        }
+        let Some(n) = &rec.nodes else {
+            return false;
+        };
+        let all_reported = n.expected.is_some_and(|e| n.reported >= e);
+        let all_acked = !n.acks || rec.report.acked >= rec.report.delivered;
+        if all_reported && all_acked {
+            finish(r, id, &self.metrics, self.finals.get());
+            return true;
+        }
+        false
+    }
+
+    fn arm(&self, id: PushId, timeout: Duration) {
+        let tracker = self.this.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout).await;
+            if let Some(t) = tracker.upgrade() {
+                let mut r = t.records.lock();
+                finish(&mut r, &id, &t.metrics, t.finals.get());
+            }
+        });
+    }
+
+    /// Cluster mode, on a delivering node: a node-local ack id for `push` from
+    /// `origin`, to encode into this node's frames.
+    pub fn relay(&self, push: &PushId, origin: &NodeId) -> u64 {
+        let ack_id = self.next_ack.fetch_add(1, Ordering::Relaxed);
+        self.records.lock().relays.insert(
+            ack_id,
+            Relay {
+                push: push.clone(),
+                origin: origin.clone(),
+                awaiting: HashSet::new(),
+                early: HashSet::new(),
+                delivered: false,
+            },
+        );
+        ack_id
+    }
+
+    /// Cluster mode, on a delivering node: the sockets the relayed push reached; acks
+    /// are accepted from them until `timeout` (plus a grace) has passed.
+    pub fn relayed(&self, ack_id: u64, delivered_to: Vec<SocketId>, timeout: Duration) {
+        {
+            let mut r = self.records.lock();
+            let Some(relay) = r.relays.get_mut(&ack_id) else {
+                return;
+            };
+            relay.delivered = true;
+            let early = std::mem::take(&mut relay.early);
+            for socket in delivered_to {
+                if early.contains(&socket) {
+                    self.forward(relay);
+                } else {
+                    relay.awaiting.insert(socket);
+                }
+            }
+            if relay.awaiting.is_empty() {
+                r.relays.remove(&ack_id);
+                return;
+            }
+        }
+        let tracker = self.this.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(timeout + RELAY_GRACE).await;
+            if let Some(t) = tracker.upgrade() {
+                t.records.lock().relays.remove(&ack_id);
+            }
+        });
+    }
+
+    fn forward(&self, relay: &Relay) {
+        if let Some(tx) = self.forward.get() {
+            let _ = tx.send(ForwardedAck {
+                push: relay.push.clone(),
+                origin: relay.origin.clone(),
+            });
+        }
     }
 
     /// Opens a pending record for an ack-tracked push and returns its ack id.
@@ -110,6 +341,7 @@ impl Tracker {
                 awaiting: HashSet::new(),
                 early: HashSet::new(),
                 delivered: false,
+                nodes: None,
                 waiters: Vec::new(),
             },
         );
@@ -148,19 +380,11 @@ impl Tracker {
                 .with_label_values(&["acked"])
                 .inc_by(rec.report.acked as u64);
             if rec.awaiting.is_empty() {
-                finish(&mut r, id, &self.metrics);
+                finish(&mut r, id, &self.metrics, None);
                 return;
             }
         }
-        let tracker = self.this.clone();
-        let id = id.clone();
-        tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(t) = tracker.upgrade() {
-                let mut r = t.records.lock();
-                finish(&mut r, &id, &t.metrics);
-            }
-        });
+        self.arm(id.clone(), timeout);
     }
 
     /// Records the final report of a push without acks.
@@ -175,10 +399,11 @@ impl Tracker {
                 awaiting: HashSet::new(),
                 early: HashSet::new(),
                 delivered: true,
+                nodes: None,
                 waiters: Vec::new(),
             },
         );
-        finish(&mut r, id, &self.metrics);
+        finish(&mut r, id, &self.metrics, None);
     }
 
     /// A client acknowledged ack id `ack_id`. Returns whether it counted: an ack for an
@@ -187,7 +412,20 @@ impl Tracker {
     pub fn ack(&self, ack_id: u64, socket: &SocketId) -> bool {
         let mut r = self.records.lock();
         let Some(id) = r.by_ack.get(&ack_id).cloned() else {
-            return false;
+            let Some(relay) = r.relays.get_mut(&ack_id) else {
+                return false;
+            };
+            if !relay.delivered {
+                return relay.early.insert(socket.clone());
+            }
+            if !relay.awaiting.remove(socket) {
+                return false;
+            }
+            self.forward(relay);
+            if relay.awaiting.is_empty() {
+                r.relays.remove(&ack_id);
+            }
+            return true;
         };
         let Some(rec) = r.by_id.get_mut(&id) else {
             return false;
@@ -201,7 +439,7 @@ impl Tracker {
         rec.report.acked += 1;
         self.metrics.acks.with_label_values(&["acked"]).inc();
         if rec.awaiting.is_empty() {
-            finish(&mut r, &id, &self.metrics);
+            finish(&mut r, &id, &self.metrics, None);
         }
         true
     }
@@ -230,7 +468,12 @@ impl Tracker {
 
 /// Makes a record final: what is still awaited timed out; waiters are answered; old
 /// final reports expire.
-fn finish(r: &mut Records, id: &PushId, metrics: &Metrics) {
+fn finish(
+    r: &mut Records,
+    id: &PushId,
+    metrics: &Metrics,
+    finals: Option<&mpsc::UnboundedSender<(PushId, Report)>>,
+) {
     let Some(rec) = r.by_id.get_mut(id) else {
         return;
     };
@@ -238,7 +481,17 @@ fn finish(r: &mut Records, id: &PushId, metrics: &Metrics) {
         return;
     }
     rec.state = State::Final;
-    rec.report.timed_out = rec.awaiting.len();
+    rec.report.timed_out = match &rec.nodes {
+        // Deliveries whose ack never came, including those of a node that died after
+        // reporting. A node that never reported is not counted: nothing says it
+        // delivered anything.
+        Some(n) if n.acks => rec.report.delivered.saturating_sub(rec.report.acked),
+        Some(_) => 0,
+        None => rec.awaiting.len(),
+    };
+    if let (Some(_), Some(tx)) = (&rec.nodes, finals) {
+        let _ = tx.send((id.clone(), rec.report));
+    }
     if rec.report.timed_out > 0 {
         metrics
             .acks
@@ -327,6 +580,64 @@ mod tests {
         t.delivered(&id, fan(&[&a]), Duration::from_secs(5));
         let (state, report) = t.get(id.as_str()).unwrap();
         assert_eq!((state, report.acked), (State::Final, 1));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_cluster_report_sums_every_node_and_waits_for_their_acks() {
+        let t = tracker();
+        let id = PushId::generate();
+        t.open(&id, true);
+        t.node_reported(&id, 2, 2, 0);
+        t.acked(&id, 1);
+        t.expect(&id, 2, Duration::from_secs(5));
+        assert_eq!(t.get(id.as_str()).unwrap().0, State::Pending);
+        t.node_reported(&id, 1, 1, 0);
+        t.acked(&id, 1);
+        assert_eq!(
+            t.get(id.as_str()).unwrap().0,
+            State::Pending,
+            "2 of 3 acked"
+        );
+        t.acked(&id, 1);
+        let (state, report) = t.get(id.as_str()).unwrap();
+        assert_eq!(state, State::Final);
+        assert_eq!((report.sockets, report.delivered, report.acked), (3, 3, 3));
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_node_that_never_reports_ends_in_a_final_report_at_the_deadline() {
+        let t = tracker();
+        let id = PushId::generate();
+        t.open(&id, true);
+        t.expect(&id, 2, Duration::from_millis(300));
+        t.node_reported(&id, 2, 2, 0);
+        t.acked(&id, 1);
+        let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert_eq!(
+            (report.delivered, report.acked, report.timed_out),
+            (2, 1, 1)
+        );
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_relay_forwards_each_sockets_ack_once() {
+        let t = tracker();
+        let mut acks = t.forward_acks();
+        let (push, origin) = (PushId::generate(), NodeId::from("o"));
+        let (a, b) = (SocketId::from("n.a"), SocketId::from("n.b"));
+        let ack = t.relay(&push, &origin);
+        assert!(t.ack(ack, &a), "an ack before the fan-out returned");
+        t.relayed(ack, vec![a.clone(), b.clone()], Duration::from_secs(5));
+        assert!(t.ack(ack, &b));
+        assert!(!t.ack(ack, &b));
+        assert!(!t.ack(ack, &SocketId::from("n.c")));
+        let expected = ForwardedAck { push, origin };
+        assert_eq!(acks.try_recv().unwrap(), expected);
+        assert_eq!(acks.try_recv().unwrap(), expected);
+        assert!(acks.try_recv().is_err());
     }
 
     #[tokio::test]

@@ -8,14 +8,17 @@
 //! disconnects on other shards proceed meanwhile. Enqueueing never blocks (see
 //! [`crate::connection::Outbox`]), so a read lock is held for microseconds per shard.
 //!
-//! The hub never touches Redis and never awaits a socket.
+//! The hub never touches Redis and never awaits a socket. In a cluster it tells an
+//! [`Observer`] (the Redis bus) when a user, a room or the node as a whole gets its first
+//! local member or loses its last one, and when a socket's registry facts change; the
+//! observer only queues the news, so the hub never waits on it.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
 use std::time::Instant;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::connection::{Enqueued, Frame, Outbox};
 use crate::id::{RoomName, SocketId, UserId};
@@ -82,6 +85,79 @@ pub struct Delivery<'a> {
     pub track: bool,
 }
 
+/// What a node may subscribe to on the bus because it holds matching local members.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Topic {
+    /// Any local member at all (broadcast pushes).
+    All,
+    User(UserId),
+    Room(RoomName),
+}
+
+/// A change in a socket's registry facts.
+#[derive(Debug, Clone)]
+pub enum SocketChange {
+    /// Registered, or joined or left a room: the registry rewrites the socket's entry
+    /// from the hub's current view.
+    Upserted(SocketId),
+    /// Joined a room (the room index gains it).
+    Joined(SocketId, RoomName),
+    /// Left a room (the room index loses it).
+    Left(SocketId, RoomName),
+    /// Unregistered, with the indexes it must be removed from.
+    Removed {
+        socket: SocketId,
+        user: Option<UserId>,
+        rooms: Vec<RoomName>,
+    },
+}
+
+/// Told about interest and socket changes, in the order they happened for one topic
+/// (interest) or one socket. Calls are made outside the hub's shard locks; an
+/// implementation must only queue the news, never block.
+pub trait Observer: Send + Sync {
+    /// `topic` got its first local member or lost its last one; ask
+    /// [`Hub::has_interest`] for the current answer.
+    fn interest_changed(&self, topic: &Topic);
+    fn socket_changed(&self, change: SocketChange);
+}
+
+/// Node-wide member counts per topic, kept only when there is an observer. Sharded by
+/// topic hash like the hub; each lock is held to bump one counter and queue one note,
+/// so first/last notes for one topic are queued in the order the counts changed.
+struct Interest {
+    observer: Arc<dyn Observer>,
+    counts: Box<[Mutex<HashMap<Topic, usize>>]>,
+}
+
+impl Interest {
+    fn add(&self, hasher: &RandomState, topic: Topic) {
+        let mut counts = self.counts[hasher.hash_one(&topic) as usize % self.counts.len()].lock();
+        let n = counts.entry(topic.clone()).or_insert(0);
+        *n += 1;
+        if *n == 1 {
+            self.observer.interest_changed(&topic);
+        }
+    }
+
+    fn remove(&self, hasher: &RandomState, topic: Topic) {
+        let mut counts = self.counts[hasher.hash_one(&topic) as usize % self.counts.len()].lock();
+        if let Some(n) = counts.get_mut(&topic) {
+            *n -= 1;
+            if *n == 0 {
+                counts.remove(&topic);
+                self.observer.interest_changed(&topic);
+            }
+        }
+    }
+
+    fn has(&self, hasher: &RandomState, topic: &Topic) -> bool {
+        self.counts[hasher.hash_one(topic) as usize % self.counts.len()]
+            .lock()
+            .contains_key(topic)
+    }
+}
+
 #[derive(Default)]
 struct Shard {
     members: HashMap<SocketId, Member>,
@@ -93,6 +169,8 @@ pub struct Hub {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
     metrics: Arc<Metrics>,
+    /// Interest counts and the observer to tell; `None` on a single node.
+    interest: Option<Interest>,
 }
 
 impl Hub {
@@ -101,6 +179,54 @@ impl Hub {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
             metrics,
+            interest: None,
+        }
+    }
+
+    /// A hub that tells `observer` about interest and socket changes (cluster mode).
+    pub fn with_observer(metrics: Arc<Metrics>, observer: Arc<dyn Observer>) -> Self {
+        Self {
+            interest: Some(Interest {
+                observer,
+                counts: (0..SHARDS).map(|_| Mutex::default()).collect(),
+            }),
+            ..Self::new(metrics)
+        }
+    }
+
+    /// Whether some local member matches `topic` (false on a hub without observer).
+    pub fn has_interest(&self, topic: &Topic) -> bool {
+        self.interest
+            .as_ref()
+            .is_some_and(|i| i.has(&self.hasher, topic))
+    }
+
+    /// Every topic with a local member right now (to re-subscribe after a reconnect).
+    pub fn interests(&self) -> Vec<Topic> {
+        let Some(i) = &self.interest else {
+            return Vec::new();
+        };
+        i.counts
+            .iter()
+            .flat_map(|c| c.lock().keys().cloned().collect::<Vec<_>>())
+            .collect()
+    }
+
+    fn topic_added(&self, topic: Topic) {
+        if let Some(i) = &self.interest {
+            i.add(&self.hasher, topic);
+        }
+    }
+
+    fn topic_removed(&self, topic: Topic) {
+        if let Some(i) = &self.interest {
+            i.remove(&self.hasher, topic);
+        }
+    }
+
+    fn socket_changed(&self, change: SocketChange) {
+        if let Some(i) = &self.interest {
+            i.observer.socket_changed(change);
         }
     }
 
@@ -111,6 +237,23 @@ impl Hub {
 
     /// Registers a socket with its user and initial rooms.
     pub fn register(&self, socket: SocketId, member: Member) {
+        let topics = self.interest.as_ref().map(|_| {
+            let mut t = vec![Topic::All];
+            t.extend(member.user.iter().cloned().map(Topic::User));
+            t.extend(member.rooms.iter().cloned().map(Topic::Room));
+            t
+        });
+        let id = topics.as_ref().map(|_| socket.clone());
+        self.register_locked(socket, member);
+        if let (Some(topics), Some(id)) = (topics, id) {
+            for t in topics {
+                self.topic_added(t);
+            }
+            self.socket_changed(SocketChange::Upserted(id));
+        }
+    }
+
+    fn register_locked(&self, socket: SocketId, member: Member) {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
         if let Some(user) = &member.user {
@@ -133,20 +276,46 @@ impl Hub {
     /// Removes a socket from every index; the last member of a room or user removes
     /// the room or user entry.
     pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
-        let mut shard = self.shard(socket.as_str()).write();
-        let shard = &mut *shard;
-        let member = shard.members.remove(socket)?;
-        if let Some(user) = &member.user {
-            remove_from(&mut shard.users, user, socket);
-        }
-        for room in &member.rooms {
-            remove_from(&mut shard.rooms, room, socket);
+        let member = {
+            let mut shard = self.shard(socket.as_str()).write();
+            let shard = &mut *shard;
+            let member = shard.members.remove(socket)?;
+            if let Some(user) = &member.user {
+                remove_from(&mut shard.users, user, socket);
+            }
+            for room in &member.rooms {
+                remove_from(&mut shard.rooms, room, socket);
+            }
+            member
+        };
+        if self.interest.is_some() {
+            self.topic_removed(Topic::All);
+            if let Some(user) = &member.user {
+                self.topic_removed(Topic::User(user.clone()));
+            }
+            for room in &member.rooms {
+                self.topic_removed(Topic::Room(room.clone()));
+            }
+            self.socket_changed(SocketChange::Removed {
+                socket: socket.clone(),
+                user: member.user.clone(),
+                rooms: member.rooms.clone(),
+            });
         }
         Some(member)
     }
 
     /// Adds a socket to a room; false when it is unknown here or already in it.
     pub fn join(&self, socket: &SocketId, room: &RoomName) -> bool {
+        let joined = self.join_locked(socket, room);
+        if joined && self.interest.is_some() {
+            self.topic_added(Topic::Room(room.clone()));
+            self.socket_changed(SocketChange::Joined(socket.clone(), room.clone()));
+        }
+        joined
+    }
+
+    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> bool {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
         let Some(member) = shard.members.get_mut(socket) else {
@@ -166,6 +335,15 @@ impl Hub {
 
     /// Removes a socket from a room; false when it was not in it.
     pub fn leave(&self, socket: &SocketId, room: &RoomName) -> bool {
+        let left = self.leave_locked(socket, room);
+        if left && self.interest.is_some() {
+            self.topic_removed(Topic::Room(room.clone()));
+            self.socket_changed(SocketChange::Left(socket.clone(), room.clone()));
+        }
+        left
+    }
+
+    fn leave_locked(&self, socket: &SocketId, room: &RoomName) -> bool {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
         let Some(member) = shard.members.get_mut(socket) else {
@@ -292,6 +470,16 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             out.extend(shard.read().rooms.get(room).into_iter().flatten().cloned());
+        }
+        out
+    }
+
+    /// Every local socket (to refresh the cluster registry).
+    pub fn sockets(&self) -> Vec<SocketInfo> {
+        let mut out = Vec::new();
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            out.extend(shard.members.iter().map(|(id, m)| info(id, m)));
         }
         out
     }
@@ -455,6 +643,41 @@ mod tests {
             slow.0.closing(),
             Some(crate::connection::CloseReason::SlowClient)
         );
+    }
+
+    #[derive(Default)]
+    struct Notes(Mutex<Vec<Topic>>);
+    impl Observer for Notes {
+        fn interest_changed(&self, topic: &Topic) {
+            self.0.lock().push(topic.clone());
+        }
+        fn socket_changed(&self, _: SocketChange) {}
+    }
+
+    #[test]
+    fn interest_changes_on_the_first_member_and_after_the_last() {
+        let notes = Arc::new(Notes::default());
+        let hub = Hub::with_observer(Arc::new(Metrics::new()), notes.clone());
+        let room = Topic::Room(RoomName::from("r"));
+        let (a, _) = add(&hub, Some("u"), &["r"], 8);
+        let (b, _) = add(&hub, Some("u"), &["r"], 8);
+        let user = Topic::User(UserId::from("u"));
+        assert_eq!(
+            *notes.0.lock(),
+            vec![Topic::All, user.clone(), room.clone()]
+        );
+        assert!(hub.has_interest(&room));
+        hub.unregister(&a);
+        assert_eq!(notes.0.lock().len(), 3, "b still holds every topic");
+        assert!(hub.leave(&b, &RoomName::from("r")));
+        assert!(!hub.has_interest(&room));
+        hub.unregister(&b);
+        assert_eq!(
+            notes.0.lock()[3..],
+            [room, Topic::All, user.clone()],
+            "each topic is noted once more, when its last member left"
+        );
+        assert!(hub.interests().is_empty());
     }
 
     #[test]

@@ -8,7 +8,8 @@
 //! - [`api`] — the HTTP API, health and metrics endpoints.
 //! - [`push`] — a validated push and the push service.
 //! - [`delivery`] — the delivery tracker: reports and acks.
-//! - [`bus`] — routes pushes to the nodes that hold their targets (local for now).
+//! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
+//! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
 //! - [`hub`] — this node's connections by socket, user and room; the fan-out.
 //! - [`connection`] — one connection's bounded outbound queue.
 //! - [`frontend`] — client protocols (Socket.IO: codecs, Engine.IO sessions, handler).
@@ -27,4 +28,5 @@ pub mod hub;
 pub mod id;
 pub mod metrics;
 pub mod push;
+pub mod registry;
 pub mod server;

@@ -36,6 +36,21 @@ pub struct Metrics {
     pub client_events: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
+    /// Cluster bus: PUBLISH of a push, from first envelope sent to last answer.
+    pub bus_publish_seconds: Histogram,
+    /// Cluster bus messages by `direction` (`in`, `out`) and channel `kind`
+    /// (`broadcast`, `user`, `room`, `inbox`).
+    pub bus_messages: IntCounterVec,
+    /// Bus messages skipped, by `reason` (`unknown_version`, `undecodable`, `lagged`).
+    pub bus_dropped: IntCounterVec,
+    /// Channels this node is subscribed to, by `kind`.
+    pub bus_subscriptions: IntGaugeVec,
+    /// Reconnections to Redis (either connection).
+    pub bus_reconnects: IntCounter,
+    /// 1 while both Redis connections are up.
+    pub bus_up: IntGauge,
+    /// Registry commands that failed, by `op` (`write`, `refresh`, `read`).
+    pub registry_errors: IntCounterVec,
     /// Resolved series for the Socket.IO frontend's hot path.
     pub socketio: FrontendSeries,
 }
@@ -140,6 +155,43 @@ impl Metrics {
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"]
             )),
+            bus_publish_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "pushgate_bus_publish_seconds",
+                    "Cluster bus: time to PUBLISH one push (all its envelopes)."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
+            bus_messages: reg!(counter(
+                "pushgate_bus_messages_total",
+                "Cluster bus messages by direction and channel kind.",
+                &["direction", "kind"]
+            )),
+            bus_dropped: reg!(counter(
+                "pushgate_bus_messages_dropped_total",
+                "Cluster bus messages skipped, by reason.",
+                &["reason"]
+            )),
+            bus_subscriptions: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "pushgate_bus_subscriptions",
+                    "Cluster bus channels this node is subscribed to, by kind."
+                ),
+                &["kind"]
+            )),
+            bus_reconnects: reg!(IntCounter::new(
+                "pushgate_bus_reconnects_total",
+                "Reconnections to Redis."
+            )),
+            bus_up: reg!(IntGauge::new(
+                "pushgate_bus_up",
+                "1 while the node's Redis connections are up (cluster mode)."
+            )),
+            registry_errors: reg!(counter(
+                "pushgate_registry_errors_total",
+                "Cluster registry commands that failed, by operation.",
+                &["op"]
+            )),
             connections,
             deliveries,
             socketio,
@@ -192,6 +244,12 @@ mod tests {
         m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
         m.socketio.deliveries.inc();
         m.push_write_seconds.observe(0.001);
+        m.bus_publish_seconds.observe(0.001);
+        m.bus_messages.with_label_values(&["in", "room"]).inc();
+        m.bus_dropped.with_label_values(&["undecodable"]).inc();
+        m.bus_subscriptions.with_label_values(&["user"]).set(1);
+        m.bus_reconnects.inc();
+        m.registry_errors.with_label_values(&["write"]).inc();
         let text = m.render();
         for name in [
             "pushgate_connections",
@@ -208,6 +266,13 @@ mod tests {
             "pushgate_client_events_total",
             "pushgate_http_requests_total",
             "pushgate_http_request_seconds_bucket",
+            "pushgate_bus_publish_seconds_bucket",
+            "pushgate_bus_messages_total",
+            "pushgate_bus_messages_dropped_total",
+            "pushgate_bus_subscriptions",
+            "pushgate_bus_reconnects_total",
+            "pushgate_bus_up",
+            "pushgate_registry_errors_total",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

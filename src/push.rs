@@ -12,8 +12,8 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::bus::{Bus, BusError};
-use crate::delivery::{Report, Tracker};
+use crate::bus::{Bus, BusError, Published};
+use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
 use crate::frontend::socketio::packet;
 use crate::id::{PushId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
@@ -298,9 +298,16 @@ impl PushService {
     /// may retry; a returned id means the push was delivered as its report says.
     #[tracing::instrument(name = "push", skip_all, fields(id = %push.id, target = push.target.kind()))]
     pub async fn send(&self, push: Push) -> Result<Accepted, BusError> {
-        let ack_id = push.ack.map(|_| self.tracker.begin(&push.id));
-        let fan = match self.bus.publish(&push, ack_id).await {
-            Ok(fan) => fan,
+        let cluster = self.bus.is_cluster();
+        let ack_id = if cluster {
+            // Reports may arrive before PUBLISH answers: the record must exist first.
+            self.tracker.open(&push.id, push.ack.is_some());
+            None
+        } else {
+            push.ack.map(|_| self.tracker.begin(&push.id))
+        };
+        let published = match self.bus.publish(&push, ack_id).await {
+            Ok(p) => p,
             Err(e) => {
                 self.tracker.abandon(&push.id);
                 return Err(e);
@@ -310,10 +317,19 @@ impl PushService {
             .pushes
             .with_label_values(&[push.target.kind()])
             .inc();
-        tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
-        match push.ack {
-            Some(timeout) => self.tracker.delivered(&push.id, fan, timeout),
-            None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
+        match published {
+            Published::Local(fan) => {
+                tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
+                match push.ack {
+                    Some(timeout) => self.tracker.delivered(&push.id, fan, timeout),
+                    None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
+                }
+            }
+            Published::Cluster { nodes } => {
+                tracing::debug!(nodes, "published");
+                let timeout = push.ack.unwrap_or(REPORT_TIMEOUT);
+                self.tracker.expect(&push.id, nodes, timeout);
+            }
         }
         let report = if push.wait {
             self.tracker.wait(&push.id).await

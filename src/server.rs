@@ -5,7 +5,8 @@
 //! and new sessions refused) → let queues drain up to the deadline → close every
 //! session (WebSocket clients get close 1001, polling clients the close packet at
 //! their next poll; either way they reconnect elsewhere) → stop accepting connections
-//! → wait briefly for in-flight requests → return.
+//! → wait briefly for in-flight requests → stop the bus (cluster mode: the registry
+//! forgets this node's sockets and the node) → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -20,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, Api};
 use crate::auth::{ApiKeys, Authenticator};
-use crate::bus::LocalBus;
+use crate::bus::{Bus, ClusterObserver, LocalBus, RedisBus, RedisSettings};
 use crate::config::Config;
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
@@ -36,8 +37,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 /// Why the node could not run.
 #[derive(Debug, thiserror::Error)]
 pub enum ServerError {
-    #[error("PUSHGATE_REDIS_URL is set, but the Redis bus is not available in this version; unset it to run a single node")]
-    RedisUnsupported,
+    #[error("PUSHGATE_REDIS_URL: cannot set up the Redis bus")]
+    Redis(#[source] crate::bus::BusError),
     #[error("serving failed")]
     Serve(#[source] std::io::Error),
 }
@@ -51,13 +52,37 @@ pub async fn run(
     listener: TcpListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
-    if config.redis_url.is_some() {
-        return Err(ServerError::RedisUnsupported);
-    }
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
     let tracker = Tracker::new(metrics.clone());
-    let bus = Arc::new(LocalBus::new(hub.clone()));
+    let started_at = api::now_ms();
+    // Cluster mode: the hub tells the Redis bus about interest and socket changes.
+    let (hub, bus, cluster): (Arc<Hub>, Arc<dyn Bus>, Option<Arc<RedisBus>>) =
+        match &config.redis_url {
+            Some(url) => {
+                let (observer, notes) = ClusterObserver::new();
+                let hub = Arc::new(Hub::with_observer(metrics.clone(), observer));
+                let redis = RedisBus::connect(
+                    RedisSettings {
+                        url: url.clone(),
+                        prefix: config.redis_prefix.clone(),
+                        registry_ttl: config.registry_ttl,
+                    },
+                    config.node_id.clone(),
+                    started_at,
+                    hub.clone(),
+                    tracker.clone(),
+                    metrics.clone(),
+                    notes,
+                )
+                .await
+                .map_err(ServerError::Redis)?;
+                (hub, redis.clone(), Some(redis))
+            }
+            None => {
+                let hub = Arc::new(Hub::new(metrics.clone()));
+                (hub.clone(), Arc::new(LocalBus::new(hub)), None)
+            }
+        };
     let push = Arc::new(PushService::new(bus, tracker.clone(), metrics.clone()));
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
     let draining = CancellationToken::new();
@@ -89,7 +114,8 @@ pub async fn run(
         metrics,
         keys: ApiKeys::new(&config.api_keys),
         node: config.node_id.clone(),
-        started_at: api::now_ms(),
+        started_at,
+        cluster: cluster.clone(),
         draining: draining.clone(),
         max_body_bytes: config.max_body_bytes,
     });
@@ -97,7 +123,11 @@ pub async fn run(
         .merge(api::router(api))
         .fallback(api::not_found);
 
-    let mode = "single node, in-process bus";
+    let mode = if cluster.is_some() {
+        "cluster, Redis bus"
+    } else {
+        "single node, in-process bus"
+    };
     if config.api_keys.is_empty() {
         tracing::warn!("PUSHGATE_API_KEYS is not set: /v1 answers loopback callers only");
     }
@@ -138,6 +168,10 @@ pub async fn run(
     stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();
+    if let Some(redis) = cluster {
+        // Last: the sockets closed above are removed from the registry first.
+        redis.shutdown().await;
+    }
     tracing::info!("shutdown complete");
     Ok(())
 }

@@ -12,8 +12,8 @@ use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
 use tokio_tungstenite::tungstenite::Message;
 
 #[test]
-fn a_redis_url_is_refused_until_the_redis_bus_exists() {
-    let (status, stderr) = run_to_exit(&[("PUSHGATE_REDIS_URL", "redis://127.0.0.1:1")]);
+fn a_malformed_redis_url_stops_the_process_and_names_the_setting() {
+    let (status, stderr) = run_to_exit(&[("PUSHGATE_REDIS_URL", "not a url")]);
     assert!(!status.success());
     assert!(stderr.contains("PUSHGATE_REDIS_URL"), "{stderr}");
 }

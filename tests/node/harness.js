@@ -530,8 +530,74 @@ async function metric(gw, name, labels = {}) {
   return sum;
 }
 
+// ---------------------------------------------------------------- Redis (cluster tests)
+
+const redises = new Set();
+process.on("exit", () => {
+  for (const r of redises) {
+    try {
+      r.proc.kill("SIGKILL");
+    } catch {}
+  }
+});
+
+/** A free TCP port on 127.0.0.1. */
+function freePort() {
+  const net = require("node:net");
+  return new Promise((resolve, reject) => {
+    const srv = net.createServer();
+    srv.once("error", reject);
+    srv.listen(0, "127.0.0.1", () => {
+      const { port } = srv.address();
+      srv.close(() => resolve(port));
+    });
+  });
+}
+
+/**
+ * Start a `redis-server` of its own on a free port (no persistence); resolves
+ * `{url, port, stop()}` once it accepts connections. Stopped by `cleanup()` too.
+ */
+async function startRedis(port) {
+  const net = require("node:net");
+  port = port ?? (await freePort());
+  const proc = spawn("redis-server", ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no"], {
+    stdio: "ignore",
+  });
+  const r = {
+    proc,
+    port,
+    url: `redis://127.0.0.1:${port}`,
+    async stop() {
+      redises.delete(r);
+      if (proc.exitCode !== null || proc.signalCode !== null) return;
+      const exited = new Promise((resolve) => proc.once("exit", resolve));
+      proc.kill("SIGKILL");
+      await exited;
+    },
+  };
+  redises.add(r);
+  await eventually(
+    () =>
+      new Promise((resolve) => {
+        const s = net.connect(port, "127.0.0.1", () => (s.destroy(), resolve(true)));
+        s.on("error", () => resolve(false));
+      }),
+    { timeout: 10_000, what: `redis-server on port ${port}` }
+  );
+  return r;
+}
+
+/** `cleanup()` plus every Redis started with `startRedis`. */
+async function cleanupCluster() {
+  await cleanup();
+  await Promise.all([...redises].map((r) => r.stop()));
+}
+
 module.exports = {
   BIN,
+  startRedis,
+  cleanupCluster,
   SECRET,
   startGateway,
   cleanup,

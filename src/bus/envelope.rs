@@ -1,0 +1,296 @@
+//! The wire format of the Redis bus: MessagePack (rmp-serde, named fields) of
+//! `{v: 1, m: <message>}`, one enum variant per message kind.
+//!
+//! A node that meets an envelope it cannot read — another version, or bytes that are
+//! not an envelope at all — gets a [`DecodeError`] that names why (the bus counts it
+//! in `pushgate_bus_messages_dropped_total{reason}`) and goes on; nothing on a channel
+//! can stop a node.
+
+use std::collections::HashSet;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use serde::{Deserialize, Serialize};
+
+use crate::id::{PushId, RoomName, SocketId, UserId};
+use crate::push::{Push, Target};
+
+/// The envelope version this build writes and reads.
+pub const VERSION: u8 = 1;
+
+/// One message on the bus.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Envelope {
+    pub v: u8,
+    pub m: Message,
+}
+
+/// Everything nodes tell each other. Pushes go to user, room, broadcast channels or a
+/// node's inbox; everything else goes to one node's inbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// A push to deliver to this node's matching sockets.
+    Push(PushEnvelope),
+    /// A delivering node's fan-out of `push`, sent to the push's origin.
+    Delivered {
+        push: String,
+        node: String,
+        sockets: u32,
+        delivered: u32,
+        failed: u32,
+    },
+    /// `n` client acks for `push`, sent to its origin.
+    Acked { push: String, n: u32 },
+    /// Disconnect these sockets of the receiving node; answer with [`Message::Done`].
+    Kick {
+        request: Request,
+        sockets: Vec<String>,
+    },
+    /// Add these sockets of the receiving node to `room`; answer with `Done`.
+    Join {
+        request: Request,
+        room: String,
+        sockets: Vec<String>,
+    },
+    /// Remove these sockets of the receiving node from `room`; answer with `Done`.
+    Leave {
+        request: Request,
+        room: String,
+        sockets: Vec<String>,
+    },
+    /// The answer to request `request`: how many sockets it applied to.
+    Done { request: u64, n: u32 },
+}
+
+/// Who asked, so the answer finds its way back.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    pub id: u64,
+    pub from: String,
+}
+
+/// A push as it travels: everything a delivering node needs to encode and deliver it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PushEnvelope {
+    pub id: String,
+    /// The node that accepted the push and gathers its report.
+    pub origin: String,
+    pub target: WireTarget,
+    pub event: String,
+    /// The event's argument as JSON text (binary attachments replaced by placeholders).
+    pub data: Option<String>,
+    pub attachments: Vec<Bytes>,
+    pub namespace: String,
+    pub except: Vec<String>,
+    /// Ask for acks within this many milliseconds.
+    pub ack_ms: Option<u64>,
+    /// When the origin accepted the push, ms since the epoch (for the write-latency
+    /// histogram on the delivering node).
+    pub accepted_ms: u64,
+}
+
+/// A push's target as it travels; a push to several users travels as one envelope
+/// per user.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum WireTarget {
+    All,
+    User(String),
+    Room(String),
+    Socket(String),
+}
+
+/// Why bytes from the bus were skipped.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum DecodeError {
+    #[error("envelope version {0} is not {VERSION}")]
+    UnknownVersion(u64),
+    #[error("not a pushgate envelope")]
+    Undecodable,
+}
+
+impl DecodeError {
+    /// The `reason` label of `pushgate_bus_messages_dropped_total`.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            DecodeError::UnknownVersion(_) => "unknown_version",
+            DecodeError::Undecodable => "undecodable",
+        }
+    }
+}
+
+impl Envelope {
+    pub fn new(m: Message) -> Self {
+        Self { v: VERSION, m }
+    }
+
+    pub fn encode(&self) -> Bytes {
+        // Serializing these plain types into a Vec cannot fail.
+        Bytes::from(rmp_serde::to_vec_named(self).expect("envelope serializes"))
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Envelope, DecodeError> {
+        #[derive(Deserialize)]
+        struct Header {
+            v: u64,
+        }
+        match rmp_serde::from_slice::<Envelope>(bytes) {
+            Ok(e) if e.v == VERSION => Ok(e),
+            Ok(e) => Err(DecodeError::UnknownVersion(e.v.into())),
+            Err(_) => match rmp_serde::from_slice::<Header>(bytes) {
+                Ok(h) if h.v != u64::from(VERSION) => Err(DecodeError::UnknownVersion(h.v)),
+                _ => Err(DecodeError::Undecodable),
+            },
+        }
+    }
+}
+
+impl PushEnvelope {
+    /// The envelopes of `push`, one per channel-sized target.
+    pub fn of(push: &Push, origin: &str, accepted_ms: u64) -> Vec<(WireTarget, PushEnvelope)> {
+        let targets = match &push.target {
+            Target::All => vec![WireTarget::All],
+            Target::User(u) => vec![WireTarget::User(u.to_string())],
+            Target::Users(us) => us.iter().map(|u| WireTarget::User(u.to_string())).collect(),
+            Target::Room(r) => vec![WireTarget::Room(r.to_string())],
+            Target::Socket(s) => vec![WireTarget::Socket(s.to_string())],
+        };
+        let data = push.data.as_ref().map(|d| d.to_string());
+        let except: Vec<String> = push.except.iter().map(|s| s.to_string()).collect();
+        targets
+            .into_iter()
+            .map(|target| {
+                let env = PushEnvelope {
+                    id: push.id.to_string(),
+                    origin: origin.to_owned(),
+                    target: target.clone(),
+                    event: push.event.clone(),
+                    data: data.clone(),
+                    attachments: push.attachments.clone(),
+                    namespace: push.namespace.clone(),
+                    except: except.clone(),
+                    ack_ms: push.ack.map(|d| d.as_millis() as u64),
+                    accepted_ms,
+                };
+                (target, env)
+            })
+            .collect()
+    }
+
+    /// The push to deliver on this node. `None` when the data is not JSON.
+    pub fn into_push(self, now_ms: u64) -> Option<Push> {
+        let data = match self.data {
+            Some(text) => Some(serde_json::from_str(&text).ok()?),
+            None => None,
+        };
+        let target = match self.target {
+            WireTarget::All => Target::All,
+            WireTarget::User(u) => Target::User(UserId::from(u)),
+            WireTarget::Room(r) => Target::Room(RoomName::from(r)),
+            WireTarget::Socket(s) => Target::Socket(SocketId::from(s)),
+        };
+        let age = Duration::from_millis(now_ms.saturating_sub(self.accepted_ms));
+        let now = Instant::now();
+        Some(Push {
+            id: PushId::from(self.id),
+            target,
+            event: self.event,
+            data,
+            attachments: self.attachments,
+            namespace: self.namespace,
+            except: self
+                .except
+                .into_iter()
+                .map(SocketId::from)
+                .collect::<HashSet<_>>(),
+            ack: self.ack_ms.map(Duration::from_millis),
+            wait: false,
+            accepted_at: now.checked_sub(age).unwrap_or(now),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn a_push_round_trips_with_its_attachments_and_options() {
+        let push = Push::from_json(json!({
+            "to": {"users": ["a", "b"]}, "event": "e", "data": {"x": {"$binary": "AQID"}, "n": 1},
+            "except": ["n1.x"], "ack": {"timeout_ms": 700}
+        }))
+        .unwrap();
+        let envs = PushEnvelope::of(&push, "n1", 5);
+        assert_eq!(envs.len(), 2, "one envelope per user");
+        let (_, env) = envs.into_iter().next().unwrap();
+        let bytes = Envelope::new(Message::Push(env.clone())).encode();
+        let back = Envelope::decode(&bytes).unwrap();
+        assert_eq!(back.m, Message::Push(env.clone()));
+        let p = env.into_push(5).unwrap();
+        assert_eq!(p.target, Target::User(UserId::from("a")));
+        assert_eq!(p.data, push.data);
+        assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2, 3])]);
+        assert_eq!(p.ack, Some(Duration::from_millis(700)));
+        assert!(p.except.contains("n1.x"));
+    }
+
+    #[test]
+    fn every_control_message_round_trips() {
+        let request = Request {
+            id: 7,
+            from: "n2".into(),
+        };
+        for m in [
+            Message::Delivered {
+                push: "p".into(),
+                node: "n".into(),
+                sockets: 3,
+                delivered: 2,
+                failed: 1,
+            },
+            Message::Acked {
+                push: "p".into(),
+                n: 4,
+            },
+            Message::Kick {
+                request: request.clone(),
+                sockets: vec!["n.a".into()],
+            },
+            Message::Join {
+                request: request.clone(),
+                room: "r".into(),
+                sockets: vec![],
+            },
+            Message::Leave {
+                request,
+                room: "r".into(),
+                sockets: vec!["n.b".into()],
+            },
+            Message::Done { request: 7, n: 1 },
+        ] {
+            let e = Envelope::new(m);
+            assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn foreign_bytes_and_other_versions_are_refused_with_a_reason() {
+        assert_eq!(
+            Envelope::decode(b"\xc1garbage").unwrap_err(),
+            DecodeError::Undecodable
+        );
+        assert_eq!(Envelope::decode(b"").unwrap_err(), DecodeError::Undecodable);
+        let future = rmp_serde::to_vec_named(&json!({"v": 2, "m": {"Hologram": {}}})).unwrap();
+        assert_eq!(
+            Envelope::decode(&future).unwrap_err(),
+            DecodeError::UnknownVersion(2)
+        );
+        let mut e = Envelope::new(Message::Done { request: 1, n: 1 });
+        e.v = 9;
+        assert_eq!(
+            Envelope::decode(&e.encode()).unwrap_err().reason(),
+            "unknown_version"
+        );
+    }
+}

@@ -1,0 +1,81 @@
+//! The bus: routes a push to the nodes that hold its target's connections and hands it
+//! to their local hub. [`LocalBus`] is the single-node bus; [`RedisBus`] joins any
+//! number of nodes through one Redis (see `redis.rs` for the channels and
+//! `envelope.rs` for the wire format).
+//!
+//! The bus knows nothing of protocols: the frontend encodes a push once, on the node
+//! that delivers it.
+
+mod envelope;
+mod redis;
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+
+pub use envelope::{DecodeError, Envelope, Message, WireTarget, VERSION};
+pub use redis::{ClusterObserver, RedisBus, RedisSettings};
+
+use crate::frontend::socketio;
+use crate::hub::{Delivery, FanOut, Hub};
+use crate::push::Push;
+
+/// Why a push (or a cluster operation) could not be handed to the bus; the caller may
+/// retry.
+#[derive(Debug, thiserror::Error)]
+pub enum BusError {
+    #[error("the bus is unavailable: {0}")]
+    Unavailable(String),
+    #[error("Redis refused or lost the command")]
+    Redis(#[source] fred::error::Error),
+}
+
+/// Where a published push went.
+#[derive(Debug)]
+pub enum Published {
+    /// Delivered in this process; the fan-out is the whole story.
+    Local(FanOut),
+    /// Received by this many nodes, each of which reports its own fan-out to the
+    /// origin's tracker.
+    Cluster { nodes: usize },
+}
+
+pub type BusFuture<'a> = Pin<Box<dyn Future<Output = Result<Published, BusError>> + Send + 'a>>;
+
+pub trait Bus: Send + Sync {
+    /// Delivers `push` everywhere its target lives. `ack_id` is the node-wide ack id
+    /// for a local delivery; a cluster bus lets every delivering node pick its own.
+    fn publish<'a>(&'a self, push: &'a Push, ack_id: Option<u64>) -> BusFuture<'a>;
+
+    /// Whether deliveries are reported by nodes ([`Published::Cluster`]) rather than
+    /// returned ([`Published::Local`]).
+    fn is_cluster(&self) -> bool {
+        false
+    }
+}
+
+/// The in-process bus of a single node: publishing is delivering to the local hub.
+pub struct LocalBus {
+    hub: Arc<Hub>,
+}
+
+impl LocalBus {
+    pub fn new(hub: Arc<Hub>) -> Self {
+        Self { hub }
+    }
+}
+
+impl Bus for LocalBus {
+    fn publish<'a>(&'a self, push: &'a Push, ack_id: Option<u64>) -> BusFuture<'a> {
+        let frames = socketio::encode_push(push, ack_id);
+        let fan = self.hub.deliver(&Delivery {
+            target: &push.target,
+            namespace: &push.namespace,
+            except: &push.except,
+            frames: &frames,
+            pushed_at: push.accepted_at,
+            track: ack_id.is_some(),
+        });
+        Box::pin(std::future::ready(Ok(Published::Local(fan))))
+    }
+}

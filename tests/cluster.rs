@@ -1,0 +1,450 @@
+//! Three gateway processes sharing one real `redis-server`, driven over HTTP and raw
+//! Socket.IO: pushes, socket lookup, acks and Redis faults, as a user of a cluster
+//! sees them.
+
+mod common;
+
+use common::{eventually, in_an_hour, token, Gateway, RawSocket, Redis};
+use serde_json::{json, Value};
+
+const SECRET: &str = "cluster-test-secret";
+
+struct Cluster {
+    redis: Redis,
+    nodes: Vec<Gateway>,
+}
+
+fn start_node(redis: &Redis, id: &str) -> Gateway {
+    Gateway::start(&[
+        ("PUSHGATE_REDIS_URL", &redis.url()),
+        ("PUSHGATE_NODE_ID", id),
+        ("PUSHGATE_JWT_SECRET", SECRET),
+        ("PUSHGATE_REGISTRY_TTL_MS", "3000"),
+    ])
+}
+
+impl Cluster {
+    fn start() -> Cluster {
+        let redis = Redis::start();
+        let nodes = ["n1", "n2", "n3"]
+            .iter()
+            .map(|id| start_node(&redis, id))
+            .collect();
+        Cluster { redis, nodes }
+    }
+
+    /// Connects `user` (with `rooms`) to node `i` and waits until every node can
+    /// reach it (the registry shows a socket only after its node subscribed).
+    async fn connect(&self, i: usize, user: &str, rooms: &[&str]) -> RawSocket {
+        let t = token(
+            SECRET,
+            json!({"sub": user, "exp": in_an_hour(), "rooms": rooms}),
+        );
+        let s = RawSocket::connect(&self.nodes[i], Some(json!({ "token": t })))
+            .await
+            .unwrap();
+        let other = &self.nodes[(i + 1) % self.nodes.len()];
+        let path = format!("/v1/sockets/{}", s.sid);
+        eventually(5, "the socket is registered", || async {
+            other.get(&path).await.0 == 200
+        })
+        .await;
+        s
+    }
+}
+
+/// Pushes `body` through node `gw` with `wait`, and returns the report.
+async fn push(gw: &Gateway, mut body: Value) -> Value {
+    body["wait"] = json!(true);
+    let (status, answer) = gw.post("/v1/push", body).await;
+    assert_eq!(status, 200, "{answer}");
+    answer["report"].clone()
+}
+
+/// Asserts that `s` got exactly the events `expected` (in order) and nothing else
+/// since: a sentinel pushed to it through another node must come right after.
+async fn got_exactly(gw: &Gateway, s: &mut RawSocket, expected: &[&str]) {
+    for e in expected {
+        let frame = s.next().await;
+        assert!(
+            frame.starts_with(&format!("42[\"{e}\"")),
+            "{} expected {e}, got {frame}",
+            s.sid
+        );
+    }
+    push(gw, json!({"to": {"socket": s.sid}, "event": "sentinel"})).await;
+    let frame = s.next().await;
+    assert_eq!(
+        frame, "42[\"sentinel\"]",
+        "{} got something unexpected",
+        s.sid
+    );
+}
+
+fn report(sockets: u64, delivered: u64, acked: u64, timed_out: u64) -> Value {
+    json!({"sockets": sockets, "delivered": delivered, "acked": acked,
+           "timed_out": timed_out, "failed": 0})
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_push_through_any_node_reaches_exactly_the_right_sockets_on_every_node() {
+    let c = Cluster::start();
+    let mut alice1 = c.connect(0, "alice", &["team"]).await;
+    let mut alice2 = c.connect(1, "alice", &[]).await;
+    let mut bob = c.connect(2, "bob", &["team"]).await;
+    let mut dave = c.connect(1, "dave", &[]).await;
+    let (n1, n2, n3) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+
+    let r = push(n1, json!({"to": {"all": true}, "event": "all"})).await;
+    assert_eq!(r, report(4, 4, 0, 0));
+    let r = push(n2, json!({"to": {"user": "alice"}, "event": "user"})).await;
+    assert_eq!(r, report(2, 2, 0, 0));
+    let r = push(n3, json!({"to": {"room": "team"}, "event": "room"})).await;
+    assert_eq!(r, report(2, 2, 0, 0));
+    let r = push(n3, json!({"to": {"socket": dave.sid}, "event": "socket"})).await;
+    assert_eq!(r, report(1, 1, 0, 0));
+    let r = push(
+        n1,
+        json!({"to": {"users": ["alice", "bob"]}, "event": "users", "except": [alice2.sid]}),
+    )
+    .await;
+    assert_eq!(r, report(2, 2, 0, 0));
+    let r = push(n2, json!({"to": {"user": "nobody"}, "event": "none"})).await;
+    assert_eq!(r, report(0, 0, 0, 0));
+
+    got_exactly(n3, &mut alice1, &["all", "user", "room", "users"]).await;
+    got_exactly(n3, &mut alice2, &["all", "user"]).await;
+    got_exactly(n1, &mut bob, &["all", "room", "users"]).await;
+    got_exactly(n1, &mut dave, &["all", "socket"]).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_subscribes_only_to_the_users_and_rooms_it_holds() {
+    let c = Cluster::start();
+    let alice1 = c.connect(0, "alice", &["team"]).await;
+    let _alice2 = c.connect(1, "alice", &[]).await;
+    assert_eq!(c.redis.numsub("pushgate:u:alice"), 2);
+    assert_eq!(c.redis.numsub("pushgate:r:team"), 1);
+    assert_eq!(c.redis.numsub("pushgate:b"), 2, "n3 holds no socket");
+    assert_eq!(
+        c.redis.numsub("pushgate:n:n3"),
+        1,
+        "every node has an inbox"
+    );
+
+    // Room traffic reaches only the node with a member.
+    for _ in 0..3 {
+        push(&c.nodes[2], json!({"to": {"room": "team"}, "event": "e"})).await;
+    }
+    let nodes = &c.nodes;
+    let room_in = |i: usize| async move {
+        nodes[i]
+            .metric(
+                "pushgate_bus_messages_total",
+                &["direction=\"in\"", "kind=\"room\""],
+            )
+            .await
+    };
+    assert_eq!(room_in(0).await, 3.0);
+    assert_eq!(room_in(1).await, 0.0);
+    assert_eq!(room_in(2).await, 0.0);
+    assert_eq!(
+        c.nodes[2]
+            .metric(
+                "pushgate_bus_messages_total",
+                &["direction=\"out\"", "kind=\"room\""]
+            )
+            .await,
+        3.0,
+        "one PUBLISH per room push"
+    );
+
+    // The last member leaving unsubscribes.
+    drop(alice1);
+    eventually(5, "n1 unsubscribed from the room", || async {
+        c.redis.numsub("pushgate:r:team") == 0 && c.redis.numsub("pushgate:u:alice") == 1
+    })
+    .await;
+    assert!(
+        c.nodes[0]
+            .metric("pushgate_bus_subscriptions", &["kind=\"inbox\""])
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sockets_are_found_and_managed_from_any_node() {
+    let c = Cluster::start();
+    let mut alice1 = c.connect(0, "alice", &[]).await;
+    let mut alice2 = c.connect(1, "alice", &[]).await;
+    let mut bob = c.connect(2, "bob", &[]).await;
+    let (n1, n2, n3) = (&c.nodes[0], &c.nodes[1], &c.nodes[2]);
+
+    let (status, s) = n3.get(&format!("/v1/sockets/{}", alice1.sid)).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        (s["node"].as_str(), s["user"].as_str()),
+        (Some("n1"), Some("alice"))
+    );
+    assert_eq!(s["transport"], "websocket");
+    let (_, u) = n3.get("/v1/users/alice").await;
+    let mut ids: Vec<&str> = u["sockets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    let mut want = vec![alice1.sid.as_str(), alice2.sid.as_str()];
+    want.sort();
+    assert_eq!(ids, want);
+
+    // Join a socket of n1 and one of n3 to a room through n2; a push reaches both.
+    let (status, j) = n2
+        .post(
+            "/v1/rooms/ops/join",
+            json!({"sockets": [alice1.sid, bob.sid]}),
+        )
+        .await;
+    assert_eq!((status, j["sockets"].as_u64()), (200, Some(2)));
+    let (_, room) = n1.get("/v1/rooms/ops").await;
+    assert_eq!(room["count"], 2, "{room}");
+    let r = push(n2, json!({"to": {"room": "ops"}, "event": "ops"})).await;
+    assert_eq!(r["delivered"], 2);
+    let (_, l) = n1
+        .post("/v1/rooms/ops/leave", json!({"sockets": [bob.sid]}))
+        .await;
+    assert_eq!(l["sockets"], 1);
+    let r = push(n2, json!({"to": {"room": "ops"}, "event": "ops2"})).await;
+    assert_eq!(r["delivered"], 1);
+    got_exactly(n3, &mut alice1, &["ops", "ops2"]).await;
+    got_exactly(n1, &mut bob, &["ops"]).await;
+
+    // Join by user across nodes.
+    let (_, j) = n3
+        .post("/v1/rooms/fans/join", json!({"user": "alice"}))
+        .await;
+    assert_eq!(j["sockets"], 2);
+
+    // Nodes.
+    let (_, nodes) = n1.get("/v1/nodes").await;
+    let ids: Vec<&str> = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["id"].as_str().unwrap())
+        .collect();
+    assert_eq!(ids, ["n1", "n2", "n3"]);
+
+    // Disconnect a socket of n3 through n1, then every socket of alice through n3.
+    let (status, d) = n1.delete(&format!("/v1/sockets/{}", bob.sid)).await;
+    assert_eq!((status, d["disconnected"].as_u64()), (200, Some(1)));
+    assert_eq!(bob.next().await, "41");
+    let (status, _) = n1.delete(&format!("/v1/sockets/{}", bob.sid)).await;
+    assert_eq!(status, 404);
+    let (_, d) = n3.delete("/v1/users/alice/sockets").await;
+    assert_eq!(d["disconnected"], 2);
+    assert_eq!(alice1.next().await, "41");
+    assert_eq!(alice2.next().await, "41");
+    eventually(5, "alice is gone everywhere", || async {
+        n2.get("/v1/users/alice").await.1["sockets"] == json!([])
+    })
+    .await;
+    let (status, _) = n2.get("/v1/sockets/n1.doesnotexist00").await;
+    assert_eq!(status, 404);
+}
+
+/// Answers the next event's ack when `ack` is true; returns the event frame.
+async fn receive(s: &mut RawSocket, ack: bool) -> String {
+    let frame = s.next().await;
+    let rest = frame.strip_prefix("42").expect("an event");
+    let digits: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+    assert!(!digits.is_empty(), "an ack id: {frame}");
+    if ack {
+        s.send(&format!("43{digits}[]")).await;
+    }
+    frame
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acks_from_clients_on_two_nodes_arrive_in_one_report_readable_from_any_node() {
+    let c = Cluster::start();
+    let mut a1 = c.connect(0, "alice", &[]).await;
+    let mut a2 = c.connect(1, "alice", &[]).await;
+    let url = c.nodes[2].url("/v1/push");
+    let call = |timeout: u64| {
+        let url = url.clone();
+        tokio::spawn(async move {
+            reqwest::Client::new()
+                .post(url)
+                .json(&json!({"to": {"user": "alice"}, "event": "n", "ack": {"timeout_ms": timeout}, "wait": true}))
+                .send()
+                .await
+                .unwrap()
+                .json::<Value>()
+                .await
+                .unwrap()
+        })
+    };
+
+    let pending = call(5000);
+    receive(&mut a1, true).await;
+    receive(&mut a2, true).await;
+    let answer = pending.await.unwrap();
+    assert_eq!(answer["report"], report(2, 2, 2, 0));
+    let id = answer["id"].as_str().unwrap().to_owned();
+    eventually(5, "the report is readable from another node", || async {
+        let (status, r) = c.nodes[0].get(&format!("/v1/pushes/{id}")).await;
+        status == 200 && r["state"] == "final" && r["report"] == report(2, 2, 2, 0)
+    })
+    .await;
+
+    let pending = call(500);
+    receive(&mut a1, true).await;
+    receive(&mut a2, false).await;
+    assert_eq!(pending.await.unwrap()["report"], report(2, 2, 1, 1));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_node_turns_into_timed_out_and_its_sockets_leave_the_registry() {
+    let mut c = Cluster::start();
+    let mut a1 = c.connect(0, "alice", &[]).await;
+    let mut a3 = c.connect(2, "alice", &["team"]).await;
+    let (status, accepted) = c.nodes[1]
+        .post(
+            "/v1/push",
+            json!({"to": {"user": "alice"}, "event": "n", "ack": {"timeout_ms": 1500}}),
+        )
+        .await;
+    assert_eq!(status, 202);
+    let report_path = format!("/v1/pushes/{}", accepted["id"].as_str().unwrap());
+    receive(&mut a1, true).await;
+    receive(&mut a3, false).await;
+    // Both nodes reported their deliveries; then n3 dies before its client acks.
+    eventually(5, "both deliveries reported", || async {
+        c.nodes[1].get(&report_path).await.1["report"]["delivered"] == 2
+    })
+    .await;
+    c.nodes[2].kill();
+    eventually(5, "the report is final at the deadline", || async {
+        let (_, r) = c.nodes[1].get(&report_path).await;
+        r["state"] == "final" && r["report"] == report(2, 2, 1, 1)
+    })
+    .await;
+
+    let path = format!("/v1/sockets/{}", a3.sid);
+    eventually(10, "the killed node's socket expired", || async {
+        c.nodes[0].get(&path).await.0 == 404
+    })
+    .await;
+    let (_, u) = c.nodes[1].get("/v1/users/alice").await;
+    assert_eq!(u["sockets"].as_array().unwrap().len(), 1, "{u}");
+    let (_, room) = c.nodes[0].get("/v1/rooms/team").await;
+    assert_eq!(room["count"], 0, "{room}");
+    eventually(10, "the killed node left /v1/nodes", || async {
+        c.nodes[0].get("/v1/nodes").await.1["nodes"]
+            .as_array()
+            .is_some_and(|n| n.len() == 2)
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_redis_restart_keeps_every_client_and_the_cluster_delivers_again() {
+    let mut c = Cluster::start();
+    let mut a1 = c.connect(0, "alice", &["team"]).await;
+    let mut b2 = c.connect(1, "bob", &[]).await;
+    let port = c.redis.port;
+
+    c.redis.kill();
+    for n in &c.nodes {
+        eventually(5, "not ready while Redis is down", || async {
+            n.get("/readyz").await.0 == 503
+        })
+        .await;
+    }
+    let (status, err) = c.nodes[0]
+        .post("/v1/push", json!({"to": {"all": true}, "event": "lost"}))
+        .await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "unavailable");
+    // Clients stay connected: their node still knows them.
+    assert_eq!(
+        c.nodes[0].get(&format!("/v1/sockets/{}", a1.sid)).await.0,
+        200
+    );
+
+    c.redis = Redis::start_on(port); // empty
+    for n in &c.nodes {
+        eventually(10, "ready again", || async {
+            n.get("/readyz").await.0 == 200
+        })
+        .await;
+    }
+    // Re-registered and re-subscribed.
+    let path = format!("/v1/sockets/{}", a1.sid);
+    eventually(5, "re-registered", || async {
+        c.nodes[2].get(&path).await.0 == 200
+    })
+    .await;
+    assert_eq!(c.redis.numsub("pushgate:r:team"), 1);
+    assert_eq!(c.redis.numsub("pushgate:u:bob"), 1);
+    let r = push(
+        &c.nodes[2],
+        json!({"to": {"room": "team"}, "event": "again"}),
+    )
+    .await;
+    assert_eq!(r["delivered"], 1);
+    let r = push(
+        &c.nodes[0],
+        json!({"to": {"user": "bob"}, "event": "again"}),
+    )
+    .await;
+    assert_eq!(r["delivered"], 1);
+    got_exactly(&c.nodes[1], &mut a1, &["again"]).await;
+    got_exactly(&c.nodes[2], &mut b2, &["again"]).await;
+    assert!(
+        c.nodes[0]
+            .metric("pushgate_bus_reconnects_total", &[])
+            .await
+            >= 1.0
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_foreign_versions_on_the_bus_are_counted_and_skipped() {
+    let c = Cluster::start();
+    let mut a = c.connect(0, "alice", &[]).await;
+    c.redis
+        .cmd(&[b"PUBLISH", b"pushgate:u:alice", b"\xc1 not msgpack"]);
+    let mut future =
+        pushgate::bus::Envelope::new(pushgate::bus::Message::Done { request: 1, n: 1 });
+    future.v = 2;
+    c.redis
+        .cmd(&[b"PUBLISH", b"pushgate:n:n1", &future.encode()]);
+    let r = push(
+        &c.nodes[1],
+        json!({"to": {"user": "alice"}, "event": "still"}),
+    )
+    .await;
+    assert_eq!(r["delivered"], 1);
+    got_exactly(&c.nodes[2], &mut a, &["still"]).await;
+    let n1 = &c.nodes[0];
+    assert_eq!(
+        n1.metric(
+            "pushgate_bus_messages_dropped_total",
+            &["reason=\"undecodable\""]
+        )
+        .await,
+        1.0
+    );
+    assert_eq!(
+        n1.metric(
+            "pushgate_bus_messages_dropped_total",
+            &["reason=\"unknown_version\""]
+        )
+        .await,
+        1.0
+    );
+}
