@@ -172,6 +172,11 @@ impl Outbox {
             return;
         }
         q.bytes += frame.len();
+        if q.frames.capacity() == 0 {
+            // A connection's first frames are its handshake replies: allocate for
+            // them exactly rather than VecDeque's minimum of four slots.
+            q.frames.reserve_exact(1);
+        }
         q.frames.push_back(Queued {
             frame,
             pushed_at: None,
@@ -185,12 +190,25 @@ impl Outbox {
     /// memory on an idle connection.
     pub fn drain(&self, out: &mut Vec<Queued>) -> Option<CloseReason> {
         let mut q = self.queue.lock();
+        if out.capacity() == 0 {
+            out.reserve_exact(q.frames.len());
+        }
         out.extend(q.frames.drain(..));
         q.bytes = 0;
         if q.frames.capacity() > 64 {
             q.frames = VecDeque::new();
         }
         q.closing
+    }
+
+    /// Releases the queue's buffer when it is empty. Called at heartbeat time, so an
+    /// idle connection holds no queue memory while a busy one keeps its buffer
+    /// between pushes (no allocation per delivery).
+    pub fn trim(&self) {
+        let mut q = self.queue.lock();
+        if q.frames.is_empty() && q.frames.capacity() > 0 {
+            q.frames = VecDeque::new();
+        }
     }
 
     /// Whether anything is queued (used while draining before shutdown).
@@ -222,8 +240,8 @@ impl Outbox {
 
     /// Resolves when frames were queued or the connection started closing since the
     /// last wait.
-    pub async fn ready(&self) {
-        self.ready.notified().await
+    pub fn ready(&self) -> tokio::sync::futures::Notified<'_> {
+        self.ready.notified()
     }
 }
 

@@ -12,8 +12,10 @@
 //! to the first.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
+use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
@@ -39,8 +41,8 @@ use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
 
 /// Bytes tungstenite reads per syscall and keeps allocated per connection. Clients send
 /// little (pongs, acks, joins), and a larger message only grows the buffer while it is
-/// read, so 512 bytes keeps idle connections small. tungstenite's default is 128 KiB.
-const WS_READ_BUFFER: usize = 512;
+/// read, so 256 bytes keeps idle connections small. tungstenite's default is 128 KiB.
+const WS_READ_BUFFER: usize = 256;
 /// How long a closing WebSocket waits for the client's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Frames are written out as soon as they are formatted: no write-side buffering
@@ -332,13 +334,19 @@ impl<H: Handler> Engine<H> {
                 Some(engine.shared.ws_config),
             )
             .await;
+            // The WebSocket loop runs in a task of its own, so an idle connection
+            // holds only that loop's state, not the upgrade's and the probe's too.
             match session {
                 None => {
                     let session = engine.open(WEBSOCKET, &query);
                     let open = engine.open_packet(&session, &[]);
-                    run_websocket(session, ws, Some(open)).await
+                    engine.spawn_websocket(session, ws, Some(open));
                 }
-                Some(session) => engine.probe(session, ws).await,
+                Some(session) => {
+                    if let Some((session, ws)) = engine.probe(session, ws).await {
+                        engine.spawn_websocket(session, ws, None);
+                    }
+                }
             }
         });
         let accept = derive_accept_key(key.as_bytes());
@@ -351,15 +359,22 @@ impl<H: Handler> Engine<H> {
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
 
+    fn spawn_websocket(&self, session: Arc<Session<H>>, ws: Ws, open: Option<String>) {
+        let fut = run_websocket(session, ws, open);
+        tracing::trace!(bytes = std::mem::size_of_val(&fut), "websocket task size");
+        self.shared.tasks.spawn(fut);
+    }
+
     /// The upgrade of a polling session: `2probe` → `3probe`, pending polls get noop,
-    /// then `5` makes the WebSocket the session's transport.
-    async fn probe(&self, session: Arc<Session<H>>, mut ws: Ws) {
+    /// then `5` makes the WebSocket the session's transport. Returns the session and
+    /// its new transport when the upgrade completed.
+    async fn probe(&self, session: Arc<Session<H>>, mut ws: Ws) -> Option<(Arc<Session<H>>, Ws)> {
         if session.transport.load(Ordering::Acquire) != POLLING
             || session.upgrading.swap(true, Ordering::AcqRel)
         {
             // Already upgraded or upgrading: accept the socket, then close it.
             let _ = ws.close(None).await;
-            return;
+            return None;
         }
         let deadline = tokio::time::Instant::now() + self.shared.config.upgrade_timeout;
         let mut probed = false;
@@ -390,12 +405,12 @@ impl<H: Handler> Engine<H> {
         if !upgraded || session.closed.load(Ordering::Acquire) {
             session.upgrading.store(false, Ordering::Release);
             let _ = ws.close(None).await;
-            return;
+            return None;
         }
         session.transport.store(WEBSOCKET, Ordering::Release);
         session.upgrading.store(false, Ordering::Release);
         tracing::debug!("engine.io session upgraded to websocket");
-        run_websocket(session, ws, None).await
+        Some((session, ws))
     }
 
     /// Stops accepting handshakes (returns immediately).
@@ -664,12 +679,21 @@ async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: O
     let reason = 'session: loop {
         let closing = session.outbox.drain(&mut batch);
         if !batch.is_empty() {
-            let write = write_batch(&session, &mut ws, &mut batch);
-            tokio::select! {
-                r = write => if r.is_err() { break 'session CloseReason::TransportError },
-                // A client that does not read blocks the write; its queue then
-                // overflows (or it misses a pong) and the session closes anyway.
-                r = wait_closing(&session) => break 'session r,
+            // A client that does not read blocks the write; its queue then overflows
+            // (or it misses a pong) and the session closes, which ends the write.
+            let written = {
+                let mut write = std::pin::pin!(write_batch(&session, &mut ws, &mut batch));
+                let mut closing = std::pin::pin!(wait_closing(&session));
+                std::future::poll_fn(|cx| {
+                    if let Poll::Ready(r) = write.as_mut().poll(cx) {
+                        return Poll::Ready(r.map_err(|_| CloseReason::TransportError));
+                    }
+                    closing.as_mut().poll(cx).map(Err)
+                })
+                .await
+            };
+            if let Err(reason) = written {
+                break 'session reason;
             }
             if batch.capacity() > 64 {
                 batch = Vec::new();
@@ -703,7 +727,13 @@ async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: O
             _ = &mut sleep => {
                 match beat.on_deadline(&session) {
                     Beat::Wait => {}
-                    Beat::Ping => session.outbox.push_control(Frame::text("2")),
+                    Beat::Ping => {
+                        // Once per ping interval: an idle connection gives back the
+                        // buffers its last burst left behind.
+                        batch = Vec::new();
+                        session.outbox.trim();
+                        session.outbox.push_control(Frame::text("2"));
+                    }
                     Beat::Close(reason) => break reason,
                 }
                 sleep.as_mut().reset(beat.deadline().into());
@@ -725,13 +755,20 @@ async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: O
         };
         // RFC 6455 closing handshake: send the close, then read until the client's
         // close (or EOF) so the TCP close is clean rather than a reset that could
-        // destroy the close frame in the client's receive buffer.
-        let _ = tokio::time::timeout(CLOSE_HANDSHAKE, async {
+        // destroy the close frame in the client's receive buffer. The heartbeat's
+        // timer bounds it, so the task holds one timer, not two.
+        sleep
+            .as_mut()
+            .reset((Instant::now() + CLOSE_HANDSHAKE).into());
+        let handshake = async {
             if ws.close(Some(frame)).await.is_ok() {
                 while let Some(Ok(_)) = ws.next().await {}
             }
-        })
-        .await;
+        };
+        tokio::select! {
+            _ = handshake => {}
+            _ = &mut sleep => {}
+        }
     }
 }
 

@@ -265,6 +265,8 @@ impl<B: Behaviour> SocketIo<B> {
             hub: &self.hub,
         };
         self.behaviour.connected(&socket, auth);
+        // Most sessions hold one namespace: grow by one, not to Vec's default of four.
+        state.sockets.reserve_exact(1);
         state.sockets.push(NamespaceSocket { nsp, id, identity });
     }
 
