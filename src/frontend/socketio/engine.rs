@@ -43,6 +43,12 @@ use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
 /// little (pongs, acks, joins), and a larger message only grows the buffer while it is
 /// read, so 256 bytes keeps idle connections small. tungstenite's default is 128 KiB.
 const WS_READ_BUFFER: usize = 256;
+/// How long a polling session marked closing waits for a poll to collect its close.
+const CLOSE_COLLECT_GRACE: Duration = Duration::from_secs(1);
+/// A poll arriving mid-upgrade waits up to 10 x 10 ms for the upgrade to finish, the
+/// same cadence as the reference server's noop check.
+const UPGRADE_SETTLE_STEPS: u32 = 10;
+const UPGRADE_SETTLE_STEP: Duration = Duration::from_millis(10);
 /// How long a closing WebSocket waits for the client's close frame.
 const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
 /// Frames are written out as soon as they are formatted: no write-side buffering
@@ -276,7 +282,7 @@ impl<H: Handler> Engine<H> {
 
     fn spawn_polling_heartbeat(&self, session: Arc<Session<H>>) {
         self.shared.tasks.spawn(async move {
-            let mut beat = Heartbeat::new(&session);
+            let mut beat = Heartbeat::new(&session, session.opened_at);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(beat.deadline().into()) => {}
@@ -286,6 +292,12 @@ impl<H: Handler> Engine<H> {
                     || session.transport.load(Ordering::Acquire) != POLLING
                 {
                     return;
+                }
+                if let Some(reason) = session.outbox.closing() {
+                    // Closing but not closed: the close waits for a poll to collect
+                    // it; if none comes, close anyway.
+                    tokio::time::sleep(CLOSE_COLLECT_GRACE).await;
+                    return session.close(reason);
                 }
                 match beat.on_deadline(&session) {
                     Beat::Wait => {}
@@ -536,7 +548,18 @@ impl<H: Handler> Session<H> {
                 true
             }
             Packet::Close => {
-                self.close(CloseReason::Client);
+                match beat {
+                    // WebSocket: nothing else is in flight; close now.
+                    Some(_) => self.close(CloseReason::Client),
+                    // Polling: the client's pending GET must still get its noop (it
+                    // may reach us after this POST), so only mark the session
+                    // closing; the poll that collects the noop closes it, or the
+                    // heartbeat task does after a grace period.
+                    None => {
+                        self.outbox.close(CloseReason::Client);
+                        self.pong.notify_one();
+                    }
+                }
                 true
             }
             Packet::Noop => true,
@@ -552,6 +575,20 @@ impl<H: Handler> Session<H> {
             return protocol_error(ErrorCode::BadRequest);
         }
         let _pending = ResetOnDrop(&self.polling);
+        if self.upgrading.load(Ordering::Acquire) {
+            // A poll that arrives mid-upgrade: the client may already have sent the
+            // upgrade packet on the WebSocket, which we have not read yet. Give it a
+            // moment, so a poll after the upgrade gets the 400 it should.
+            for _ in 0..UPGRADE_SETTLE_STEPS {
+                tokio::time::sleep(UPGRADE_SETTLE_STEP).await;
+                if self.transport.load(Ordering::Acquire) != POLLING {
+                    return protocol_error(ErrorCode::BadRequest);
+                }
+                if !self.upgrading.load(Ordering::Acquire) {
+                    break;
+                }
+            }
+        }
         let mut batch = Vec::new();
         loop {
             if self.upgrading.load(Ordering::Acquire) {
@@ -579,7 +616,10 @@ impl<H: Handler> Session<H> {
             }
             match closing {
                 // The client asked to close: its pending poll ends with a noop.
-                Some(CloseReason::Client) => return text_response(b"6".to_vec()),
+                Some(CloseReason::Client) => {
+                    self.close(CloseReason::Client);
+                    return text_response(b"6".to_vec());
+                }
                 Some(reason) => {
                     self.close(reason);
                     return text_response(b"1".to_vec());
@@ -667,12 +707,17 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
 /// The WebSocket transport of a session: one task that writes queued frames, reads
 /// client messages and keeps the heartbeat, until the session closes.
 async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: Option<String>) {
+    let start = if open.is_some() {
+        session.opened_at
+    } else {
+        Instant::now()
+    };
     if let Some(open) = open {
         if ws.send(WsMessage::text(open)).await.is_err() {
             return session.close(CloseReason::TransportError);
         }
     }
-    let mut beat = Heartbeat::new(&session);
+    let mut beat = Heartbeat::new(&session, start);
     let sleep = tokio::time::sleep_until(beat.deadline().into());
     tokio::pin!(sleep);
     let mut batch: Vec<Queued> = Vec::new();
@@ -819,12 +864,15 @@ struct Heartbeat {
 }
 
 impl Heartbeat {
-    fn new<H: Handler>(session: &Session<H>) -> Self {
+    /// A heartbeat whose first ping is due one interval after `start`: the session's
+    /// open for a new session (the client's timers start at the open packet), the
+    /// upgrade for a session that moved to WebSocket.
+    fn new<H: Handler>(session: &Session<H>, start: Instant) -> Self {
         let c = &session.shared.config;
         Self {
             interval: c.ping_interval,
             timeout: c.ping_timeout,
-            next: Instant::now() + c.ping_interval,
+            next: start + c.ping_interval,
             awaiting_pong: false,
             connect_deadline: c.connect_timeout.map(|t| session.opened_at + t),
         }
@@ -860,7 +908,9 @@ impl Heartbeat {
             return Beat::Close(CloseReason::PingTimeout);
         }
         self.awaiting_pong = true;
-        self.next = now + self.timeout;
+        // The pong is due `timeout` after the ping was due, not after this task
+        // happened to wake: timers fire late, and the client counts from the ping.
+        self.next += self.timeout;
         Beat::Ping
     }
 }
