@@ -26,16 +26,6 @@ pub const MAX_EVENT_LEN: usize = 200;
 /// Pushes in one batch request.
 pub const MAX_BATCH: usize = 1000;
 
-/// Event names Socket.IO reserves for itself; a client cannot listen to them.
-const RESERVED_EVENTS: &[&str] = &[
-    "connect",
-    "connect_error",
-    "disconnect",
-    "disconnecting",
-    "newListener",
-    "removeListener",
-];
-
 /// Who a push is for.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Target {
@@ -127,7 +117,7 @@ impl Push {
                 "must be 1 to {MAX_EVENT_LEN} bytes long"
             )));
         }
-        if RESERVED_EVENTS.contains(&event.as_str()) {
+        if packet::RESERVED_EVENTS.contains(&event.as_str()) {
             return Err(PushError::InvalidEvent(format!(
                 "{event:?} is reserved by Socket.IO"
             )));

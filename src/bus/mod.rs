@@ -65,17 +65,23 @@ impl LocalBus {
     }
 }
 
+/// Encodes `push` once and hands it to every matching connection of `hub`: what a
+/// node does with a push it received, whichever bus brought it.
+pub(crate) fn deliver(hub: &Hub, push: &Push, ack_id: Option<u64>) -> FanOut {
+    let frames = socketio::encode_push(push, ack_id);
+    hub.deliver(&Delivery {
+        target: &push.target,
+        namespace: &push.namespace,
+        except: &push.except,
+        frames: &frames,
+        pushed_at: push.accepted_at,
+        track: ack_id.is_some(),
+    })
+}
+
 impl Bus for LocalBus {
     fn publish<'a>(&'a self, push: &'a Push, ack_id: Option<u64>) -> BusFuture<'a> {
-        let frames = socketio::encode_push(push, ack_id);
-        let fan = self.hub.deliver(&Delivery {
-            target: &push.target,
-            namespace: &push.namespace,
-            except: &push.except,
-            frames: &frames,
-            pushed_at: push.accepted_at,
-            track: ack_id.is_some(),
-        });
+        let fan = deliver(&self.hub, push, ack_id);
         Box::pin(std::future::ready(Ok(Published::Local(fan))))
     }
 }

@@ -41,8 +41,7 @@ use tokio_util::sync::CancellationToken;
 use super::envelope::{Envelope, Message, PushEnvelope, Request, WireTarget};
 use super::{Bus, BusError, BusFuture, Published};
 use crate::delivery::Tracker;
-use crate::frontend::socketio;
-use crate::hub::{Delivery, Hub, Observer, SocketChange, Topic};
+use crate::hub::{Hub, Observer, SocketChange, Topic};
 use crate::id::{NodeId, PushId, RoomName, SocketId};
 use crate::metrics::Metrics;
 use crate::push::Push;
@@ -542,15 +541,7 @@ impl RedisBus {
             return;
         };
         let local_ack = push.ack.map(|_| self.tracker.relay(&push.id, &origin));
-        let frames = socketio::encode_push(&push, local_ack);
-        let fan = self.hub.deliver(&Delivery {
-            target: &push.target,
-            namespace: &push.namespace,
-            except: &push.except,
-            frames: &frames,
-            pushed_at: push.accepted_at,
-            track: local_ack.is_some(),
-        });
+        let fan = super::deliver(&self.hub, &push, local_ack);
         if origin == self.node {
             self.tracker
                 .node_reported(&push.id, fan.sockets, fan.delivered, fan.failed);
