@@ -350,13 +350,17 @@ impl<H: Handler> Engine<H> {
             // holds only that loop's state, not the upgrade's and the probe's too.
             match session {
                 None => {
+                    let mut ws = ws;
                     let session = engine.open(WEBSOCKET, &query);
                     let open = engine.open_packet(&session, &[]);
-                    engine.spawn_websocket(session, ws, Some(open));
+                    if ws.send(WsMessage::text(open)).await.is_err() {
+                        return session.close(CloseReason::TransportError);
+                    }
+                    engine.spawn_websocket(session, ws, HeartbeatStart::Open);
                 }
                 Some(session) => {
                     if let Some((session, ws)) = engine.probe(session, ws).await {
-                        engine.spawn_websocket(session, ws, None);
+                        engine.spawn_websocket(session, ws, HeartbeatStart::Now);
                     }
                 }
             }
@@ -371,8 +375,9 @@ impl<H: Handler> Engine<H> {
             .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
     }
 
-    fn spawn_websocket(&self, session: Arc<Session<H>>, ws: Ws, open: Option<String>) {
-        let fut = run_websocket(session, ws, open);
+    /// `start`: when the heartbeat's first interval began (see [`Heartbeat::new`]).
+    fn spawn_websocket(&self, session: Arc<Session<H>>, ws: Ws, start: HeartbeatStart) {
+        let fut = run_websocket(session, ws, start);
         tracing::trace!(bytes = std::mem::size_of_val(&fut), "websocket task size");
         self.shared.tasks.spawn(fut);
     }
@@ -706,141 +711,198 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
 
 /// The WebSocket transport of a session: one task that writes queued frames, reads
 /// client messages and keeps the heartbeat, until the session closes.
-async fn run_websocket<H: Handler>(session: Arc<Session<H>>, mut ws: Ws, open: Option<String>) {
-    let start = if open.is_some() {
-        session.opened_at
-    } else {
-        Instant::now()
-    };
-    if let Some(open) = open {
-        if ws.send(WsMessage::text(open)).await.is_err() {
-            return session.close(CloseReason::TransportError);
-        }
-    }
-    let mut beat = Heartbeat::new(&session, start);
-    let sleep = tokio::time::sleep_until(beat.deadline().into());
-    tokio::pin!(sleep);
-    let mut batch: Vec<Queued> = Vec::new();
-    let reason = 'session: loop {
-        let closing = session.outbox.drain(&mut batch);
-        if !batch.is_empty() {
-            // A client that does not read blocks the write; its queue then overflows
-            // (or it misses a pong) and the session closes, which ends the write.
-            let written = {
-                let mut write = std::pin::pin!(write_batch(&session, &mut ws, &mut batch));
-                let mut closing = std::pin::pin!(wait_closing(&session));
+///
+/// This future lives as long as the connection, so its size is memory per connection:
+/// it is an `async move` block rather than an `async fn` (whose arguments would be
+/// stored twice), and it selects and writes with `poll_fn` rather than nested futures.
+fn run_websocket<H: Handler>(
+    session: Arc<Session<H>>,
+    mut ws: Ws,
+    start: HeartbeatStart,
+) -> impl Future<Output = ()> + Send {
+    async move {
+        let start = match start {
+            HeartbeatStart::Open => session.opened_at,
+            HeartbeatStart::Now => Instant::now(),
+        };
+        let mut beat = Heartbeat::new(&session, start);
+        let sleep = tokio::time::sleep_until(beat.deadline().into());
+        tokio::pin!(sleep);
+        let mut batch: Vec<Queued> = Vec::new();
+        let reason = 'session: loop {
+            let closing = session.outbox.drain(&mut batch);
+            if !batch.is_empty() {
+                // A client that does not read blocks the write; its queue then overflows
+                // (or it misses a pong) and the session closes, which ends the write.
+                let written = {
+                    let now = Instant::now();
+                    batch.reverse(); // popped from the back, so written in queue order
+                    let mut ready = std::pin::pin!(session.outbox.ready());
+                    std::future::poll_fn(|cx| {
+                        match write_batch(cx, &session, &mut ws, &mut batch, now) {
+                            Poll::Ready(r) => return Poll::Ready(r),
+                            Poll::Pending => {}
+                        }
+                        // A client that does not read blocks the write; its queue then
+                        // overflows (or it misses a pong) and the session closes, which
+                        // ends the write.
+                        loop {
+                            if let Some(reason) = session.outbox.closing() {
+                                return Poll::Ready(Err(reason));
+                            }
+                            match ready.as_mut().poll(cx) {
+                                Poll::Ready(()) => ready.set(session.outbox.ready()),
+                                Poll::Pending => return Poll::Pending,
+                            }
+                        }
+                    })
+                    .await
+                };
+                if let Err(reason) = written {
+                    break 'session reason;
+                }
+                if batch.capacity() > 64 {
+                    batch = Vec::new();
+                }
+            }
+            if let Some(reason) = closing {
+                break reason;
+            }
+            // A hand-rolled select over the three sources: `tokio::select!` builds a
+            // larger state machine, and this future lives as long as the connection.
+            let wake = {
+                let mut ready = std::pin::pin!(session.outbox.ready());
                 std::future::poll_fn(|cx| {
-                    if let Poll::Ready(r) = write.as_mut().poll(cx) {
-                        return Poll::Ready(r.map_err(|_| CloseReason::TransportError));
+                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
+                        return Poll::Ready(Wake::Read(msg));
                     }
-                    closing.as_mut().poll(cx).map(Err)
+                    if ready.as_mut().poll(cx).is_ready() {
+                        return Poll::Ready(Wake::Queued);
+                    }
+                    sleep.as_mut().poll(cx).map(|()| Wake::Timer)
                 })
                 .await
             };
-            if let Err(reason) = written {
-                break 'session reason;
-            }
-            if batch.capacity() > 64 {
-                batch = Vec::new();
-            }
-        }
-        if let Some(reason) = closing {
-            break reason;
-        }
-        tokio::select! {
-            msg = ws.next() => match msg {
-                Some(Ok(WsMessage::Text(text))) => {
-                    let ok = match engineio::decode_text(&text) {
-                        Ok(p) => session.receive(p, Some(&mut beat)),
-                        Err(_) => false,
-                    };
-                    if !ok {
-                        break CloseReason::ProtocolError;
+            match wake {
+                Wake::Read(msg) => match msg {
+                    Some(Ok(WsMessage::Text(text))) => {
+                        let ok = match engineio::decode_text(&text) {
+                            Ok(p) => session.receive(p, Some(&mut beat)),
+                            Err(_) => false,
+                        };
+                        if !ok {
+                            break CloseReason::ProtocolError;
+                        }
+                        sleep.as_mut().reset(beat.deadline().into());
+                    }
+                    Some(Ok(WsMessage::Binary(bytes))) => session.dispatch(Message::Binary(bytes)),
+                    Some(Ok(WsMessage::Close(_))) => break CloseReason::Client,
+                    Some(Ok(_)) => {} // WebSocket-level ping/pong: tungstenite answers pings.
+                    Some(Err(e)) => {
+                        tracing::debug!(error = %e, "websocket read failed");
+                        break CloseReason::TransportError;
+                    }
+                    None => break CloseReason::TransportClose,
+                },
+                Wake::Queued => {}
+                Wake::Timer => {
+                    match beat.on_deadline(&session) {
+                        Beat::Wait => {}
+                        Beat::Ping => {
+                            // Once per ping interval: an idle connection gives back the
+                            // buffers its last burst left behind.
+                            batch = Vec::new();
+                            session.outbox.trim();
+                            session.outbox.push_control(Frame::text("2"));
+                        }
+                        Beat::Close(reason) => break reason,
                     }
                     sleep.as_mut().reset(beat.deadline().into());
                 }
-                Some(Ok(WsMessage::Binary(bytes))) => session.dispatch(Message::Binary(bytes)),
-                Some(Ok(WsMessage::Close(_))) => break CloseReason::Client,
-                Some(Ok(_)) => {} // WebSocket-level ping/pong: tungstenite answers pings.
-                Some(Err(e)) => {
-                    tracing::debug!(error = %e, "websocket read failed");
-                    break CloseReason::TransportError;
-                }
-                None => break CloseReason::TransportClose,
-            },
-            _ = session.outbox.ready() => {}
-            _ = &mut sleep => {
-                match beat.on_deadline(&session) {
-                    Beat::Wait => {}
-                    Beat::Ping => {
-                        // Once per ping interval: an idle connection gives back the
-                        // buffers its last burst left behind.
-                        batch = Vec::new();
-                        session.outbox.trim();
-                        session.outbox.push_control(Frame::text("2"));
-                    }
-                    Beat::Close(reason) => break reason,
-                }
-                sleep.as_mut().reset(beat.deadline().into());
-            }
-        }
-    };
-    session.close(reason);
-    let code = match reason {
-        CloseReason::Shutdown => Some(CloseCode::Away),
-        CloseReason::SlowClient => Some(CloseCode::Policy),
-        CloseReason::ProtocolError => Some(CloseCode::Protocol),
-        CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => None,
-        _ => Some(CloseCode::Normal),
-    };
-    if let Some(code) = code {
-        let frame = CloseFrame {
-            code,
-            reason: reason.as_str().into(),
-        };
-        // RFC 6455 closing handshake: send the close, then read until the client's
-        // close (or EOF) so the TCP close is clean rather than a reset that could
-        // destroy the close frame in the client's receive buffer. The heartbeat's
-        // timer bounds it, so the task holds one timer, not two.
-        sleep
-            .as_mut()
-            .reset((Instant::now() + CLOSE_HANDSHAKE).into());
-        let handshake = async {
-            if ws.close(Some(frame)).await.is_ok() {
-                while let Some(Ok(_)) = ws.next().await {}
             }
         };
-        tokio::select! {
-            _ = handshake => {}
-            _ = &mut sleep => {}
+        session.close(reason);
+        let code = match reason {
+            CloseReason::Shutdown => Some(CloseCode::Away),
+            CloseReason::SlowClient => Some(CloseCode::Policy),
+            CloseReason::ProtocolError => Some(CloseCode::Protocol),
+            CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => None,
+            _ => Some(CloseCode::Normal),
+        };
+        if let Some(code) = code {
+            let frame = CloseFrame {
+                code,
+                reason: reason.as_str().into(),
+            };
+            // RFC 6455 closing handshake: send the close, then read until the client's
+            // close (or EOF) so the TCP close is clean rather than a reset that could
+            // destroy the close frame in the client's receive buffer. The heartbeat's
+            // timer bounds it, so the task holds one timer, not two.
+            sleep
+                .as_mut()
+                .reset((Instant::now() + CLOSE_HANDSHAKE).into());
+            // Boxed: it runs once, at the end, and would otherwise be the largest
+            // state of this long-lived future.
+            let mut handshake = Box::pin(async {
+                if ws.close(Some(frame)).await.is_ok() {
+                    while let Some(Ok(_)) = ws.next().await {}
+                }
+            });
+            std::future::poll_fn(|cx| match handshake.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(()),
+                Poll::Pending => sleep.as_mut().poll(cx),
+            })
+            .await;
         }
     }
 }
 
-async fn write_batch<H: Handler>(
+/// Where a WebSocket session's first ping interval starts.
+#[derive(Debug, Clone, Copy)]
+enum HeartbeatStart {
+    /// At the open packet: a session that began on WebSocket.
+    Open,
+    /// Now: a session that just upgraded from polling.
+    Now,
+}
+
+/// What woke the WebSocket loop.
+enum Wake {
+    Read(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
+    Queued,
+    Timer,
+}
+
+/// Writes `batch` (in reverse order: the next frame is last) and flushes, as far as
+/// the socket takes it now.
+fn write_batch<H: Handler>(
+    cx: &mut std::task::Context<'_>,
     session: &Session<H>,
     ws: &mut Ws,
     batch: &mut Vec<Queued>,
-) -> Result<(), tokio_tungstenite::tungstenite::Error> {
-    let now = Instant::now();
-    for q in batch.drain(..) {
+    now: Instant,
+) -> Poll<Result<(), CloseReason>> {
+    let failed = |e: tokio_tungstenite::tungstenite::Error| {
+        tracing::debug!(error = %e, "websocket write failed");
+        CloseReason::TransportError
+    };
+    while !batch.is_empty() {
+        match ws.poll_ready_unpin(cx) {
+            Poll::Ready(Ok(())) => {}
+            Poll::Ready(Err(e)) => return Poll::Ready(Err(failed(e))),
+            Poll::Pending => return Poll::Pending,
+        }
+        let Some(q) = batch.pop() else { break };
         session.observe_write(&q, now);
         let msg = match q.frame {
             Frame::Text(t) => WsMessage::Text(t),
             Frame::Binary(b) => WsMessage::Binary(b),
         };
-        ws.feed(msg).await?;
-    }
-    ws.flush().await
-}
-
-async fn wait_closing<H: Handler>(session: &Session<H>) -> CloseReason {
-    loop {
-        if let Some(reason) = session.outbox.closing() {
-            return reason;
+        if let Err(e) = ws.start_send_unpin(msg) {
+            return Poll::Ready(Err(failed(e)));
         }
-        session.outbox.ready().await;
     }
+    ws.poll_flush_unpin(cx).map_err(failed)
 }
 
 /// What the heartbeat wants done when its deadline passes.
