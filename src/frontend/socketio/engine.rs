@@ -715,6 +715,8 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
 /// This future lives as long as the connection, so its size is memory per connection:
 /// it is an `async move` block rather than an `async fn` (whose arguments would be
 /// stored twice), and it selects and writes with `poll_fn` rather than nested futures.
+// Not `async fn`: that form stores the arguments twice (see the doc above).
+#[allow(clippy::manual_async_fn)]
 fn run_websocket<H: Handler>(
     session: Arc<Session<H>>,
     mut ws: Ws,
