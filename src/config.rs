@@ -129,8 +129,10 @@ struct FileSettings {
     shutdown_timeout_ms: Option<u64>,
 }
 
-/// The resolved configuration of one node.
-#[derive(Debug, Clone)]
+/// The resolved configuration of one node. Its `Debug` output redacts the secrets
+/// (API keys, JWT secret, the Redis URL, which may carry a password), so logging a
+/// configuration can never leak them.
+#[derive(Clone)]
 pub struct Config {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
@@ -151,6 +153,34 @@ pub struct Config {
     pub queue_capacity: usize,
     pub queue_bytes: usize,
     pub shutdown_timeout: Duration,
+}
+
+impl std::fmt::Debug for Config {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        const REDACTED: &str = "<redacted>";
+        f.debug_struct("Config")
+            .field("listen", &self.listen)
+            .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
+            .field("redis_prefix", &self.redis_prefix)
+            .field("registry_ttl", &self.registry_ttl)
+            .field(
+                "api_keys",
+                &format_args!("<{} redacted>", self.api_keys.len()),
+            )
+            .field("jwt_secret", &self.jwt_secret.as_ref().map(|_| REDACTED))
+            .field("node_id", &self.node_id)
+            .field("namespaces", &self.namespaces)
+            .field("ping_interval", &self.ping_interval)
+            .field("ping_timeout", &self.ping_timeout)
+            .field("connect_timeout", &self.connect_timeout)
+            .field("upgrade_timeout", &self.upgrade_timeout)
+            .field("max_payload", &self.max_payload)
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("queue_capacity", &self.queue_capacity)
+            .field("queue_bytes", &self.queue_bytes)
+            .field("shutdown_timeout", &self.shutdown_timeout)
+            .finish()
+    }
 }
 
 /// A setting that could not be used; the message names it.
@@ -491,6 +521,21 @@ mod tests {
         assert!(from_env(&[("PUSHGATE_QUEUE_CAPACITY", "0")]).is_err());
         assert!(from_env(&[("PUSHGATE_NODE_ID", "a.b")]).is_err());
         assert!(from_env(&[("PUSHGATE_NAMESPACES", "chat")]).is_err());
+    }
+
+    #[test]
+    fn debug_output_never_shows_secrets() {
+        let c = from_env(&[
+            ("PUSHGATE_API_KEYS", "key-one,key-two"),
+            ("PUSHGATE_JWT_SECRET", "jwt-s3cret"),
+            ("PUSHGATE_REDIS_URL", "redis://:hunter2@127.0.0.1:6379"),
+        ])
+        .unwrap();
+        let shown = format!("{c:?}");
+        for secret in ["key-one", "key-two", "jwt-s3cret", "hunter2"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        assert!(shown.contains("<2 redacted>"), "{shown}");
     }
 
     #[test]
