@@ -60,9 +60,13 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// When the sync task could not reach Redis, it tries again after this.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
-/// Messages the receive queue holds before it lags (lagged messages are counted as
-/// dropped; their pushes end as `timed_out` at the origin).
-const RECEIVE_CAPACITY: usize = 65_536;
+/// Messages the subscriber's receive queue holds before it lags (lagged messages are
+/// counted as dropped; their pushes end as `timed_out` at the origin). fred's queues
+/// are tokio broadcast channels, which allocate every slot up front, for each of the
+/// client's event streams: 65,536 slots cost ~80 MB per process before the first
+/// connection. 8,192 holds several seconds of bus traffic at the rates measured in
+/// BENCHMARKS.md and costs a few MB; the publisher keeps fred's default.
+const RECEIVE_CAPACITY: usize = 8_192;
 /// Channels per SUBSCRIBE command when re-subscribing everything.
 const SUBSCRIBE_CHUNK: usize = 1000;
 
@@ -154,11 +158,13 @@ impl RedisBus {
         notes: Notes,
     ) -> Result<Arc<Self>, BusError> {
         let config = Config::from_url(&settings.url).map_err(BusError::Redis)?;
-        let build = || {
+        let build = |receive_capacity: Option<usize>| {
             Builder::from_config(config.clone())
                 .with_performance_config(|p| {
                     p.default_command_timeout = COMMAND_TIMEOUT;
-                    p.broadcast_channel_capacity = RECEIVE_CAPACITY;
+                    if let Some(capacity) = receive_capacity {
+                        p.broadcast_channel_capacity = capacity;
+                    }
                 })
                 .with_connection_config(|c| {
                     c.connection_timeout = COMMAND_TIMEOUT;
@@ -172,8 +178,8 @@ impl RedisBus {
                 .with_config(|c| c.fail_fast = false)
                 .build()
         };
-        let publisher = build().map_err(BusError::Redis)?;
-        let subscriber = build().map_err(BusError::Redis)?;
+        let publisher = build(None).map_err(BusError::Redis)?;
+        let subscriber = build(Some(RECEIVE_CAPACITY)).map_err(BusError::Redis)?;
         let Notes(notes_rx, notes_tx) = notes;
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
         let keys = Keys::new(&settings.prefix);
