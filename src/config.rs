@@ -104,6 +104,9 @@ pub struct Flags {
     /// Drain deadline on SIGTERM/SIGINT [env: PUSHGATE_SHUTDOWN_TIMEOUT_MS] [default: 10000]
     #[arg(long)]
     pub shutdown_timeout_ms: Option<String>,
+    /// Runtime worker threads; 0 = one per CPU [env: PUSHGATE_WORKER_THREADS] [default: 0]
+    #[arg(long)]
+    pub worker_threads: Option<String>,
 }
 
 /// The TOML file's shape: the same names as the flags, in snake_case, typed.
@@ -127,6 +130,7 @@ struct FileSettings {
     queue_capacity: Option<usize>,
     queue_bytes: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
+    worker_threads: Option<usize>,
 }
 
 /// The resolved configuration of one node. Its `Debug` output redacts the secrets
@@ -153,6 +157,10 @@ pub struct Config {
     pub queue_capacity: usize,
     pub queue_bytes: usize,
     pub shutdown_timeout: Duration,
+    /// Tokio worker threads; `None` = one per CPU. Several processes on one host
+    /// (one per 20k-file limit, say) each wanting every core only contend; give each
+    /// a share.
+    pub worker_threads: Option<usize>,
 }
 
 impl std::fmt::Debug for Config {
@@ -179,6 +187,7 @@ impl std::fmt::Debug for Config {
             .field("queue_capacity", &self.queue_capacity)
             .field("queue_bytes", &self.queue_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
+            .field("worker_threads", &self.worker_threads)
             .finish()
     }
 }
@@ -420,6 +429,15 @@ impl Config {
                 file.shutdown_timeout_ms,
                 DEFAULT_SHUTDOWN_TIMEOUT_MS,
             )?),
+            worker_threads: match num(
+                "PUSHGATE_WORKER_THREADS",
+                flags.worker_threads,
+                file.worker_threads.map(|v| v as u64),
+                0,
+            )? {
+                0 => None,
+                n => Some(n as usize),
+            },
         };
         if config.jwt_secret.as_deref() == Some("") {
             return Err(invalid("PUSHGATE_JWT_SECRET", "", "must not be empty"));
@@ -487,8 +505,10 @@ mod tests {
             ("PUSHGATE_NODE_ID", "gw1"),
             ("PUSHGATE_NAMESPACES", "/,/custom"),
             ("PUSHGATE_QUEUE_CAPACITY", "16"),
+            ("PUSHGATE_WORKER_THREADS", "1"),
         ])
         .unwrap();
+        assert_eq!(c.worker_threads, Some(1));
         assert_eq!(c.api_keys, vec!["k1", "k2"]);
         assert_eq!(c.node_id.as_str(), "gw1");
         assert_eq!(c.namespaces, vec!["/", "/custom"]);
