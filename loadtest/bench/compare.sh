@@ -1,0 +1,410 @@
+#!/usr/bin/env bash
+# Side-by-side benchmark: pushgate against the socket.io peer (loadtest/peers/socketio),
+# same load generator (pushgate-load), same machine, one run, one system at a time.
+#
+#   loadtest/bench/compare.sh [--quick] [--scenarios idle,bcast,maxdel,users,scale,big] ...
+#
+# Every scenario starts a fresh redis-server on a free loopback port and fresh server
+# processes (pushgate nodes sharing that Redis, or socket.io processes on the Redis
+# adapter), runs pushgate-load against them, stops everything, and then does the same for
+# the other side. JSON results go to loadtest/results/<date>/ (git-ignored); at the end
+# loadtest/bench/render.py renders the tables into BENCHMARKS.md between
+# `<!-- compare:begin -->` and `<!-- compare:end -->`.
+#
+# Scenarios (sizes are flags, see --help):
+#   idle    RSS per idle connection at each --idle-sizes
+#   idlesolo  the same for one pushgate process without Redis (sizes <= --per-proc)
+#   bcast   broadcast to all once a second at each --bcast-sizes (loss, p50, p99)
+#   maxdel  broadcast rate stepped up (--maxdel-steps pushes/s to --maxdel-conns
+#           connections) until p99 > 1 s or loss: highest deliveries/s with p99 <= 1 s
+#   users   per-user pushes with acks and wait, rate stepped up (--users-steps)
+#   usersnw the same with acks but without wait (the tool's 256 in-flight cap out of the way)
+#   scale   pushgate only: maxdel with 3 nodes on one Redis (vs maxdel's 1 node)
+#   big     pushgate only: --big-conns connections over many nodes, broadcast every 5 s
+#
+# Every process is started under `timeout`, so it stops by itself even if this script
+# is killed; everything is on 127.0.0.1.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+root="$(cd "$here/../.." && pwd)"
+peer_dir="$root/loadtest/peers/socketio"
+gw_bin="$root/target/release/pushgate"
+load_bin="$root/target/release/pushgate-load"
+secret="bench-secret"
+
+# ---- options -------------------------------------------------------------------------
+scenarios="idle,bcast,maxdel,users,scale"
+sides="pushgate,peer"
+idle_sizes="10000,50000,100000"
+bcast_sizes="10000,20000,50000"
+maxdel_conns=10000
+maxdel_steps="2,4,6,8,12,16,24,32,48,64,96"
+users_conns=10000
+users_users=2500
+users_steps="1000,2500,5000,10000,20000,35000,50000"
+big_conns=1000000
+big_ramp=5000
+per_proc=18000
+ramp=2000
+idle_hold=20
+bcast_secs=30
+step_secs=10
+big_hold=15
+big_secs=40
+results=""
+build=1
+render_only=0
+benchmarks="$root/BENCHMARKS.md"
+cmdline="$(env | grep -E '^PUSHGATE_[A-Z_]+=' | sort | tr '\n' ' ' || true)loadtest/bench/compare.sh $*"
+
+usage() {
+  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  cat <<EOF
+
+Options (defaults in brackets):
+  --quick                 small sizes to test the script (2k connections, short phases)
+  --scenarios LIST        [$scenarios]  (also: big)
+  --sides LIST            [$sides]
+  --idle-sizes LIST       [$idle_sizes]
+  --bcast-sizes LIST      [$bcast_sizes]
+  --maxdel-conns N        [$maxdel_conns]   --maxdel-steps LIST [$maxdel_steps]
+  --users-conns N         [$users_conns]   --users-users N [$users_users]
+  --users-steps LIST      [$users_steps]
+  --big-conns N           [$big_conns]   --big-ramp R [$big_ramp]
+  --per-proc N            connections per server process [$per_proc] (20k open files each)
+  --ramp R                connections per second [$ramp]
+  --idle-hold S --bcast-secs S --step-secs S --big-hold S --big-secs S
+  --results DIR           results directory (reused: the rendering covers all of it)
+  --no-build              skip cargo build
+  --render-only           only render DIR (with --results) into BENCHMARKS.md
+  --benchmarks FILE       render into FILE instead of BENCHMARKS.md
+Server settings: PUSHGATE_* variables in the environment reach the gateways as they are.
+EOF
+}
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick)
+      idle_sizes=2000; bcast_sizes=2000; maxdel_conns=2000; maxdel_steps="5,20,60"
+      users_conns=2000; users_users=500; users_steps="200,1000"; big_conns=6000
+      per_proc=2000; idle_hold=4; bcast_secs=6; step_secs=4; big_hold=3; big_secs=10
+      shift ;;
+    --scenarios) scenarios="$2"; shift 2 ;;
+    --sides) sides="$2"; shift 2 ;;
+    --idle-sizes) idle_sizes="$2"; shift 2 ;;
+    --bcast-sizes) bcast_sizes="$2"; shift 2 ;;
+    --maxdel-conns) maxdel_conns="$2"; shift 2 ;;
+    --maxdel-steps) maxdel_steps="$2"; shift 2 ;;
+    --users-conns) users_conns="$2"; shift 2 ;;
+    --users-users) users_users="$2"; shift 2 ;;
+    --users-steps) users_steps="$2"; shift 2 ;;
+    --big-conns) big_conns="$2"; shift 2 ;;
+    --big-ramp) big_ramp="$2"; shift 2 ;;
+    --per-proc) per_proc="$2"; shift 2 ;;
+    --ramp) ramp="$2"; shift 2 ;;
+    --idle-hold) idle_hold="$2"; shift 2 ;;
+    --bcast-secs) bcast_secs="$2"; shift 2 ;;
+    --step-secs) step_secs="$2"; shift 2 ;;
+    --big-hold) big_hold="$2"; shift 2 ;;
+    --big-secs) big_secs="$2"; shift 2 ;;
+    --results) results="$2"; shift 2 ;;
+    --no-build) build=0; shift ;;
+    --render-only) render_only=1; shift ;;
+    --benchmarks) benchmarks="$2"; shift 2 ;;
+    -h|--help) usage; exit 0 ;;
+    *) echo "unknown option: $1 (see --help)" >&2; exit 2 ;;
+  esac
+done
+
+[ -n "$results" ] || results="$root/loadtest/results/$(date -u +%Y-%m-%dT%H%M)"
+mkdir -p "$results"
+results="$(cd "$results" && pwd)"
+summary="$results/summary.jsonl"
+log="$results/compare.log"
+
+render() {
+  python3 "$here/render.py" --results "$results" --benchmarks "$benchmarks"
+}
+if [ "$render_only" = 1 ]; then render; exit 0; fi
+
+say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
+has() { [[ ",$1," == *",$2,"* ]]; }
+
+for c in redis-server redis-cli node python3 jq curl timeout; do
+  command -v "$c" >/dev/null || { echo "$c not found" >&2; exit 1; }
+done
+ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
+
+if [ "$build" = 1 ]; then
+  say "building release binaries"
+  (cd "$root" && cargo build --release -p pushgate -p pushgate-load) >>"$log" 2>&1
+fi
+if has "$sides" peer && [ ! -d "$peer_dir/node_modules" ]; then
+  (cd "$peer_dir" && npm ci --no-audit --no-fund) >>"$log" 2>&1
+fi
+
+# Machine description, once per results directory.
+if [ ! -f "$results/machine.json" ]; then
+  jq -n --arg nproc "$(nproc)" --arg free "$(free -g)" --arg kernel "$(uname -sr)" \
+    --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
+    --arg nofile "$(ulimit -n)/$(ulimit -Hn)" --arg node "$(node --version)" \
+    --arg redis "$(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2)" \
+    --arg rustc "$(rustc --version 2>/dev/null || echo unknown)" \
+    --arg date "$(date -u +'%Y-%m-%d %H:%M UTC')" \
+    --arg commit "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg uptime "$(uptime)" \
+    '{nproc:$nproc, free:$free, kernel:$kernel, cpu:$cpu, nofile:$nofile, node:$node,
+      redis:$redis, rustc:$rustc, date:$date, commit:$commit, uptime_at_start:$uptime}' \
+    >"$results/machine.json"
+fi
+echo "$cmdline" >>"$results/commands.txt"
+
+# ---- process management --------------------------------------------------------------
+life=1800            # hard lifetime of every server process (seconds)
+wrappers=()          # pids of the `timeout` wrappers we started
+srv_pids=()          # the real server pids (for --pid)
+targets=()
+push_urls=()
+redis_port=""
+
+free_port() {
+  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
+}
+
+# pid of the single child of a `timeout` wrapper
+child_of() {
+  local w="$1" c=""
+  for _ in $(seq 50); do
+    c="$(tr -d ' ' <"/proc/$w/task/$w/children" 2>/dev/null || true)"
+    [ -n "$c" ] && break
+    sleep 0.05
+  done
+  echo "$c"
+}
+
+stop_all() {
+  local w
+  for w in "${wrappers[@]}"; do kill -TERM "$w" 2>/dev/null || true; done
+  for w in "${wrappers[@]}"; do wait "$w" 2>/dev/null || true; done
+  wrappers=(); srv_pids=(); targets=(); push_urls=(); redis_port=""
+}
+trap 'stop_all' EXIT
+trap 'exit 130' INT TERM
+
+start_redis() {
+  redis_port="$(free_port)"
+  timeout -k 5 "$life" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
+    --appendonly no --daemonize no --loglevel warning --maxclients 10000 \
+    >>"$results/redis.log" 2>&1 &
+  wrappers+=("$!")
+  for _ in $(seq 100); do
+    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
+    sleep 0.1
+  done
+  echo "redis-server did not start" >&2; return 1
+}
+
+wait_http() { # url
+  for _ in $(seq 200); do
+    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+    sleep 0.1
+  done
+  echo "$1 did not answer 200" >&2; return 1
+}
+
+start_pushgate() { # nodes
+  local n="$1" i port w
+  start_redis
+  for i in $(seq 0 $((n - 1))); do
+    port="$(free_port)"
+    PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_JWT_SECRET="$secret" \
+      PUSHGATE_REDIS_URL="redis://127.0.0.1:$redis_port" PUSHGATE_NODE_ID="gw$i" \
+      RUST_LOG=warn timeout -k 5 "$life" "$gw_bin" >>"$results/pushgate.log" 2>&1 &
+    w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+    targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/v1/push")
+  done
+  for i in "${targets[@]}"; do wait_http "http://$i/readyz"; done
+}
+
+start_peer() { # processes
+  local n="$1" i port w
+  start_redis
+  for i in $(seq 0 $((n - 1))); do
+    port="$(free_port)"
+    PORT="$port" REDIS_URL="redis://127.0.0.1:$redis_port" JWT_SECRET="$secret" \
+      timeout -k 5 "$life" node "$peer_dir/server.js" >>"$results/peer.log" 2>&1 &
+    w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+    targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/push")
+  done
+  for i in "${targets[@]}"; do wait_http "http://$i/healthz"; done
+}
+
+procs_for() { echo $(( ($1 + per_proc - 1) / per_proc )); }
+join() { local IFS=,; echo "$*"; }
+
+# run_load SCENARIO SIDE CONNS STEP NAME -- tool args...
+run_load() {
+  local scen="$1" side="$2" conns="$3" step="$4" name="$5"; shift 6
+  local out="$results/$name.json" rc=0 t_max
+  local args=(--quiet --label "$name" --target "$(join "${targets[@]}")"
+    --push-url "$(join "${push_urls[@]}")" --pid "$(join "${srv_pids[@]}")"
+    --jwt-secret "$secret" -n "$conns" --out "$out" "$@")
+  t_max=$(( conns / 500 + 600 ))
+  say "run $name: pushgate-load ${args[*]}"
+  local busy0 busy1 t0 t1
+  busy0="$(busy_ticks)"; t0="$(date +%s.%N)"
+  timeout -k 10 "$t_max" "$load_bin" "${args[@]}" >"$results/$name.txt" 2>&1 || rc=$?
+  busy1="$(busy_ticks)"; t1="$(date +%s.%N)"
+  tail -n 12 "$results/$name.txt" | tee -a "$log" >&2
+  local cmd
+  cmd="target/release/pushgate-load $(printf '%q ' "${args[@]}" | sed "s#$results/#loadtest/results/$(basename "$results")/#g")"
+  jq -cn --arg scen "$scen" --arg side "$side" --argjson conns "$conns" --arg step "$step" \
+    --arg name "$name" --argjson procs "${#srv_pids[@]}" --argjson rc "$rc" --arg cmd "$cmd" \
+    --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
+    --arg env "$(env | grep -E '^PUSHGATE_[A-Z_]+=' | sort | tr '\n' ' ' || true)" \
+    --argjson busy "$(awk -v a="$busy0" -v b="$busy1" -v hz="$(getconf CLK_TCK)" 'BEGIN { print (b - a) / hz }')" \
+    --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
+    '{scenario:$scen, side:$side, conns:$conns, step:$step, name:$name, procs:$procs,
+      rc:$rc, cmd:$cmd, json:($name + ".json"), loadavg_after:$load,
+      machine_busy_s:$busy, wall_s:$wall, env:$env}' >>"$summary"
+  return 0
+}
+
+# busy CPU ticks of the whole machine (user+nice+system+irq+softirq+steal)
+busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
+
+start_side() { # side procs
+  if [ "$1" = pushgate ]; then start_pushgate "$2"; else start_peer "$2"; fi
+}
+
+# field from a result file, or "" when absent
+field() { jq -r "$2 // empty" "$results/$1.json" 2>/dev/null || true; }
+
+# Pushes/s actually sent: sent / seconds of the push phase in the timeline (with `--wait`
+# the tool's rate_per_s divides by the configured duration even when the phase ran longer).
+achieved() {
+  jq -r '.pushes.sent / ([.timeline[] | select(.phase == "push")] | length | if . == 0 then 1 else . end)' \
+    "$results/$1.json" 2>/dev/null || echo 0
+}
+
+# True when a step result ends the stepping: p99 above LIMIT_MS, loss, or failure.
+step_stops() { # name limit_ms
+  local p99 lost failed
+  p99="$(field "$1" .latency.p99_ms)"; lost="$(field "$1" .deliveries.lost)"
+  failed="$(field "$1" .connections.failed)"
+  [ -z "$p99" ] && return 0
+  awk -v p="$p99" -v l="$2" -v lost="${lost:-1}" -v f="${failed:-1}" \
+    'BEGIN { exit !(p > l || lost > 0 || f > 0) }'
+}
+
+IFS=, read -r -a side_list <<<"$sides"
+
+# ---- scenarios -----------------------------------------------------------------------
+if has "$scenarios" idle; then
+  IFS=, read -r -a sizes <<<"$idle_sizes"
+  for n in "${sizes[@]}"; do
+    for side in "${side_list[@]}"; do
+      p="$(procs_for "$n")"
+      start_side "$side" "$p"
+      run_load idle "$side" "$n" "" "idle-$side-$n" -- --ramp-rate "$ramp" \
+        --hold "${idle_hold}s" --push none --push-rate 0
+      stop_all
+    done
+  done
+fi
+
+# pushgate alone, in-process bus (no Redis): the connection cost without the cluster
+# registry; sizes of --idle-sizes that one process can hold
+if has "$scenarios" idlesolo && has "$sides" pushgate; then
+  IFS=, read -r -a sizes <<<"$idle_sizes"
+  for n in "${sizes[@]}"; do
+    [ "$n" -le "$per_proc" ] || continue
+    port="$(free_port)"
+    PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_JWT_SECRET="$secret" RUST_LOG=warn \
+      timeout -k 5 "$life" "$gw_bin" >>"$results/pushgate.log" 2>&1 &
+    w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+    targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/v1/push")
+    wait_http "http://127.0.0.1:$port/readyz"
+    run_load idlesolo pushgate "$n" "" "idlesolo-pushgate-$n" -- --ramp-rate "$ramp" \
+      --hold "${idle_hold}s" --push none --push-rate 0
+    stop_all
+  done
+fi
+
+if has "$scenarios" bcast; then
+  IFS=, read -r -a sizes <<<"$bcast_sizes"
+  for n in "${sizes[@]}"; do
+    for side in "${side_list[@]}"; do
+      p="$(procs_for "$n")"
+      start_side "$side" "$p"
+      run_load bcast "$side" "$n" "" "bcast-$side-$n" -- --ramp-rate "$ramp" --hold 5s \
+        --push all --push-rate 1 --duration "${bcast_secs}s"
+      stop_all
+    done
+  done
+fi
+
+# stepped broadcast: scenario tag, side, node count
+maxdel_run() {
+  local tag="$1" side="$2" p="$3" rate
+  IFS=, read -r -a steps <<<"$maxdel_steps"
+  for rate in "${steps[@]}"; do
+    start_side "$side" "$p"
+    run_load "$tag" "$side" "$maxdel_conns" "$rate" "$tag-$side-p$p-r$rate" -- \
+      --ramp-rate "$ramp" --hold 3s --push all --push-rate "$rate" --duration "${step_secs}s"
+    stop_all
+    if step_stops "$tag-$side-p$p-r$rate" 1000; then break; fi
+  done
+}
+
+if has "$scenarios" maxdel; then
+  for side in "${side_list[@]}"; do
+    maxdel_run maxdel "$side" "$(procs_for "$maxdel_conns")"
+  done
+fi
+
+# users: acks requested and waited for (`wait: true`; the tool keeps at most 256 pushes in
+# flight, so the rate is capped near 256 / API latency); usersnw: acks requested, no wait
+for tag in users usersnw; do
+  has "$scenarios" "$tag" || continue
+  wait_arg=(--wait)
+  [ "$tag" = usersnw ] && wait_arg=(--wait false)
+  IFS=, read -r -a steps <<<"$users_steps"
+  for side in "${side_list[@]}"; do
+    p="$(procs_for "$users_conns")"
+    for rate in "${steps[@]}"; do
+      start_side "$side" "$p"
+      run_load "$tag" "$side" "$users_conns" "$rate" "$tag-$side-r$rate" -- \
+        --ramp-rate "$ramp" --hold 3s --push user --users "$users_users" \
+        --push-rate "$rate" --duration "${step_secs}s" --ack-timeout-ms 5000 "${wait_arg[@]}"
+      stop_all
+      if step_stops "$tag-$side-r$rate" 1000; then break; fi
+      got="$(achieved "$tag-$side-r$rate")"
+      if awk -v g="${got:-0}" -v r="$rate" 'BEGIN { exit !(g < 0.9 * r) }'; then break; fi
+    done
+  done
+done
+
+if has "$scenarios" scale && has "$sides" pushgate; then
+  # the 1-process figure is maxdel's pushgate run (one node + Redis below --per-proc),
+  # from this invocation or an earlier one into the same results directory
+  if ! has "$scenarios" maxdel && ! compgen -G "$results/maxdel-pushgate-p1-r*.json" >/dev/null; then
+    maxdel_run scale pushgate 1
+  fi
+  maxdel_run scale pushgate 3
+fi
+
+if has "$scenarios" big && has "$sides" pushgate; then
+  p="$(procs_for "$big_conns")"
+  say "big run: $big_conns connections over $p pushgate nodes"
+  start_pushgate "$p"
+  run_load big pushgate "$big_conns" "" "big-pushgate-$big_conns" -- --ramp-rate "$big_ramp" \
+    --hold "${big_hold}s" --push all --push-rate 0.2 --duration "${big_secs}s" --drain 10s \
+    --connect-timeout 60s
+  stop_all
+fi
+
+say "rendering into BENCHMARKS.md"
+render
+say "done: $results"
