@@ -334,18 +334,16 @@ impl Registry {
 
     /// Every socket of `user` on any node.
     pub async fn user(&self, user: &UserId) -> Result<Vec<Entry>, RegistryError> {
-        let index = self.keys.user(user.as_str());
-        let members: Vec<String> = self
-            .client
-            .smembers(&index)
-            .await
-            .map_err(|e| self.read_error(e))?;
-        self.entries(&index, members).await
+        self.indexed(self.keys.user(user.as_str())).await
     }
 
     /// Every socket in `room` on any node.
     pub async fn room(&self, room: &RoomName) -> Result<Vec<Entry>, RegistryError> {
-        let index = self.keys.room(room.as_str());
+        self.indexed(self.keys.room(room.as_str())).await
+    }
+
+    /// The live entries of the sockets listed in the index set `index`.
+    async fn indexed(&self, index: String) -> Result<Vec<Entry>, RegistryError> {
         let members: Vec<String> = self
             .client
             .smembers(&index)
