@@ -488,11 +488,7 @@ async fn change_rooms(
         .count();
     if let Some(c) = &api.cluster {
         for (node, sockets) in remote {
-            n += if join {
-                c.join(&node, room, sockets).await?
-            } else {
-                c.leave(&node, room, sockets).await?
-            } as usize;
+            n += c.change_room(&node, room, sockets, join).await? as usize;
         }
         c.synced().await;
     }

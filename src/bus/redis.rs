@@ -349,36 +349,31 @@ impl RedisBus {
             .await
     }
 
-    /// Adds sockets of `node` to `room`; returns how many were newly added.
-    pub async fn join(
+    /// Adds (`join`) or removes sockets of `node` to or from `room`; returns how many
+    /// changed.
+    pub async fn change_room(
         &self,
         node: &str,
         room: &RoomName,
         sockets: Vec<SocketId>,
+        join: bool,
     ) -> Result<u32, BusError> {
         let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
         let room = room.to_string();
-        self.request(node, |request| Message::Join {
-            request,
-            room,
-            sockets,
-        })
-        .await
-    }
-
-    /// Removes sockets of `node` from `room`; returns how many left.
-    pub async fn leave(
-        &self,
-        node: &str,
-        room: &RoomName,
-        sockets: Vec<SocketId>,
-    ) -> Result<u32, BusError> {
-        let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
-        let room = room.to_string();
-        self.request(node, |request| Message::Leave {
-            request,
-            room,
-            sockets,
+        self.request(node, |request| {
+            if join {
+                Message::Join {
+                    request,
+                    room,
+                    sockets,
+                }
+            } else {
+                Message::Leave {
+                    request,
+                    room,
+                    sockets,
+                }
+            }
         })
         .await
     }
