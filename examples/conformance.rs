@@ -105,7 +105,9 @@ async fn main() -> anyhow::Result<()> {
         queue_bytes: 16 * 1024 * 1024,
     };
     let metrics = Arc::new(Metrics::new());
-    let hub = Arc::new(Hub::new(metrics.clone()));
+    let mut codecs = pushgate::codec::Codecs::new();
+    codecs.register(Arc::new(pushgate::frontend::socketio::SocketIoCodec));
+    let hub = Arc::new(Hub::new(codecs, metrics.clone()));
     let tracker = Tracker::new(metrics.clone());
     let echo = Engine::new(config.clone(), Echo, metrics.clone());
     let socketio = Engine::new(

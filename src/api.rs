@@ -8,7 +8,7 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
@@ -26,7 +26,8 @@ use crate::delivery::Tracker;
 use crate::hub::{Hub, SocketInfo};
 use crate::id::{NodeId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
-use crate::push::{self, Push, PushService};
+use crate::push::{self, Push};
+use crate::push_service::{self, PushService, SendError};
 
 /// An error answer.
 #[derive(Debug)]
@@ -74,6 +75,21 @@ impl From<crate::registry::RegistryError> for ApiError {
             "unavailable",
             format!("the cluster registry cannot be read: {e}; retry later"),
         )
+    }
+}
+
+impl From<crate::codec::Refused> for ApiError {
+    fn from(e: crate::codec::Refused) -> Self {
+        Self::bad_request(e.to_string())
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Refused(r) => r.into(),
+            SendError::Bus(b) => b.into(),
+        }
     }
 }
 
@@ -252,7 +268,7 @@ fn refuse_while_draining(api: &Api) -> Result<(), ApiError> {
     Ok(())
 }
 
-fn accepted_json(accepted: &push::Accepted) -> (StatusCode, Value) {
+fn accepted_json(accepted: &push_service::Accepted) -> (StatusCode, Value) {
     match accepted.report {
         Some(report) => (StatusCode::OK, json!({"id": accepted.id, "report": report})),
         None => (StatusCode::ACCEPTED, json!({"id": accepted.id})),
@@ -273,6 +289,12 @@ async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Resp
         Some(i) => ApiError::bad_request(format!("push {i}: {e}")),
         None => ApiError::from(e),
     })?;
+    // Every push checked before any is sent, so a refusal sends nothing.
+    for (i, p) in pushes.iter().enumerate() {
+        api.push
+            .check(p)
+            .map_err(|e| ApiError::bad_request(format!("push {i}: {e}")))?;
+    }
     let sends = pushes.into_iter().map(|p| api.push.send(p));
     let mut results = Vec::new();
     for accepted in futures_util::future::join_all(sends).await {
@@ -508,7 +530,7 @@ async fn leave_room(
 async fn nodes(State(api): Shared) -> Result<Json<Value>, ApiError> {
     let this = json!({
         "id": api.node,
-        "connections": api.metrics.socketio.connections.get(),
+        "connections": api.metrics.connections_total(),
         "started_at": api.started_at,
     });
     let Some(c) = &api.cluster else {
@@ -549,12 +571,4 @@ async fn metrics(State(api): Shared) -> Response {
         api.metrics.render(),
     )
         .into_response()
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

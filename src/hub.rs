@@ -16,14 +16,14 @@
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
 use std::sync::Arc;
-use std::time::Instant;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::codec::Codecs;
 use crate::connection::{Enqueued, Frame, Outbox};
-use crate::id::{RoomName, SocketId, UserId};
+use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
-use crate::push::Target;
+use crate::push::{Push, DEFAULT_SCOPE};
 
 /// Enough shards that two cores rarely meet on one lock, few enough that a room
 /// fan-out's per-shard lookups stay cheap.
@@ -43,7 +43,15 @@ pub trait Connection: Send + Sync {
 /// One registered socket.
 pub struct Member {
     pub connection: Arc<dyn Connection>,
-    pub namespace: Arc<str>,
+    /// The protocol it speaks: which encoding of a push it gets.
+    pub frontend: Frontend,
+    /// The namespace it lives in, for frontends that have them (Socket.IO); a push
+    /// reaches it only when it names the same one. `None`: every push's scope.
+    pub scope: Option<Arc<str>>,
+    /// Whether it receives pushes addressed to all, its user or itself (a Socket.IO
+    /// socket always does; a Phoenix socket once it joined the `pushgate` topic, the
+    /// only topic such pushes arrive on). Room pushes reach room members regardless.
+    pub direct: bool,
     pub user: Option<UserId>,
     pub rooms: Vec<RoomName>,
     /// Milliseconds since the Unix epoch.
@@ -55,6 +63,8 @@ pub struct Member {
 pub struct SocketInfo {
     pub id: SocketId,
     pub user: Option<UserId>,
+    pub frontend: Frontend,
+    /// The member's scope (`/` for frontends without namespaces).
     pub namespace: String,
     pub transport: &'static str,
     pub rooms: Vec<RoomName>,
@@ -72,17 +82,6 @@ pub struct FanOut {
     pub failed: usize,
     /// The sockets that got it, when asked for (ack-tracked pushes only).
     pub delivered_to: Vec<SocketId>,
-}
-
-/// One fan-out's inputs.
-pub struct Delivery<'a> {
-    pub target: &'a Target,
-    pub namespace: &'a str,
-    pub except: &'a HashSet<SocketId>,
-    pub frames: &'a [Frame],
-    pub pushed_at: Instant,
-    /// Record which sockets got it (for ack tracking).
-    pub track: bool,
 }
 
 /// What a node may subscribe to on the bus because it holds matching local members.
@@ -168,29 +167,36 @@ struct Shard {
 pub struct Hub {
     shards: Box<[RwLock<Shard>]>,
     hasher: RandomState,
+    /// One codec per frontend this node serves: the fan-out encodes through them.
+    codecs: Codecs,
     metrics: Arc<Metrics>,
     /// Interest counts and the observer to tell; `None` on a single node.
     interest: Option<Interest>,
 }
 
 impl Hub {
-    pub fn new(metrics: Arc<Metrics>) -> Self {
+    pub fn new(codecs: Codecs, metrics: Arc<Metrics>) -> Self {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
+            codecs,
             metrics,
             interest: None,
         }
     }
 
     /// A hub that tells `observer` about interest and socket changes (cluster mode).
-    pub fn with_observer(metrics: Arc<Metrics>, observer: Arc<dyn Observer>) -> Self {
+    pub fn with_observer(
+        codecs: Codecs,
+        metrics: Arc<Metrics>,
+        observer: Arc<dyn Observer>,
+    ) -> Self {
         Self {
             interest: Some(Interest {
                 observer,
                 counts: (0..SHARDS).map(|_| Mutex::default()).collect(),
             }),
-            ..Self::new(metrics)
+            ..Self::new(codecs, metrics)
         }
     }
 
@@ -357,21 +363,45 @@ impl Hub {
         true
     }
 
-    /// Hands the push's frames to every matching connection's queue.
-    pub fn deliver(&self, d: &Delivery<'_>) -> FanOut {
-        let mut out = FanOut::default();
-        match d.target {
+    /// Marks whether a socket receives pushes addressed to all, its user or itself
+    /// (see [`Member::direct`]); false when the socket is unknown here.
+    pub fn set_direct(&self, socket: &SocketId, direct: bool) -> bool {
+        let mut shard = self.shard(socket.as_str()).write();
+        match shard.members.get_mut(socket) {
+            Some(m) => {
+                m.direct = direct;
+                true
+            }
+            None => false,
+        }
+    }
+
+    /// Hands `push` to every matching connection's queue, encoded once per frontend
+    /// that has a member among the targets (lazily: a push that reaches only one
+    /// protocol's sockets is encoded for that protocol only). `ack_id` is the
+    /// node-wide ack id of an ack-tracked push: the sockets that got it are listed
+    /// in the answer.
+    pub fn deliver(&self, push: &Push, ack_id: Option<u64>) -> FanOut {
+        let mut fan = Fan {
+            push,
+            ack_id,
+            scope: push.scope(),
+            frames: Default::default(),
+            delivered: [0; Frontend::COUNT],
+            out: FanOut::default(),
+        };
+        match &push.target {
             Target::Socket(id) => {
                 let shard = self.shard(id.as_str()).read();
                 if let Some(m) = shard.members.get(id) {
-                    self.offer(d, id, m, &mut out);
+                    self.offer(&mut fan, id, m, true);
                 }
             }
             Target::All => {
                 for shard in self.shards.iter() {
                     let shard = shard.read();
                     for (id, m) in &shard.members {
-                        self.offer(d, id, m, &mut out);
+                        self.offer(&mut fan, id, m, true);
                     }
                 }
             }
@@ -380,52 +410,74 @@ impl Hub {
                     let shard = shard.read();
                     for id in shard.rooms.get(room).into_iter().flatten() {
                         if let Some(m) = shard.members.get(id) {
-                            self.offer(d, id, m, &mut out);
+                            self.offer(&mut fan, id, m, false);
                         }
                     }
                 }
             }
-            Target::User(user) => self.deliver_users(d, std::slice::from_ref(user), &mut out),
-            Target::Users(users) => self.deliver_users(d, users, &mut out),
+            Target::User(user) => self.deliver_users(&mut fan, std::slice::from_ref(user)),
+            Target::Users(users) => self.deliver_users(&mut fan, users),
         }
-        self.metrics
-            .socketio
-            .deliveries
-            .inc_by(out.delivered as u64);
-        out
+        for f in Frontend::ALL {
+            let n = fan.delivered[f.index()];
+            if n > 0 {
+                self.metrics.frontend(f).deliveries.inc_by(n);
+            }
+        }
+        fan.out
     }
 
-    fn deliver_users(&self, d: &Delivery<'_>, users: &[UserId], out: &mut FanOut) {
+    fn deliver_users(&self, fan: &mut Fan<'_>, users: &[UserId]) {
         for shard in self.shards.iter() {
             let shard = shard.read();
             for user in users {
                 for id in shard.users.get(user).into_iter().flatten() {
                     if let Some(m) = shard.members.get(id) {
-                        self.offer(d, id, m, out);
+                        self.offer(fan, id, m, true);
                     }
                 }
             }
         }
     }
 
+    /// Offers the push to one member. `direct`: the push is addressed to all, a user
+    /// or a socket, which only members that take direct pushes receive.
     #[inline]
-    fn offer(&self, d: &Delivery<'_>, id: &SocketId, m: &Member, out: &mut FanOut) {
-        if &*m.namespace != d.namespace || (!d.except.is_empty() && d.except.contains(id)) {
+    fn offer(&self, fan: &mut Fan<'_>, id: &SocketId, m: &Member, direct: bool) {
+        if (direct && !m.direct)
+            || m.scope.as_deref().is_some_and(|s| s != fan.scope)
+            || (!fan.push.except.is_empty() && fan.push.except.contains(id))
+        {
             return;
         }
-        out.sockets += 1;
-        match m.connection.outbox().push(d.frames, d.pushed_at) {
+        fan.out.sockets += 1;
+        let i = m.frontend.index();
+        let frames = fan.frames[i].get_or_insert_with(|| match self.codecs.get(m.frontend) {
+            Some(codec) => codec.encode(fan.push, fan.ack_id),
+            None => Vec::new(),
+        });
+        if frames.is_empty() {
+            // No codec for this frontend: a registration bug, not the client's fault.
+            fan.out.failed += 1;
+            self.metrics
+                .delivery_failures
+                .with_label_values(&["unencodable"])
+                .inc();
+            return;
+        }
+        match m.connection.outbox().push(frames, fan.push.accepted_at) {
             Enqueued::Queued => {
-                out.delivered += 1;
-                if d.track {
-                    out.delivered_to.push(id.clone());
+                fan.out.delivered += 1;
+                fan.delivered[i] += 1;
+                if fan.ack_id.is_some() {
+                    fan.out.delivered_to.push(id.clone());
                 }
             }
             Enqueued::Overflow => {
-                out.failed += 1;
+                fan.out.failed += 1;
                 self.metrics
                     .queue_overflows
-                    .with_label_values(&[crate::metrics::FRONTEND_SOCKETIO])
+                    .with_label_values(&[m.frontend.as_str()])
                     .inc();
                 self.metrics
                     .delivery_failures
@@ -433,7 +485,7 @@ impl Hub {
                     .inc();
             }
             Enqueued::Closed => {
-                out.failed += 1;
+                fan.out.failed += 1;
                 self.metrics
                     .delivery_failures
                     .with_label_values(&["closed"])
@@ -508,11 +560,23 @@ impl Hub {
     }
 }
 
+/// One fan-out in progress: the push, its encodings so far (one slot per frontend),
+/// and the counts.
+struct Fan<'a> {
+    push: &'a Push,
+    ack_id: Option<u64>,
+    scope: &'a str,
+    frames: [Option<Vec<Frame>>; Frontend::COUNT],
+    delivered: [u64; Frontend::COUNT],
+    out: FanOut,
+}
+
 fn info(id: &SocketId, m: &Member) -> SocketInfo {
     SocketInfo {
         id: id.clone(),
         user: m.user.clone(),
-        namespace: m.namespace.to_string(),
+        frontend: m.frontend,
+        namespace: m.scope.as_deref().unwrap_or(DEFAULT_SCOPE).to_owned(),
         transport: m.connection.transport(),
         rooms: m.rooms.clone(),
         connected_at: m.connected_at,
@@ -549,12 +613,47 @@ mod tests {
         }
     }
 
+    /// Encodes a push as its event name and counts its encodings.
+    struct Names(Frontend, std::sync::atomic::AtomicUsize);
+    impl crate::codec::PushCodec for Names {
+        fn frontend(&self) -> Frontend {
+            self.0
+        }
+        fn check(&self, _: &Push) -> Result<(), String> {
+            Ok(())
+        }
+        fn encode(&self, push: &Push, _: Option<u64>) -> Vec<Frame> {
+            self.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![Frame::text(push.event.clone())]
+        }
+    }
+
+    fn codecs() -> (Codecs, Arc<Names>, Arc<Names>) {
+        let sio = Arc::new(Names(Frontend::SocketIo, Default::default()));
+        let phx = Arc::new(Names(Frontend::Phoenix, Default::default()));
+        let mut c = Codecs::new();
+        c.register(sio.clone());
+        c.register(phx.clone());
+        (c, sio, phx)
+    }
+
     fn hub() -> Hub {
-        Hub::new(Arc::new(Metrics::new()))
+        Hub::new(codecs().0, Arc::new(Metrics::new()))
     }
 
     fn add(
         hub: &Hub,
+        user: Option<&str>,
+        rooms: &[&str],
+        capacity: usize,
+    ) -> (SocketId, Arc<TestConn>) {
+        add_as(hub, Frontend::SocketIo, true, user, rooms, capacity)
+    }
+
+    fn add_as(
+        hub: &Hub,
+        frontend: Frontend,
+        direct: bool,
         user: Option<&str>,
         rooms: &[&str],
         capacity: usize,
@@ -565,7 +664,9 @@ mod tests {
             id.clone(),
             Member {
                 connection: conn.clone(),
-                namespace: Arc::from("/"),
+                frontend,
+                scope: (frontend == Frontend::SocketIo).then(|| Arc::from("/")),
+                direct,
                 user: user.map(UserId::from),
                 rooms: rooms.iter().map(|r| RoomName::from(*r)).collect(),
                 connected_at: 0,
@@ -581,15 +682,9 @@ mod tests {
     }
 
     fn push(hub: &Hub, target: Target, except: &[SocketId]) -> FanOut {
-        let except: HashSet<SocketId> = except.iter().cloned().collect();
-        hub.deliver(&Delivery {
-            target: &target,
-            namespace: "/",
-            except: &except,
-            frames: &[Frame::text("42[\"e\"]")],
-            pushed_at: Instant::now(),
-            track: true,
-        })
+        let mut p = Push::new(target, "e", None);
+        p.except = except.iter().cloned().collect();
+        hub.deliver(&p, Some(1))
     }
 
     #[test]
@@ -657,7 +752,7 @@ mod tests {
     #[test]
     fn interest_changes_on_the_first_member_and_after_the_last() {
         let notes = Arc::new(Notes::default());
-        let hub = Hub::with_observer(Arc::new(Metrics::new()), notes.clone());
+        let hub = Hub::with_observer(codecs().0, Arc::new(Metrics::new()), notes.clone());
         let room = Topic::Room(RoomName::from("r"));
         let (a, _) = add(&hub, Some("u"), &["r"], 8);
         let (b, _) = add(&hub, Some("u"), &["r"], 8);
@@ -688,5 +783,56 @@ mod tests {
         assert_eq!(out.delivered_to, vec![id]);
         let missing = push(&hub, Target::Socket(SocketId::from("n1.nope")), &[]);
         assert_eq!(missing, FanOut::default());
+    }
+
+    #[test]
+    fn a_push_is_encoded_once_per_frontend_that_it_reaches() {
+        let (codecs, sio, phx) = codecs();
+        let hub = Hub::new(codecs, Arc::new(Metrics::new()));
+        let (_, a) = add(&hub, None, &["r"], 8);
+        let (_, b) = add(&hub, None, &["r"], 8);
+        let out = push(&hub, Target::Room(RoomName::from("r")), &[]);
+        assert_eq!(out.delivered, 2);
+        assert_eq!((received(&a), received(&b)), (1, 1));
+        let count = |n: &Names| n.1.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            (count(&sio), count(&phx)),
+            (1, 0),
+            "no Phoenix member, no Phoenix encoding"
+        );
+        let (_, c) = add_as(&hub, Frontend::Phoenix, true, None, &["r"], 8);
+        push(&hub, Target::Room(RoomName::from("r")), &[]);
+        assert_eq!((count(&sio), count(&phx)), (2, 1));
+        assert_eq!(received(&c), 1);
+    }
+
+    #[test]
+    fn direct_pushes_skip_members_that_do_not_take_them_but_room_pushes_do_not() {
+        let hub = hub();
+        let (id, conn) = add_as(&hub, Frontend::Phoenix, false, Some("u"), &["r"], 8);
+        assert_eq!(push(&hub, Target::All, &[]).sockets, 0);
+        assert_eq!(push(&hub, Target::User(UserId::from("u")), &[]).sockets, 0);
+        assert_eq!(push(&hub, Target::Socket(id.clone()), &[]).sockets, 0);
+        assert_eq!(
+            push(&hub, Target::Room(RoomName::from("r")), &[]).delivered,
+            1
+        );
+        assert!(hub.set_direct(&id, true));
+        assert_eq!(
+            push(&hub, Target::User(UserId::from("u")), &[]).delivered,
+            1
+        );
+        assert_eq!(received(&conn), 2);
+    }
+
+    #[test]
+    fn a_namespaced_push_reaches_only_members_of_that_namespace_or_of_none() {
+        let hub = hub();
+        let (_, sio) = add(&hub, None, &[], 8);
+        let (_, phx) = add_as(&hub, Frontend::Phoenix, true, None, &[], 8);
+        let mut p = Push::new(Target::All, "e", None);
+        p.scope = Some(Arc::from("/admin"));
+        assert_eq!(hub.deliver(&p, None).delivered, 1);
+        assert_eq!((received(&sio), received(&phx)), (0, 1));
     }
 }

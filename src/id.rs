@@ -90,6 +90,78 @@ string_id!(
     PushId
 );
 
+/// Who a push is for. Vocabulary shared by the push, the bus and the hub, so it lives
+/// with the ids rather than in any one of them.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    All,
+    User(UserId),
+    Users(Vec<UserId>),
+    Room(RoomName),
+    Socket(SocketId),
+}
+
+impl Target {
+    /// The `target` label of `pushgate_pushes_total`.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Target::All => "all",
+            Target::User(_) => "user",
+            Target::Users(_) => "users",
+            Target::Room(_) => "room",
+            Target::Socket(_) => "socket",
+        }
+    }
+}
+
+/// One client protocol, as the core names it: a bounded label for metrics, a field of
+/// the registry, and the index of its encoding in a fan-out. Adding a frontend adds a
+/// variant here and a codec at registration (see `codec`); nothing else in the core
+/// changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Frontend {
+    SocketIo = 0,
+    Phoenix = 1,
+}
+
+impl Frontend {
+    /// Every frontend, in index order.
+    pub const ALL: [Frontend; 2] = [Frontend::SocketIo, Frontend::Phoenix];
+    pub const COUNT: usize = Self::ALL.len();
+
+    /// The `frontend` label and registry field.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Frontend::SocketIo => "socketio",
+            Frontend::Phoenix => "phoenix",
+        }
+    }
+
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// Reads a registry field back; unknown names (a newer node's frontend) are `None`.
+    pub fn parse(s: &str) -> Option<Self> {
+        Self::ALL.into_iter().find(|f| f.as_str() == s)
+    }
+}
+
+impl serde::Serialize for Frontend {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(self.as_str())
+    }
+}
+
+/// Milliseconds since the Unix epoch: the wall clock that registry entries, node
+/// heartbeats and envelopes carry between nodes.
+pub fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
 /// Why a node id was refused.
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[error("node id must be 1-{NODE_ID_MAX_LEN} characters of [A-Za-z0-9_-], got {0:?}")]

@@ -6,7 +6,9 @@
 //! - [`server`] — one node's life: build, serve, shut down in order.
 //! - [`config`] — flags, environment and TOML file into a [`config::Config`].
 //! - [`api`] — the HTTP API, health and metrics endpoints.
-//! - [`push`] — a validated push and the push service.
+//! - [`push`] — a validated push, the value every layer carries.
+//! - [`push_service`] — checks a push against every frontend and hands it to the bus.
+//! - [`codec`] — the frontend seam: how each frontend encodes a push.
 //! - [`delivery`] — the delivery tracker: reports and acks.
 //! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
 //! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
@@ -20,6 +22,7 @@
 pub mod api;
 pub mod auth;
 pub mod bus;
+pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod delivery;
@@ -28,5 +31,6 @@ pub mod hub;
 pub mod id;
 pub mod metrics;
 pub mod push;
+pub mod push_service;
 pub mod registry;
 pub mod server;

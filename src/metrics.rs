@@ -9,9 +9,7 @@ use prometheus::{
     IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
-/// The only frontend so far; a label value so dashboards keep working when Pusher and
-/// Phoenix arrive.
-pub const FRONTEND_SOCKETIO: &str = "socketio";
+pub use crate::id::Frontend;
 
 /// Latency buckets from 100 µs to 10 s: local writes take microseconds, a slow client
 /// or a long poll that is not pending can take seconds.
@@ -51,8 +49,8 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// Registry commands that failed, by `op` (`write`, `refresh`, `read`).
     pub registry_errors: IntCounterVec,
-    /// Resolved series for the Socket.IO frontend's hot path.
-    pub socketio: FrontendSeries,
+    /// Resolved series for each frontend's hot path, by [`Frontend::index`].
+    frontends: [FrontendSeries; Frontend::COUNT],
 }
 
 /// One frontend's per-delivery series, resolved once.
@@ -85,10 +83,10 @@ impl Metrics {
             "Pushes handed to a connection's outbound queue.",
             &["frontend"]
         ));
-        let socketio = FrontendSeries {
-            connections: connections.with_label_values(&[FRONTEND_SOCKETIO]),
-            deliveries: deliveries.with_label_values(&[FRONTEND_SOCKETIO]),
-        };
+        let frontends = Frontend::ALL.map(|f| FrontendSeries {
+            connections: connections.with_label_values(&[f.as_str()]),
+            deliveries: deliveries.with_label_values(&[f.as_str()]),
+        });
         Self {
             connects: reg!(counter(
                 "pushgate_connects_total",
@@ -194,12 +192,22 @@ impl Metrics {
             )),
             connections,
             deliveries,
-            socketio,
+            frontends,
             registry,
         }
     }
 
     /// The Prometheus text exposition of every metric.
+    /// One frontend's resolved series.
+    pub fn frontend(&self, f: Frontend) -> &FrontendSeries {
+        &self.frontends[f.index()]
+    }
+
+    /// Open connections over every frontend.
+    pub fn connections_total(&self) -> i64 {
+        self.frontends.iter().map(|f| f.connections.get()).sum()
+    }
+
     pub fn render(&self) -> String {
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
@@ -224,14 +232,14 @@ mod tests {
         m.pushes.with_label_values(&["room"]).inc();
         m.acks.with_label_values(&["acked"]).inc();
         m.disconnects
-            .with_label_values(&[FRONTEND_SOCKETIO, "client"])
+            .with_label_values(&[Frontend::SocketIo.as_str(), "client"])
             .inc();
         m.connect_errors
-            .with_label_values(&[FRONTEND_SOCKETIO, "expired_token"])
+            .with_label_values(&[Frontend::SocketIo.as_str(), "expired_token"])
             .inc();
         m.delivery_failures.with_label_values(&["closed"]).inc();
         m.queue_overflows
-            .with_label_values(&[FRONTEND_SOCKETIO])
+            .with_label_values(&[Frontend::SocketIo.as_str()])
             .inc();
         m.client_joins.with_label_values(&["join", "ok"]).inc();
         m.client_events.with_label_values(&["ack"]).inc();
@@ -241,8 +249,10 @@ mod tests {
         m.http_request_seconds
             .with_label_values(&["/v1/push"])
             .observe(0.01);
-        m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
-        m.socketio.deliveries.inc();
+        m.connects
+            .with_label_values(&[Frontend::SocketIo.as_str()])
+            .inc();
+        m.frontend(Frontend::SocketIo).deliveries.inc();
         m.push_write_seconds.observe(0.001);
         m.bus_publish_seconds.observe(0.001);
         m.bus_messages.with_label_values(&["in", "room"]).inc();

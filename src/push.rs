@@ -1,22 +1,19 @@
-//! A push — target, event, data and options — as accepted from the HTTP API, and the
-//! push service that hands it to the bus and the delivery tracker.
+//! A push — target, event, data and options — as accepted from the HTTP API: a plain
+//! value that the push service, the bus and the hub all carry, so it sits below them.
 //!
-//! Validation happens here, once per push, so the fan-out never meets bad input:
-//! the target is exactly one kind, the event is a name a client can listen to,
-//! `$binary` markers are decoded into attachments.
+//! Validation of what every protocol shares happens here, once per push: the target
+//! is exactly one kind, the event is 1 to [`MAX_EVENT_LEN`] bytes, the options are
+//! well-formed. What one protocol cannot carry (Socket.IO's reserved event names, its
+//! `$binary` markers) is that frontend's codec's to refuse (`codec::PushCodec::check`).
 
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
 use serde_json::{Map, Value};
 
-use crate::bus::{Bus, BusError, Published};
-use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
-use crate::frontend::socketio::packet;
+pub use crate::id::Target;
 use crate::id::{PushId, RoomName, SocketId, UserId};
-use crate::metrics::Metrics;
 
 /// Longest ack timeout accepted: past five minutes a caller should not hold a report
 /// open, and the tracker must not keep per-socket state that long.
@@ -25,29 +22,9 @@ pub const MAX_ACK_TIMEOUT_MS: u64 = 300_000;
 pub const MAX_EVENT_LEN: usize = 200;
 /// Pushes in one batch request.
 pub const MAX_BATCH: usize = 1000;
-
-/// Who a push is for.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum Target {
-    All,
-    User(UserId),
-    Users(Vec<UserId>),
-    Room(RoomName),
-    Socket(SocketId),
-}
-
-impl Target {
-    /// The `target` label of `pushgate_pushes_total`.
-    pub fn kind(&self) -> &'static str {
-        match self {
-            Target::All => "all",
-            Target::User(_) => "user",
-            Target::Users(_) => "users",
-            Target::Room(_) => "room",
-            Target::Socket(_) => "socket",
-        }
-    }
-}
+/// The scope of a push that names none, and of connections of frontends without
+/// namespaces.
+pub const DEFAULT_SCOPE: &str = "/";
 
 /// One validated push.
 #[derive(Debug, Clone)]
@@ -55,10 +32,12 @@ pub struct Push {
     pub id: PushId,
     pub target: Target,
     pub event: String,
-    /// The event's argument, with binary attachments replaced by placeholders.
+    /// The event's argument as the caller sent it; each frontend renders it in its
+    /// own protocol (Socket.IO turns `{"$binary": …}` objects into attachments).
     pub data: Option<Value>,
-    pub attachments: Vec<Bytes>,
-    pub namespace: String,
+    /// The namespace the caller named (the API's `namespace`), for frontends whose
+    /// connections live in one (Socket.IO); `None` is [`DEFAULT_SCOPE`].
+    pub scope: Option<Arc<str>>,
     pub except: HashSet<SocketId>,
     /// Ask every client to acknowledge within this time.
     pub ack: Option<Duration>,
@@ -117,23 +96,12 @@ impl Push {
                 "must be 1 to {MAX_EVENT_LEN} bytes long"
             )));
         }
-        if packet::RESERVED_EVENTS.contains(&event.as_str()) {
-            return Err(PushError::InvalidEvent(format!(
-                "{event:?} is reserved by Socket.IO"
-            )));
-        }
-        let (data, attachments) = match obj.remove("data") {
-            None => (None, Vec::new()),
-            Some(mut v) => {
-                let attachments =
-                    packet::extract_binary(&mut v).map_err(|e| field("data", e.to_string()))?;
-                (Some(v), attachments)
-            }
-        };
-        let namespace = match obj.remove("namespace") {
-            None => "/".to_owned(),
-            Some(Value::String(n)) if n.starts_with('/') && !n.contains(',') => n,
-            Some(_) => return Err(field("namespace", "a string starting with '/'")),
+        let data = obj.remove("data");
+        let scope = match obj.remove("namespace") {
+            None | Some(Value::Null) => None,
+            Some(Value::String(n)) if n == DEFAULT_SCOPE => None,
+            Some(Value::String(n)) if !n.is_empty() => Some(Arc::from(n)),
+            Some(_) => return Err(field("namespace", "a non-empty string")),
         };
         let except = match obj.remove("except") {
             None | Some(Value::Null) => HashSet::new(),
@@ -176,13 +144,34 @@ impl Push {
             target,
             event,
             data,
-            attachments,
-            namespace,
+            scope,
             except,
             ack,
             wait,
             accepted_at: Instant::now(),
         })
+    }
+}
+
+impl Push {
+    /// A push with no options, as tests and tools build one.
+    pub fn new(target: Target, event: impl Into<String>, data: Option<Value>) -> Self {
+        Push {
+            id: PushId::generate(),
+            target,
+            event: event.into(),
+            data,
+            scope: None,
+            except: HashSet::new(),
+            ack: None,
+            wait: false,
+            accepted_at: Instant::now(),
+        }
+    }
+
+    /// The namespace the push is for ([`DEFAULT_SCOPE`] when it named none).
+    pub fn scope(&self) -> &str {
+        self.scope.as_deref().unwrap_or(DEFAULT_SCOPE)
     }
 }
 
@@ -222,10 +211,12 @@ fn parse_target(v: Value) -> Result<Target, PushError> {
             let Value::Array(list) = value else {
                 return Err(PushError::InvalidTarget("users must be a list of user ids"));
             };
+            // Duplicates dropped in one pass (a set beside the list keeps the order).
             let mut users: Vec<UserId> = Vec::with_capacity(list.len());
+            let mut seen: HashSet<UserId> = HashSet::with_capacity(list.len());
             for v in list {
                 let u = UserId::from(name(v, "users must be a list of non-empty strings")?);
-                if !users.contains(&u) {
+                if seen.insert(u.clone()) {
                     users.push(u);
                 }
             }
@@ -256,83 +247,6 @@ pub fn batch_from_json(value: Value) -> Result<Vec<Push>, (Option<usize>, PushEr
         .collect()
 }
 
-/// What the caller gets back for an accepted push.
-#[derive(Debug, Clone)]
-pub struct Accepted {
-    pub id: PushId,
-    /// The final report, present when the caller asked to wait.
-    pub report: Option<Report>,
-}
-
-/// Sends pushes through the bus and keeps their reports in the tracker.
-pub struct PushService {
-    bus: Arc<dyn Bus>,
-    tracker: Arc<Tracker>,
-    metrics: Arc<Metrics>,
-}
-
-impl PushService {
-    pub fn new(bus: Arc<dyn Bus>, tracker: Arc<Tracker>, metrics: Arc<Metrics>) -> Self {
-        Self {
-            bus,
-            tracker,
-            metrics,
-        }
-    }
-
-    pub fn tracker(&self) -> &Arc<Tracker> {
-        &self.tracker
-    }
-
-    /// Hands the push to the bus. An error means nothing was delivered and the caller
-    /// may retry; a returned id means the push was delivered as its report says.
-    #[tracing::instrument(name = "push", skip_all, fields(id = %push.id, target = push.target.kind()))]
-    pub async fn send(&self, push: Push) -> Result<Accepted, BusError> {
-        let cluster = self.bus.is_cluster();
-        let ack_id = if cluster {
-            // Reports may arrive before PUBLISH answers: the record must exist first.
-            self.tracker.open(&push.id, push.ack.is_some());
-            None
-        } else {
-            push.ack.map(|_| self.tracker.begin(&push.id))
-        };
-        let published = match self.bus.publish(&push, ack_id).await {
-            Ok(p) => p,
-            Err(e) => {
-                self.tracker.abandon(&push.id);
-                return Err(e);
-            }
-        };
-        self.metrics
-            .pushes
-            .with_label_values(&[push.target.kind()])
-            .inc();
-        match published {
-            Published::Local(fan) => {
-                tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
-                match push.ack {
-                    Some(timeout) => self.tracker.delivered(&push.id, fan, timeout),
-                    None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
-                }
-            }
-            Published::Cluster { nodes } => {
-                tracing::debug!(nodes, "published");
-                let timeout = push.ack.unwrap_or(REPORT_TIMEOUT);
-                self.tracker.expect(&push.id, nodes, timeout);
-            }
-        }
-        let report = if push.wait {
-            self.tracker.wait(&push.id).await
-        } else {
-            None
-        };
-        Ok(Accepted {
-            id: push.id,
-            report,
-        })
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -346,8 +260,12 @@ mod tests {
         }))
         .unwrap();
         assert_eq!(p.target, Target::Room(RoomName::from("r")));
-        assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2, 3])]);
-        assert_eq!(p.data, Some(json!({"x": {"_placeholder": true, "num": 0}})));
+        assert_eq!(
+            p.data,
+            Some(json!({"x": {"$binary": "AQID"}})),
+            "data as sent"
+        );
+        assert_eq!(p.scope(), "/admin");
         assert_eq!(p.ack, Some(Duration::from_millis(500)));
         assert!(p.wait && p.except.contains("n.a"));
     }
@@ -385,7 +303,7 @@ mod tests {
         ));
         assert_eq!(e(json!({"to": {"all": true}})), PushError::MissingEvent);
         assert!(matches!(
-            e(json!({"to": {"all": true}, "event": "connect"})),
+            e(json!({"to": {"all": true}, "event": ""})),
             PushError::InvalidEvent(_)
         ));
         assert!(matches!(
@@ -393,8 +311,11 @@ mod tests {
             PushError::InvalidField { field: "ack", .. }
         ));
         assert!(matches!(
-            e(json!({"to": {"all": true}, "event": "e", "data": {"$binary": "%%"}})),
-            PushError::InvalidField { field: "data", .. }
+            e(json!({"to": {"all": true}, "event": "e", "namespace": 7})),
+            PushError::InvalidField {
+                field: "namespace",
+                ..
+            }
         ));
         assert_eq!(
             e(json!({"to": {"all": true}, "event": "e", "tarjet": 1})),

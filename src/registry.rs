@@ -30,7 +30,7 @@ use serde_json::{json, Value};
 use crate::delivery::{Report, State, RETENTION};
 use crate::hub::{Hub, SocketChange, SocketInfo};
 use crate::id::{NodeId, RoomName, SocketId, UserId};
-use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
+use crate::metrics::Metrics;
 
 /// The default registry TTL: a SIGKILLed node's entries vanish within 30 s, while the
 /// refresh every 10 s costs one pipelined round of writes per node.
@@ -145,7 +145,7 @@ impl Registry {
             ("namespace", s.namespace.clone()),
             ("transport", s.transport.to_owned()),
             ("rooms", rooms),
-            ("frontend", FRONTEND_SOCKETIO.to_owned()),
+            ("frontend", s.frontend.as_str().to_owned()),
             ("connected_at", s.connected_at.to_string()),
         ];
         let ttl = self.ttl_ms();
@@ -234,10 +234,10 @@ impl Registry {
     /// what re-registers everything after Redis came back (possibly empty).
     pub async fn refresh(&self) -> Result<usize, RegistryError> {
         let sockets = self.hub.sockets();
-        let now = crate::api::now_ms();
+        let now = crate::id::now_ms();
         let heartbeat = json!({
             "id": self.node,
-            "connections": self.metrics.socketio.connections.get(),
+            "connections": self.metrics.connections_total(),
             "started_at": self.started_at,
             "heartbeat_at": now,
         })
@@ -359,7 +359,7 @@ impl Registry {
             .hgetall(self.keys.nodes())
             .await
             .map_err(|e| self.read_error(e))?;
-        let now = crate::api::now_ms();
+        let now = crate::id::now_ms();
         let ttl = self.ttl.as_millis() as u64;
         let mut out: Vec<Value> = Vec::new();
         for (node, text) in map {
@@ -428,6 +428,10 @@ fn entry(sid: &SocketId, mut map: HashMap<String, String>) -> Option<Entry> {
         info: SocketInfo {
             id: sid.clone(),
             user: user.map(UserId::from),
+            frontend: map
+                .get("frontend")
+                .and_then(|f| crate::id::Frontend::parse(f))
+                .unwrap_or(crate::id::Frontend::SocketIo),
             namespace: map.remove("namespace").unwrap_or_else(|| "/".into()),
             transport,
             rooms: rooms.into_iter().map(RoomName::from).collect(),

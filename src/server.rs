@@ -22,13 +22,14 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, Api};
 use crate::auth::{ApiKeys, Authenticator};
 use crate::bus::{Bus, ClusterObserver, LocalBus, RedisBus, RedisSettings};
+use crate::codec::Codecs;
 use crate::config::Config;
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
-use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo};
+use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
-use crate::push::PushService;
+use crate::push_service::PushService;
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
 /// were closed.
@@ -54,13 +55,21 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let tracker = Tracker::new(metrics.clone());
-    let started_at = api::now_ms();
+    let started_at = crate::id::now_ms();
+    // The frontends this node serves register their push codecs: the one place the
+    // core learns which protocols exist.
+    let mut codecs = Codecs::new();
+    codecs.register(Arc::new(SocketIoCodec));
     // Cluster mode: the hub tells the Redis bus about interest and socket changes.
     let (hub, bus, cluster): (Arc<Hub>, Arc<dyn Bus>, Option<Arc<RedisBus>>) =
         match &config.redis_url {
             Some(url) => {
                 let (observer, notes) = ClusterObserver::new();
-                let hub = Arc::new(Hub::with_observer(metrics.clone(), observer));
+                let hub = Arc::new(Hub::with_observer(
+                    codecs.clone(),
+                    metrics.clone(),
+                    observer,
+                ));
                 let redis = RedisBus::connect(
                     RedisSettings {
                         url: url.clone(),
@@ -79,11 +88,16 @@ pub async fn run(
                 (hub, redis.clone(), Some(redis))
             }
             None => {
-                let hub = Arc::new(Hub::new(metrics.clone()));
+                let hub = Arc::new(Hub::new(codecs.clone(), metrics.clone()));
                 (hub.clone(), Arc::new(LocalBus::new(hub)), None)
             }
         };
-    let push = Arc::new(PushService::new(bus, tracker.clone(), metrics.clone()));
+    let push = Arc::new(PushService::new(
+        bus,
+        codecs,
+        tracker.clone(),
+        metrics.clone(),
+    ));
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
     let draining = CancellationToken::new();
 

@@ -14,9 +14,11 @@ use serde::{Deserialize, Serialize};
 
 use crate::id::{PushId, RoomName, SocketId, UserId};
 use crate::push::{Push, Target};
+use std::sync::Arc;
 
-/// The envelope version this build writes and reads.
-pub const VERSION: u8 = 1;
+/// The envelope version this build writes and reads. 2: a push carries its data as
+/// sent (no Socket.IO attachments) and an optional scope instead of a namespace.
+pub const VERSION: u8 = 2;
 
 /// One message on the bus.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -77,10 +79,10 @@ pub struct PushEnvelope {
     pub origin: String,
     pub target: WireTarget,
     pub event: String,
-    /// The event's argument as JSON text (binary attachments replaced by placeholders).
+    /// The event's argument as JSON text, as the caller sent it.
     pub data: Option<String>,
-    pub attachments: Vec<Bytes>,
-    pub namespace: String,
+    /// The namespace the push names, if not the default.
+    pub scope: Option<String>,
     pub except: Vec<String>,
     /// Ask for acks within this many milliseconds.
     pub ack_ms: Option<u64>,
@@ -165,8 +167,7 @@ impl PushEnvelope {
                     target: target.clone(),
                     event: push.event.clone(),
                     data: data.clone(),
-                    attachments: push.attachments.clone(),
-                    namespace: push.namespace.clone(),
+                    scope: push.scope.as_deref().map(str::to_owned),
                     except: except.clone(),
                     ack_ms: push.ack.map(|d| d.as_millis() as u64),
                     accepted_ms,
@@ -195,8 +196,7 @@ impl PushEnvelope {
             target,
             event: self.event,
             data,
-            attachments: self.attachments,
-            namespace: self.namespace,
+            scope: self.scope.map(Arc::from),
             except: self
                 .except
                 .into_iter()
@@ -215,10 +215,10 @@ mod tests {
     use serde_json::json;
 
     #[test]
-    fn a_push_round_trips_with_its_attachments_and_options() {
+    fn a_push_round_trips_with_its_data_and_options() {
         let push = Push::from_json(json!({
             "to": {"users": ["a", "b"]}, "event": "e", "data": {"x": {"$binary": "AQID"}, "n": 1},
-            "except": ["n1.x"], "ack": {"timeout_ms": 700}
+            "except": ["n1.x"], "ack": {"timeout_ms": 700}, "namespace": "/admin"
         }))
         .unwrap();
         let envs = PushEnvelope::of(&push, "n1", 5);
@@ -230,7 +230,7 @@ mod tests {
         let p = env.into_push(5).unwrap();
         assert_eq!(p.target, Target::User(UserId::from("a")));
         assert_eq!(p.data, push.data);
-        assert_eq!(p.attachments, vec![Bytes::from_static(&[1, 2, 3])]);
+        assert_eq!(p.scope(), "/admin");
         assert_eq!(p.ack, Some(Duration::from_millis(700)));
         assert!(p.except.contains("n1.x"));
     }
@@ -281,10 +281,10 @@ mod tests {
             DecodeError::Undecodable
         );
         assert_eq!(Envelope::decode(b"").unwrap_err(), DecodeError::Undecodable);
-        let future = rmp_serde::to_vec_named(&json!({"v": 2, "m": {"Hologram": {}}})).unwrap();
+        let future = rmp_serde::to_vec_named(&json!({"v": 3, "m": {"Hologram": {}}})).unwrap();
         assert_eq!(
             Envelope::decode(&future).unwrap_err(),
-            DecodeError::UnknownVersion(2)
+            DecodeError::UnknownVersion(3)
         );
         let mut e = Envelope::new(Message::Done { request: 1, n: 1 });
         e.v = 9;

@@ -3,8 +3,8 @@
 //! number of nodes through one Redis (see `redis.rs` for the channels and
 //! `envelope.rs` for the wire format).
 //!
-//! The bus knows nothing of protocols: the frontend encodes a push once, on the node
-//! that delivers it.
+//! The bus knows nothing of protocols: the hub encodes a push once per frontend,
+//! through the frontends' codecs, on the node that delivers it.
 
 mod envelope;
 mod redis;
@@ -16,8 +16,7 @@ use std::sync::Arc;
 pub use envelope::{DecodeError, Envelope, Message, WireTarget, VERSION};
 pub use redis::{ClusterObserver, RedisBus, RedisSettings};
 
-use crate::frontend::socketio;
-use crate::hub::{Delivery, FanOut, Hub};
+use crate::hub::{FanOut, Hub};
 use crate::push::Push;
 
 /// Why a push (or a cluster operation) could not be handed to the bus; the caller may
@@ -65,18 +64,11 @@ impl LocalBus {
     }
 }
 
-/// Encodes `push` once and hands it to every matching connection of `hub`: what a
-/// node does with a push it received, whichever bus brought it.
+/// Hands `push` to every matching connection of `hub` (which encodes it once per
+/// frontend it reaches): what a node does with a push it received, whichever bus
+/// brought it.
 pub(crate) fn deliver(hub: &Hub, push: &Push, ack_id: Option<u64>) -> FanOut {
-    let frames = socketio::encode_push(push, ack_id);
-    hub.deliver(&Delivery {
-        target: &push.target,
-        namespace: &push.namespace,
-        except: &push.except,
-        frames: &frames,
-        pushed_at: push.accepted_at,
-        track: ack_id.is_some(),
-    })
+    hub.deliver(push, ack_id)
 }
 
 impl Bus for LocalBus {

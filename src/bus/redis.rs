@@ -534,7 +534,7 @@ impl RedisBus {
     /// Delivers a push from the bus to this node's sockets and reports to its origin.
     fn deliver(&self, env: PushEnvelope) {
         let origin = NodeId::from(env.origin.as_str());
-        let Some(push) = env.into_push(crate::api::now_ms()) else {
+        let Some(push) = env.into_push(crate::id::now_ms()) else {
             self.metrics
                 .bus_dropped
                 .with_label_values(&["undecodable"])
@@ -831,7 +831,7 @@ impl Bus for RedisBus {
             }
             let start = Instant::now();
             let mut nodes = 0usize;
-            for (target, env) in PushEnvelope::of(push, self.node.as_str(), crate::api::now_ms()) {
+            for (target, env) in PushEnvelope::of(push, self.node.as_str(), crate::id::now_ms()) {
                 let channel = self.channel(&target);
                 let bytes = Envelope::new(Message::Push(env)).encode();
                 let n: i64 = self

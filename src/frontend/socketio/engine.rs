@@ -37,7 +37,8 @@ use tokio_util::task::TaskTracker;
 
 use super::engineio::{self, ErrorCode, OpenPacket, Packet, Query};
 use crate::connection::{CloseReason, Frame, Outbox, Queued};
-use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
+use crate::id::Frontend;
+use crate::metrics::Metrics;
 
 /// Bytes tungstenite reads per syscall and keeps allocated per connection. Clients send
 /// little (pongs, acks, joins), and a larger message only grows the buffer while it is
@@ -257,8 +258,10 @@ impl<H: Handler> Engine<H> {
             .write()
             .insert(session.sid.clone(), session.clone());
         let m = &self.shared.metrics;
-        m.socketio.connections.inc();
-        m.connects.with_label_values(&[FRONTEND_SOCKETIO]).inc();
+        m.frontend(Frontend::SocketIo).connections.inc();
+        m.connects
+            .with_label_values(&[Frontend::SocketIo.as_str()])
+            .inc();
         let state = self.shared.handler.open(&session, query);
         *session.state.lock() = Some(state);
         tracing::debug!(
@@ -513,9 +516,9 @@ impl<H: Handler> Session<H> {
             self.shared.handler.close(self, state, reason);
         }
         let m = &self.shared.metrics;
-        m.socketio.connections.dec();
+        m.frontend(Frontend::SocketIo).connections.dec();
         m.disconnects
-            .with_label_values(&[FRONTEND_SOCKETIO, reason.as_str()])
+            .with_label_values(&[Frontend::SocketIo.as_str(), reason.as_str()])
             .inc();
         tracing::debug!(reason = reason.as_str(), "engine.io session closed");
     }

@@ -16,7 +16,7 @@ mod gateway;
 pub mod packet;
 
 use std::sync::Arc;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::Instant;
 
 use bytes::Bytes;
 use serde_json::Value;
@@ -25,31 +25,70 @@ pub use engine::{Engine, EngineConfig, Session};
 pub use gateway::Gateway;
 
 use crate::auth::Identity;
+use crate::codec::PushCodec;
 use crate::connection::{CloseReason, Frame};
 use crate::delivery::Tracker;
 use crate::hub::{Hub, Member};
+use crate::id::Frontend;
 use crate::id::{NodeId, RoomName, SocketId};
-use crate::metrics::{Metrics, FRONTEND_SOCKETIO};
+use crate::metrics::Metrics;
 use crate::push::Push;
 use engine::{Handler, Message};
 use packet::{Assembled, Assembler, PacketKind};
 
-/// Encodes a push once for every Socket.IO connection: the event packet (with the
-/// push's node-wide ack id when ack-tracked) and its binary attachments.
-pub fn encode_push(push: &Push, ack_id: Option<u64>) -> Vec<Frame> {
-    let mut text = String::with_capacity(push.event.len() + 32);
-    packet::encode_event(
-        &mut text,
-        &push.namespace,
-        ack_id,
-        push.attachments.len(),
-        &push.event,
-        push.data.as_ref(),
-    );
-    let mut frames = Vec::with_capacity(1 + push.attachments.len());
-    frames.push(Frame::text(text));
-    frames.extend(push.attachments.iter().cloned().map(Frame::Binary));
-    frames
+/// How Socket.IO carries pushes: one EVENT (or BINARY_EVENT) packet in the push's
+/// namespace, with the push's node-wide ack id when ack-tracked, and `{"$binary": …}`
+/// values of the data sent as binary attachments.
+pub struct SocketIoCodec;
+
+impl PushCodec for SocketIoCodec {
+    fn frontend(&self) -> Frontend {
+        Frontend::SocketIo
+    }
+
+    fn check(&self, push: &Push) -> Result<(), String> {
+        if packet::RESERVED_EVENTS.contains(&push.event.as_str()) {
+            return Err(format!(
+                "invalid event: {:?} is reserved by Socket.IO",
+                push.event
+            ));
+        }
+        let nsp = push.scope();
+        if !nsp.starts_with('/') || nsp.contains(',') {
+            return Err(
+                "invalid field \"namespace\": a Socket.IO namespace starts with '/' and has no ','"
+                    .into(),
+            );
+        }
+        if let Some(data) = &push.data {
+            packet::extract_binary(&mut data.clone())
+                .map_err(|e| format!("invalid field \"data\": {e}"))?;
+        }
+        Ok(())
+    }
+
+    fn encode(&self, push: &Push, ack_id: Option<u64>) -> Vec<Frame> {
+        let mut data = push.data.clone();
+        // `check` refused bad markers, so this cannot fail for an accepted push; a
+        // push from a node that did not check is sent without attachments.
+        let attachments = data
+            .as_mut()
+            .map(|d| packet::extract_binary(d).unwrap_or_default())
+            .unwrap_or_default();
+        let mut text = String::with_capacity(push.event.len() + 32);
+        packet::encode_event(
+            &mut text,
+            push.scope(),
+            ack_id,
+            attachments.len(),
+            &push.event,
+            data.as_ref(),
+        );
+        let mut frames = Vec::with_capacity(1 + attachments.len());
+        frames.push(Frame::text(text));
+        frames.extend(attachments.into_iter().map(Frame::Binary));
+        frames
+    }
 }
 
 /// A refused CONNECT: the message the client sees as `connect_error`, its `data`, and
@@ -191,7 +230,7 @@ impl<B: Behaviour> SocketIo<B> {
     fn refuse(&self, session: &Session<Self>, nsp: &str, refusal: Refusal) {
         self.metrics
             .connect_errors
-            .with_label_values(&[FRONTEND_SOCKETIO, refusal.reason])
+            .with_label_values(&[Frontend::SocketIo.as_str(), refusal.reason])
             .inc();
         tracing::debug!(nsp, reason = refusal.reason, "socket.io connect refused");
         let mut text = String::new();
@@ -241,15 +280,14 @@ impl<B: Behaviour> SocketIo<B> {
         let mut text = String::new();
         packet::encode_connect(&mut text, &nsp, id.as_str());
         session.outbox().push_control(Frame::text(text));
-        let connected_at = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_millis() as u64)
-            .unwrap_or(0);
+        let connected_at = crate::id::now_ms();
         self.hub.register(
             id.clone(),
             Member {
                 connection: session.clone(),
-                namespace: nsp.clone(),
+                frontend: Frontend::SocketIo,
+                scope: Some(nsp.clone()),
+                direct: true,
                 user: identity.user.clone(),
                 rooms: std::mem::take(&mut identity.rooms),
                 connected_at,
@@ -387,5 +425,52 @@ impl<B: Behaviour> Handler for SocketIo<B> {
             session.outbox().push_control(Frame::text(text));
             tracing::debug!(socket = %s.id, "socket.io socket disconnected by the server");
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::Target;
+    use serde_json::json;
+
+    fn push(v: Value) -> Push {
+        Push::from_json(v).unwrap()
+    }
+
+    #[test]
+    fn reserved_events_bad_binary_and_bad_namespaces_are_refused() {
+        let c = SocketIoCodec;
+        let e = |v| c.check(&push(v)).unwrap_err();
+        assert!(e(json!({"to": {"all": true}, "event": "connect"})).contains("reserved"));
+        assert!(
+            e(json!({"to": {"all": true}, "event": "e", "data": {"$binary": "%%"}}))
+                .contains("data")
+        );
+        assert!(
+            e(json!({"to": {"all": true}, "event": "e", "namespace": "admin"}))
+                .contains("namespace")
+        );
+        assert!(c
+            .check(&push(
+                json!({"to": {"all": true}, "event": "e", "namespace": "/a"})
+            ))
+            .is_ok());
+    }
+
+    #[test]
+    fn binary_markers_become_attachments_in_the_push_namespace() {
+        let p = push(json!({"to": {"all": true}, "event": "e",
+            "data": {"x": {"$binary": "AQID"}}, "namespace": "/admin"}));
+        let frames = SocketIoCodec.encode(&p, Some(7));
+        assert_eq!(
+            frames,
+            vec![
+                Frame::text(r#"451-/admin,7["e",{"x":{"_placeholder":true,"num":0}}]"#),
+                Frame::Binary(Bytes::from_static(&[1, 2, 3])),
+            ]
+        );
+        let plain = SocketIoCodec.encode(&Push::new(Target::All, "e", None), None);
+        assert_eq!(plain, vec![Frame::text(r#"42["e"]"#)]);
     }
 }

@@ -1,0 +1,117 @@
+//! The push service: checks a push against every frontend, opens its record in the
+//! delivery tracker, hands it to the bus, and answers with its id (and, when asked,
+//! its final report).
+
+use std::sync::Arc;
+
+use crate::bus::{Bus, BusError, Published};
+use crate::codec::{Codecs, Refused};
+use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
+use crate::id::PushId;
+use crate::metrics::Metrics;
+use crate::push::Push;
+
+/// Why a push was not accepted.
+#[derive(Debug, thiserror::Error)]
+pub enum SendError {
+    /// A frontend cannot carry it (HTTP 400); nothing was sent.
+    #[error(transparent)]
+    Refused(#[from] Refused),
+    /// The bus did not take it (HTTP 503); nothing was delivered, the caller may retry.
+    #[error(transparent)]
+    Bus(#[from] BusError),
+}
+
+/// What the caller gets back for an accepted push.
+#[derive(Debug, Clone)]
+pub struct Accepted {
+    pub id: PushId,
+    /// The final report, present when the caller asked to wait.
+    pub report: Option<Report>,
+}
+
+/// Sends pushes through the bus and keeps their reports in the tracker.
+pub struct PushService {
+    bus: Arc<dyn Bus>,
+    /// Every frontend's codec, to refuse what one of them cannot carry.
+    codecs: Codecs,
+    tracker: Arc<Tracker>,
+    metrics: Arc<Metrics>,
+}
+
+impl PushService {
+    pub fn new(
+        bus: Arc<dyn Bus>,
+        codecs: Codecs,
+        tracker: Arc<Tracker>,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        Self {
+            bus,
+            codecs,
+            tracker,
+            metrics,
+        }
+    }
+
+    pub fn tracker(&self) -> &Arc<Tracker> {
+        &self.tracker
+    }
+
+    /// Refuses a push that some frontend cannot carry (also used to check a whole
+    /// batch before any of it is sent).
+    pub fn check(&self, push: &Push) -> Result<(), Refused> {
+        self.codecs.check(push).inspect_err(|r| {
+            tracing::debug!(frontend = r.frontend, error = %r.message, "push refused");
+        })
+    }
+
+    /// Hands the push to the bus. An error means nothing was delivered and the caller
+    /// may retry; a returned id means the push was delivered as its report says.
+    #[tracing::instrument(name = "push", skip_all, fields(id = %push.id, target = push.target.kind()))]
+    pub async fn send(&self, push: Push) -> Result<Accepted, SendError> {
+        self.check(&push)?;
+        let cluster = self.bus.is_cluster();
+        let ack_id = if cluster {
+            // Reports may arrive before PUBLISH answers: the record must exist first.
+            self.tracker.open(&push.id, push.ack.is_some());
+            None
+        } else {
+            push.ack.map(|_| self.tracker.begin(&push.id))
+        };
+        let published = match self.bus.publish(&push, ack_id).await {
+            Ok(p) => p,
+            Err(e) => {
+                self.tracker.abandon(&push.id);
+                return Err(e.into());
+            }
+        };
+        self.metrics
+            .pushes
+            .with_label_values(&[push.target.kind()])
+            .inc();
+        match published {
+            Published::Local(fan) => {
+                tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
+                match push.ack {
+                    Some(timeout) => self.tracker.delivered(&push.id, fan, timeout),
+                    None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
+                }
+            }
+            Published::Cluster { nodes } => {
+                tracing::debug!(nodes, "published");
+                let timeout = push.ack.unwrap_or(REPORT_TIMEOUT);
+                self.tracker.expect(&push.id, nodes, timeout);
+            }
+        }
+        let report = if push.wait {
+            self.tracker.wait(&push.id).await
+        } else {
+            None
+        };
+        Ok(Accepted {
+            id: push.id,
+            report,
+        })
+    }
+}
