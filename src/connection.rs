@@ -70,6 +70,8 @@ pub enum CloseReason {
     ConnectTimeout,
     /// The client sent something the protocol does not allow.
     ProtocolError,
+    /// The client sent a message larger than the limit.
+    TooLarge,
     /// The outbound queue was full: the client does not read fast enough.
     SlowClient,
     /// Disconnected through the HTTP API.
@@ -87,6 +89,7 @@ impl CloseReason {
             CloseReason::PingTimeout => "ping_timeout",
             CloseReason::ConnectTimeout => "connect_timeout",
             CloseReason::ProtocolError => "protocol_error",
+            CloseReason::TooLarge => "too_large",
             CloseReason::SlowClient => "slow_client",
             CloseReason::Kicked => "kicked",
             CloseReason::Shutdown => "shutdown",

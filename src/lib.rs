@@ -14,6 +14,7 @@
 //! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
 //! - [`hub`] — this node's connections by socket, user and room; the fan-out.
 //! - [`connection`] — one connection's bounded outbound queue.
+//! - [`transport`] — WebSocket and heartbeat, shared by the frontends.
 //! - [`frontend`] — client protocols (Socket.IO: codecs, Engine.IO sessions, handler).
 //! - [`auth`] — connection tokens and API keys.
 //! - [`metrics`] — every Prometheus metric.
@@ -34,3 +35,4 @@ pub mod push;
 pub mod push_service;
 pub mod registry;
 pub mod server;
+pub mod transport;

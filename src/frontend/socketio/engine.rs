@@ -12,26 +12,20 @@
 //! to the first.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
-use std::task::Poll;
 use std::time::{Duration, Instant};
 
 use axum::body::{Body, Bytes};
 use axum::extract::Request;
-use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use futures_util::{SinkExt, StreamExt};
-use hyper_util::rt::TokioIo;
 use parking_lot::{Mutex, RwLock};
 use rand::RngCore;
 use tokio::sync::Notify;
-use tokio_tungstenite::tungstenite::handshake::derive_accept_key;
-use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
-use tokio_tungstenite::tungstenite::protocol::{CloseFrame, Role, WebSocketConfig};
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
 use tokio_tungstenite::tungstenite::Message as WsMessage;
-use tokio_tungstenite::WebSocketStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
@@ -39,22 +33,15 @@ use super::engineio::{self, ErrorCode, OpenPacket, Packet, Query};
 use crate::connection::{CloseReason, Frame, Outbox, Queued};
 use crate::id::Frontend;
 use crate::metrics::Metrics;
+use crate::transport::heartbeat::{Beat, Heartbeat, Mode};
+use crate::transport::websocket::{self, Peer, Ws};
 
-/// Bytes tungstenite reads per syscall and keeps allocated per connection. Clients send
-/// little (pongs, acks, joins), and a larger message only grows the buffer while it is
-/// read, so 256 bytes keeps idle connections small. tungstenite's default is 128 KiB.
-const WS_READ_BUFFER: usize = 256;
 /// How long a polling session marked closing waits for a poll to collect its close.
 const CLOSE_COLLECT_GRACE: Duration = Duration::from_secs(1);
 /// A poll arriving mid-upgrade waits up to 10 x 10 ms for the upgrade to finish, the
 /// same cadence as the reference server's noop check.
 const UPGRADE_SETTLE_STEPS: u32 = 10;
 const UPGRADE_SETTLE_STEP: Duration = Duration::from_millis(10);
-/// How long a closing WebSocket waits for the client's close frame.
-const CLOSE_HANDSHAKE: Duration = Duration::from_secs(1);
-/// Frames are written out as soon as they are formatted: no write-side buffering
-/// beyond the frame itself (tungstenite's default batches 128 KiB).
-const WS_WRITE_BUFFER: usize = 0;
 
 /// Engine.IO settings of one endpoint.
 #[derive(Debug, Clone)]
@@ -156,12 +143,7 @@ impl<H: Handler> Clone for Engine<H> {
 
 impl<H: Handler> Engine<H> {
     pub fn new(config: EngineConfig, handler: H, metrics: Arc<Metrics>) -> Self {
-        let ws_config = WebSocketConfig::default()
-            .read_buffer_size(WS_READ_BUFFER)
-            .write_buffer_size(WS_WRITE_BUFFER)
-            .max_write_buffer_size(config.max_payload as usize + 64 * 1024)
-            .max_message_size(Some(config.max_payload as usize))
-            .max_frame_size(Some(config.max_payload as usize));
+        let ws_config = websocket::config(config.max_payload as usize);
         Self {
             shared: Arc::new(Shared {
                 config,
@@ -213,7 +195,7 @@ impl<H: Handler> Engine<H> {
             }
             Some(sid) => {
                 let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
-                    return if websocket && is_upgrade_request(req.headers()) {
+                    return if websocket && websocket::is_upgrade_request(req.headers()) {
                         raw_bad_request(ErrorCode::UnknownSid)
                     } else {
                         protocol_error(ErrorCode::UnknownSid)
@@ -283,9 +265,26 @@ impl<H: Handler> Engine<H> {
         .to_text()
     }
 
+    /// The session's heartbeat: the server pings (Engine.IO v4), and a session that
+    /// never attaches is closed at the connect timeout. Its first ping is due one
+    /// interval after `start`: the open packet for a new session (the client's timers
+    /// start there), the upgrade for a session that moved to WebSocket.
+    fn heartbeat(&self, start: Instant) -> Heartbeat {
+        let c = &self.shared.config;
+        Heartbeat::new(
+            Mode::ServerPings {
+                interval: c.ping_interval,
+                timeout: c.ping_timeout,
+            },
+            start,
+            c.connect_timeout.map(|t| start + t),
+        )
+    }
+
     fn spawn_polling_heartbeat(&self, session: Arc<Session<H>>) {
+        let engine = self.clone();
         self.shared.tasks.spawn(async move {
-            let mut beat = Heartbeat::new(&session, session.opened_at);
+            let mut beat = engine.heartbeat(session.opened_at);
             loop {
                 tokio::select! {
                     _ = tokio::time::sleep_until(beat.deadline().into()) => {}
@@ -302,7 +301,7 @@ impl<H: Handler> Engine<H> {
                     tokio::time::sleep(CLOSE_COLLECT_GRACE).await;
                     return session.close(reason);
                 }
-                match beat.on_deadline(&session) {
+                match beat.on_deadline(session.attached.load(Ordering::Acquire)) {
                     Beat::Wait => {}
                     Beat::Ping => session.outbox.push_control(Frame::text("2")),
                     Beat::Close(reason) => return session.close(reason),
@@ -313,42 +312,16 @@ impl<H: Handler> Engine<H> {
 
     /// Answers a WebSocket request: a new WebSocket-only session, or the upgrade of a
     /// polling session.
-    fn upgrade(
-        &self,
-        mut req: Request,
-        session: Option<Arc<Session<H>>>,
-        query: Query,
-    ) -> Response {
-        let headers = req.headers();
-        let key = match headers.get(header::SEC_WEBSOCKET_KEY) {
-            Some(key) if is_upgrade_request(headers) => key.clone(),
-            _ => return protocol_error(ErrorCode::BadRequest),
-        };
-        if headers
-            .get(header::SEC_WEBSOCKET_VERSION)
-            .map(|v| v.as_bytes())
-            != Some(b"13")
-        {
-            return protocol_error(ErrorCode::BadRequest);
-        }
-        let Some(on_upgrade) = req.extensions_mut().remove::<hyper::upgrade::OnUpgrade>() else {
+    fn upgrade(&self, req: Request, session: Option<Arc<Session<H>>>, query: Query) -> Response {
+        let Ok(accepted) = websocket::accept(req, None) else {
             return protocol_error(ErrorCode::BadRequest);
         };
         let engine = self.clone();
         self.shared.tasks.spawn(async move {
-            let upgraded = match on_upgrade.await {
-                Ok(u) => u,
-                Err(e) => {
-                    tracing::debug!(error = %e, "websocket upgrade failed");
-                    return;
-                }
+            let Some(ws) = websocket::upgraded(accepted.upgraded, engine.shared.ws_config).await
+            else {
+                return;
             };
-            let ws = WebSocketStream::from_raw_socket(
-                TokioIo::new(upgraded),
-                Role::Server,
-                Some(engine.shared.ws_config),
-            )
-            .await;
             // The WebSocket loop runs in a task of its own, so an idle connection
             // holds only that loop's state, not the upgrade's and the probe's too.
             match session {
@@ -368,19 +341,17 @@ impl<H: Handler> Engine<H> {
                 }
             }
         });
-        let accept = derive_accept_key(key.as_bytes());
-        Response::builder()
-            .status(StatusCode::SWITCHING_PROTOCOLS)
-            .header(header::CONNECTION, "upgrade")
-            .header(header::UPGRADE, "websocket")
-            .header(header::SEC_WEBSOCKET_ACCEPT, accept)
-            .body(Body::empty())
-            .unwrap_or_else(|_| StatusCode::INTERNAL_SERVER_ERROR.into_response())
+        accepted.response
     }
 
     /// `start`: when the heartbeat's first interval began (see [`Heartbeat::new`]).
     fn spawn_websocket(&self, session: Arc<Session<H>>, ws: Ws, start: HeartbeatStart) {
-        let fut = run_websocket(session, ws, start);
+        let start = match start {
+            HeartbeatStart::Open => session.opened_at,
+            HeartbeatStart::Now => Instant::now(),
+        };
+        let beat = self.heartbeat(start);
+        let fut = websocket::run(session, ws, beat);
         tracing::trace!(bytes = std::mem::size_of_val(&fut), "websocket task size");
         self.shared.tasks.spawn(fut);
     }
@@ -479,8 +450,6 @@ impl<H: Handler> Engine<H> {
         let _ = tokio::time::timeout_at(deadline, self.shared.tasks.wait()).await;
     }
 }
-
-type Ws = WebSocketStream<TokioIo<hyper::upgrade::Upgraded>>;
 
 impl<H: Handler> Session<H> {
     pub fn outbox(&self) -> &Outbox {
@@ -712,156 +681,6 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
     }
 }
 
-/// The WebSocket transport of a session: one task that writes queued frames, reads
-/// client messages and keeps the heartbeat, until the session closes.
-///
-/// This future lives as long as the connection, so its size is memory per connection:
-/// it is an `async move` block rather than an `async fn` (whose arguments would be
-/// stored twice), and it selects and writes with `poll_fn` rather than nested futures.
-// Not `async fn`: that form stores the arguments twice (see the doc above).
-#[allow(clippy::manual_async_fn)]
-fn run_websocket<H: Handler>(
-    session: Arc<Session<H>>,
-    mut ws: Ws,
-    start: HeartbeatStart,
-) -> impl Future<Output = ()> + Send {
-    async move {
-        let start = match start {
-            HeartbeatStart::Open => session.opened_at,
-            HeartbeatStart::Now => Instant::now(),
-        };
-        let mut beat = Heartbeat::new(&session, start);
-        let sleep = tokio::time::sleep_until(beat.deadline().into());
-        tokio::pin!(sleep);
-        let mut batch: Vec<Queued> = Vec::new();
-        let reason = 'session: loop {
-            let closing = session.outbox.drain(&mut batch);
-            if !batch.is_empty() {
-                // A client that does not read blocks the write; its queue then overflows
-                // (or it misses a pong) and the session closes, which ends the write.
-                let written = {
-                    let now = Instant::now();
-                    batch.reverse(); // popped from the back, so written in queue order
-                    let mut ready = std::pin::pin!(session.outbox.ready());
-                    std::future::poll_fn(|cx| {
-                        match write_batch(cx, &session, &mut ws, &mut batch, now) {
-                            Poll::Ready(r) => return Poll::Ready(r),
-                            Poll::Pending => {}
-                        }
-                        // A client that does not read blocks the write; its queue then
-                        // overflows (or it misses a pong) and the session closes, which
-                        // ends the write.
-                        loop {
-                            if let Some(reason) = session.outbox.closing() {
-                                return Poll::Ready(Err(reason));
-                            }
-                            match ready.as_mut().poll(cx) {
-                                Poll::Ready(()) => ready.set(session.outbox.ready()),
-                                Poll::Pending => return Poll::Pending,
-                            }
-                        }
-                    })
-                    .await
-                };
-                if let Err(reason) = written {
-                    break 'session reason;
-                }
-                if batch.capacity() > 64 {
-                    batch = Vec::new();
-                }
-            }
-            if let Some(reason) = closing {
-                break reason;
-            }
-            // A hand-rolled select over the three sources: `tokio::select!` builds a
-            // larger state machine, and this future lives as long as the connection.
-            let wake = {
-                let mut ready = std::pin::pin!(session.outbox.ready());
-                std::future::poll_fn(|cx| {
-                    if let Poll::Ready(msg) = ws.poll_next_unpin(cx) {
-                        return Poll::Ready(Wake::Read(msg));
-                    }
-                    if ready.as_mut().poll(cx).is_ready() {
-                        return Poll::Ready(Wake::Queued);
-                    }
-                    sleep.as_mut().poll(cx).map(|()| Wake::Timer)
-                })
-                .await
-            };
-            match wake {
-                Wake::Read(msg) => match msg {
-                    Some(Ok(WsMessage::Text(text))) => {
-                        let ok = match engineio::decode_text(&text) {
-                            Ok(p) => session.receive(p, Some(&mut beat)),
-                            Err(_) => false,
-                        };
-                        if !ok {
-                            break CloseReason::ProtocolError;
-                        }
-                        sleep.as_mut().reset(beat.deadline().into());
-                    }
-                    Some(Ok(WsMessage::Binary(bytes))) => session.dispatch(Message::Binary(bytes)),
-                    Some(Ok(WsMessage::Close(_))) => break CloseReason::Client,
-                    Some(Ok(_)) => {} // WebSocket-level ping/pong: tungstenite answers pings.
-                    Some(Err(e)) => {
-                        tracing::debug!(error = %e, "websocket read failed");
-                        break CloseReason::TransportError;
-                    }
-                    None => break CloseReason::TransportClose,
-                },
-                Wake::Queued => {}
-                Wake::Timer => {
-                    match beat.on_deadline(&session) {
-                        Beat::Wait => {}
-                        Beat::Ping => {
-                            // Once per ping interval: an idle connection gives back the
-                            // buffers its last burst left behind.
-                            batch = Vec::new();
-                            session.outbox.trim();
-                            session.outbox.push_control(Frame::text("2"));
-                        }
-                        Beat::Close(reason) => break reason,
-                    }
-                    sleep.as_mut().reset(beat.deadline().into());
-                }
-            }
-        };
-        session.close(reason);
-        let code = match reason {
-            CloseReason::Shutdown => Some(CloseCode::Away),
-            CloseReason::SlowClient => Some(CloseCode::Policy),
-            CloseReason::ProtocolError => Some(CloseCode::Protocol),
-            CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => None,
-            _ => Some(CloseCode::Normal),
-        };
-        if let Some(code) = code {
-            let frame = CloseFrame {
-                code,
-                reason: reason.as_str().into(),
-            };
-            // RFC 6455 closing handshake: send the close, then read until the client's
-            // close (or EOF) so the TCP close is clean rather than a reset that could
-            // destroy the close frame in the client's receive buffer. The heartbeat's
-            // timer bounds it, so the task holds one timer, not two.
-            sleep
-                .as_mut()
-                .reset((Instant::now() + CLOSE_HANDSHAKE).into());
-            // Boxed: it runs once, at the end, and would otherwise be the largest
-            // state of this long-lived future.
-            let mut handshake = Box::pin(async {
-                if ws.close(Some(frame)).await.is_ok() {
-                    while let Some(Ok(_)) = ws.next().await {}
-                }
-            });
-            std::future::poll_fn(|cx| match handshake.as_mut().poll(cx) {
-                Poll::Ready(()) => Poll::Ready(()),
-                Poll::Pending => sleep.as_mut().poll(cx),
-            })
-            .await;
-        }
-    }
-}
-
 /// Where a WebSocket session's first ping interval starts.
 #[derive(Debug, Clone, Copy)]
 enum HeartbeatStart {
@@ -871,114 +690,42 @@ enum HeartbeatStart {
     Now,
 }
 
-/// What woke the WebSocket loop.
-enum Wake {
-    Read(Option<Result<WsMessage, tokio_tungstenite::tungstenite::Error>>),
-    Queued,
-    Timer,
-}
+impl<H: Handler> Peer for Session<H> {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
 
-/// Writes `batch` (in reverse order: the next frame is last) and flushes, as far as
-/// the socket takes it now.
-fn write_batch<H: Handler>(
-    cx: &mut std::task::Context<'_>,
-    session: &Session<H>,
-    ws: &mut Ws,
-    batch: &mut Vec<Queued>,
-    now: Instant,
-) -> Poll<Result<(), CloseReason>> {
-    let failed = |e: tokio_tungstenite::tungstenite::Error| {
-        tracing::debug!(error = %e, "websocket write failed");
-        CloseReason::TransportError
-    };
-    while !batch.is_empty() {
-        match ws.poll_ready_unpin(cx) {
-            Poll::Ready(Ok(())) => {}
-            Poll::Ready(Err(e)) => return Poll::Ready(Err(failed(e))),
-            Poll::Pending => return Poll::Pending,
-        }
-        let Some(q) = batch.pop() else { break };
-        session.observe_write(&q, now);
-        let msg = match q.frame {
-            Frame::Text(t) => WsMessage::Text(t),
-            Frame::Binary(b) => WsMessage::Binary(b),
+    fn text(self: &Arc<Self>, text: &str, beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        let ok = match engineio::decode_text(text) {
+            Ok(p) => self.receive(p, Some(beat)),
+            Err(_) => false,
         };
-        if let Err(e) = ws.start_send_unpin(msg) {
-            return Poll::Ready(Err(failed(e)));
-        }
-    }
-    ws.poll_flush_unpin(cx).map_err(failed)
-}
-
-/// What the heartbeat wants done when its deadline passes.
-#[derive(Debug, PartialEq, Eq)]
-enum Beat {
-    Wait,
-    Ping,
-    Close(CloseReason),
-}
-
-/// Server-driven heartbeat (Engine.IO v4): a ping every `ping_interval` after the last
-/// pong (or the open), and the session closes when `ping_timeout` passes without the
-/// pong. The ping timer starts when the ping is queued, as the protocol says.
-#[derive(Debug)]
-struct Heartbeat {
-    interval: Duration,
-    timeout: Duration,
-    next: Instant,
-    awaiting_pong: bool,
-    connect_deadline: Option<Instant>,
-}
-
-impl Heartbeat {
-    /// A heartbeat whose first ping is due one interval after `start`: the session's
-    /// open for a new session (the client's timers start at the open packet), the
-    /// upgrade for a session that moved to WebSocket.
-    fn new<H: Handler>(session: &Session<H>, start: Instant) -> Self {
-        let c = &session.shared.config;
-        Self {
-            interval: c.ping_interval,
-            timeout: c.ping_timeout,
-            next: start + c.ping_interval,
-            awaiting_pong: false,
-            connect_deadline: c.connect_timeout.map(|t| session.opened_at + t),
+        if ok {
+            Ok(())
+        } else {
+            Err(CloseReason::ProtocolError)
         }
     }
 
-    fn deadline(&self) -> Instant {
-        match self.connect_deadline {
-            Some(c) => c.min(self.next),
-            None => self.next,
-        }
+    fn binary(self: &Arc<Self>, bytes: Bytes, _beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        self.dispatch(Message::Binary(bytes));
+        Ok(())
     }
 
-    fn on_pong(&mut self) {
-        if self.awaiting_pong {
-            self.awaiting_pong = false;
-            self.next = Instant::now() + self.interval;
-        }
+    fn ping(&self) -> Option<Frame> {
+        Some(Frame::text("2"))
     }
 
-    fn on_deadline<H: Handler>(&mut self, session: &Session<H>) -> Beat {
-        let now = Instant::now();
-        if let Some(c) = self.connect_deadline {
-            if session.attached.load(Ordering::Acquire) {
-                self.connect_deadline = None;
-            } else if now >= c {
-                return Beat::Close(CloseReason::ConnectTimeout);
-            }
-        }
-        if now < self.next {
-            return Beat::Wait;
-        }
-        if self.awaiting_pong {
-            return Beat::Close(CloseReason::PingTimeout);
-        }
-        self.awaiting_pong = true;
-        // The pong is due `timeout` after the ping was due, not after this task
-        // happened to wake: timers fire late, and the client counts from the ping.
-        self.next += self.timeout;
-        Beat::Ping
+    fn attached(&self) -> bool {
+        self.attached.load(Ordering::Acquire)
+    }
+
+    fn close(self: &Arc<Self>, reason: CloseReason) {
+        Session::close(self, reason)
+    }
+
+    fn written(&self, q: &Queued, now: Instant) {
+        self.observe_write(q, now)
     }
 }
 
@@ -996,17 +743,6 @@ fn transport_name(t: u8) -> &'static str {
     } else {
         "polling"
     }
-}
-
-fn is_upgrade_request(headers: &HeaderMap) -> bool {
-    let has_token = |name: header::HeaderName, token: &str| {
-        headers.get_all(name).iter().any(|v| {
-            v.to_str()
-                .map(|s| s.split(',').any(|t| t.trim().eq_ignore_ascii_case(token)))
-                .unwrap_or(false)
-        })
-    };
-    has_token(header::CONNECTION, "upgrade") && has_token(header::UPGRADE, "websocket")
 }
 
 /// The Engine.IO error answer: 400 (403 for Forbidden) with `{"code":N,"message":"…"}`.
