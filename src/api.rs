@@ -322,6 +322,7 @@ fn socket_json(node: &NodeId, info: SocketInfo) -> Value {
         "id": info.id,
         "node": node,
         "user": info.user,
+        "frontend": info.frontend,
         "namespace": info.namespace,
         "transport": info.transport,
         "rooms": info.rooms,

@@ -20,6 +20,9 @@ use crate::id::{InvalidNodeId, NodeId};
 pub const DEFAULT_PING_INTERVAL_MS: u64 = 25_000;
 /// Engine.IO's default pong wait.
 pub const DEFAULT_PING_TIMEOUT_MS: u64 = 20_000;
+/// A Phoenix connection silent this long is closed: phoenix.js beats every 30 s, and
+/// Phoenix's own server gives a socket 60 s.
+pub const DEFAULT_PHOENIX_TIMEOUT_MS: u64 = 60_000;
 /// Socket.IO's default: a session that never joins a namespace is closed after this.
 pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 45_000;
 /// Engine.IO's `maxHttpBufferSize` default (1 MB).
@@ -86,6 +89,9 @@ pub struct Flags {
     /// [env: PUSHGATE_CONNECT_TIMEOUT_MS] [default: 45000]
     #[arg(long)]
     pub connect_timeout_ms: Option<String>,
+    /// [env: PUSHGATE_PHOENIX_TIMEOUT_MS] [default: 60000]
+    #[arg(long)]
+    pub phoenix_timeout_ms: Option<String>,
     /// [env: PUSHGATE_UPGRADE_TIMEOUT_MS] [default: 10000]
     #[arg(long)]
     pub upgrade_timeout_ms: Option<String>,
@@ -124,6 +130,7 @@ struct FileSettings {
     ping_interval_ms: Option<u64>,
     ping_timeout_ms: Option<u64>,
     connect_timeout_ms: Option<u64>,
+    phoenix_timeout_ms: Option<u64>,
     upgrade_timeout_ms: Option<u64>,
     max_payload: Option<u64>,
     max_body_bytes: Option<usize>,
@@ -151,6 +158,9 @@ pub struct Config {
     pub ping_interval: Duration,
     pub ping_timeout: Duration,
     pub connect_timeout: Duration,
+    /// A Phoenix connection that sends nothing (not even a heartbeat) this long is
+    /// closed.
+    pub phoenix_timeout: Duration,
     pub upgrade_timeout: Duration,
     pub max_payload: u64,
     pub max_body_bytes: usize,
@@ -181,6 +191,7 @@ impl std::fmt::Debug for Config {
             .field("ping_interval", &self.ping_interval)
             .field("ping_timeout", &self.ping_timeout)
             .field("connect_timeout", &self.connect_timeout)
+            .field("phoenix_timeout", &self.phoenix_timeout)
             .field("upgrade_timeout", &self.upgrade_timeout)
             .field("max_payload", &self.max_payload)
             .field("max_body_bytes", &self.max_body_bytes)
@@ -386,6 +397,12 @@ impl Config {
                 flags.ping_timeout_ms,
                 file.ping_timeout_ms,
                 DEFAULT_PING_TIMEOUT_MS,
+            )?),
+            phoenix_timeout: ms(positive(
+                "PUSHGATE_PHOENIX_TIMEOUT_MS",
+                flags.phoenix_timeout_ms,
+                file.phoenix_timeout_ms,
+                DEFAULT_PHOENIX_TIMEOUT_MS,
             )?),
             connect_timeout: ms(positive(
                 "PUSHGATE_CONNECT_TIMEOUT_MS",

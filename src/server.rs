@@ -26,6 +26,7 @@ use crate::codec::Codecs;
 use crate::config::Config;
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
+use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
 use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -60,6 +61,7 @@ pub async fn run(
     // core learns which protocols exist.
     let mut codecs = Codecs::new();
     codecs.register(Arc::new(SocketIoCodec));
+    codecs.register(Arc::new(PhoenixCodec));
     // Cluster mode: the hub tells the Redis bus about interest and socket changes.
     let (hub, bus, cluster): (Arc<Hub>, Arc<dyn Bus>, Option<Arc<RedisBus>>) =
         match &config.redis_url {
@@ -121,6 +123,19 @@ pub async fn run(
         ),
         metrics.clone(),
     );
+    let phoenix = Phoenix::new(
+        PhoenixConfig {
+            timeout: config.phoenix_timeout,
+            max_payload: config.max_payload as usize,
+            queue_capacity: config.queue_capacity,
+            queue_bytes: config.queue_bytes,
+        },
+        hub.clone(),
+        tracker.clone(),
+        auth.clone(),
+        config.node_id.clone(),
+        metrics.clone(),
+    );
     let api = Arc::new(Api {
         push,
         hub,
@@ -134,6 +149,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
     });
     let app = socketio_routes(engine.clone(), "/socket.io")
+        .merge(phoenix_routes(phoenix.clone()))
         .merge(api::router(api))
         .fallback(api::not_found);
 
@@ -175,10 +191,12 @@ pub async fn run(
     // and, at the end, their close packet.
     draining.cancel();
     engine.start_draining();
+    phoenix.start_draining();
     engine
         .drain(tokio::time::Instant::now() + config.shutdown_timeout)
         .await;
     engine.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    phoenix.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
     stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();
@@ -203,4 +221,13 @@ where
     Router::new()
         .route(trimmed, any(handler.clone()))
         .route(&format!("{trimmed}/"), any(handler))
+}
+
+/// Routes Phoenix's WebSocket path to the Phoenix endpoint.
+pub fn phoenix_routes(phoenix: Phoenix) -> Router {
+    let handler = move |req: Request| {
+        let phoenix = phoenix.clone();
+        async move { phoenix.websocket(req).await }
+    };
+    Router::new().route("/socket/websocket", any(handler))
 }

@@ -1,0 +1,46 @@
+//! Phoenix V2 frames: text and binary decoding never panic; a decoded text frame encodes
+//! (with `encode_message`) to text that decodes to the same message; a decoded binary push
+//! keeps its payload bytes; long-poll bodies split into frames without panicking.
+#![no_main]
+
+use bytes::Bytes;
+use libfuzzer_sys::fuzz_target;
+use pushgate::frontend::phoenix::codec::{
+    decode, decode_binary, decode_poll_body, encode_message, Payload,
+};
+
+fuzz_target!(|data: &[u8]| {
+    if let Ok(text) = std::str::from_utf8(data) {
+        if let Ok(message) = decode(text) {
+            let Payload::Json(payload) = &message.payload else {
+                panic!("text frame {text:?} decoded to a binary payload");
+            };
+            let mut encoded = String::new();
+            encode_message(
+                &mut encoded,
+                message.join_ref.as_deref(),
+                message.r#ref.as_deref(),
+                &message.topic,
+                &message.event,
+                payload,
+            );
+            let again = decode(&encoded)
+                .unwrap_or_else(|e| panic!("re-encoded {encoded:?} failed to decode: {e}"));
+            assert_eq!(again, message);
+        }
+    }
+
+    let frame = Bytes::copy_from_slice(data);
+    if let Ok(message) = decode_binary(&frame) {
+        let Payload::Binary(payload) = &message.payload else {
+            panic!("binary frame decoded to a JSON payload");
+        };
+        assert!(data.ends_with(payload));
+    }
+
+    for ndjson in [true, false] {
+        for frame in decode_poll_body(data, ndjson) {
+            let _ = frame;
+        }
+    }
+});

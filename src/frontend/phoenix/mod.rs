@@ -1,0 +1,575 @@
+//! The Phoenix Channels frontend (serializer v2, `vsn=2.0.0`), for the unmodified
+//! `phoenix` npm client: `/socket/websocket`.
+//!
+//! - [`codec`] is the pure frame codec (fuzzed under `fuzz/`).
+//! - [`Phoenix`] is the endpoint: the handshake (JWT from `?token=` or phoenix 1.8's
+//!   `authToken` subprotocol), then one [`transport::websocket`] task per connection.
+//! - A topic T is pushgate's room T: joining it is allowed by the token's `rooms` and
+//!   `join` claims. The topic `pushgate`, open to any connected socket, carries the
+//!   pushes addressed to all, to the socket's user and to the socket; until a socket
+//!   joined it, such pushes do not count it ([`crate::hub::Member::direct`]).
+//! - A push arrives as `[null, ref, topic, event, payload]`: `ref` is the node-wide ack
+//!   id of an ack-tracked push (the client answers `pushgate:ack` with `{ref}`), null
+//!   otherwise; the payload is the push's data when it is an object, `{}` when it has
+//!   none, and `{"value": data}` for any other JSON value, since Phoenix payloads are
+//!   objects.
+
+pub mod codec;
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use parking_lot::{Mutex, RwLock};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::WebSocketConfig;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::auth::{Authenticator, Identity};
+use crate::codec::PushCodec;
+use crate::connection::{CloseReason, Frame, Outbox, Queued};
+use crate::delivery::Tracker;
+use crate::hub::{Connection, Hub, Member};
+use crate::id::{Frontend, NodeId, RoomName, SocketId, Target};
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::transport::heartbeat::{Heartbeat, Mode};
+use crate::transport::websocket::{self, Peer};
+
+/// The topic any connected socket may join: pushes to all, to its user, to itself.
+pub const TOPIC_PUSHGATE: &str = "pushgate";
+/// The event a client pushes to acknowledge an ack-tracked push: `{"ref": "<ref>"}`.
+pub const ACK_EVENT: &str = "pushgate:ack";
+
+/// How Phoenix carries pushes: one text frame per push, on the room's topic for a room
+/// push and on [`TOPIC_PUSHGATE`] for every other target.
+pub struct PhoenixCodec;
+
+impl PushCodec for PhoenixCodec {
+    fn frontend(&self) -> Frontend {
+        Frontend::Phoenix
+    }
+
+    fn check(&self, push: &Push) -> Result<(), String> {
+        if codec::is_reserved_event(&push.event) {
+            return Err(format!(
+                "invalid event: {:?} is reserved by Phoenix Channels",
+                push.event
+            ));
+        }
+        if push.event.len() > codec::MAX_EVENT_BYTES {
+            return Err(format!(
+                "invalid event: Phoenix allows at most {} bytes",
+                codec::MAX_EVENT_BYTES
+            ));
+        }
+        Ok(())
+    }
+
+    fn encode(&self, push: &Push, ack_id: Option<u64>) -> Vec<Frame> {
+        let topic = match &push.target {
+            Target::Room(room) => room.as_str(),
+            _ => TOPIC_PUSHGATE,
+        };
+        let wrapped;
+        let payload = match &push.data {
+            Some(v @ Value::Object(_)) => v,
+            None => {
+                wrapped = json!({});
+                &wrapped
+            }
+            Some(other) => {
+                wrapped = json!({ "value": other });
+                &wrapped
+            }
+        };
+        let mut text = String::with_capacity(push.event.len() + topic.len() + 32);
+        codec::encode_push(&mut text, topic, &push.event, ack_id, payload);
+        vec![Frame::text(text)]
+    }
+}
+
+/// Settings of the Phoenix endpoint.
+#[derive(Debug, Clone)]
+pub struct PhoenixConfig {
+    /// A connection that sends nothing (not even a heartbeat) this long is closed.
+    pub timeout: Duration,
+    pub max_payload: usize,
+    pub queue_capacity: usize,
+    pub queue_bytes: usize,
+}
+
+struct Shared {
+    config: PhoenixConfig,
+    hub: Arc<Hub>,
+    tracker: Arc<Tracker>,
+    auth: Arc<Authenticator>,
+    node: NodeId,
+    metrics: Arc<Metrics>,
+    ws_config: WebSocketConfig,
+    tasks: TaskTracker,
+    /// Open connections, to close them at shutdown.
+    connections: RwLock<HashMap<SocketId, Arc<Conn>>>,
+    /// Set when the node drains: new connections are refused with 503.
+    draining: CancellationToken,
+}
+
+/// The Phoenix endpoint.
+#[derive(Clone)]
+pub struct Phoenix {
+    shared: Arc<Shared>,
+}
+
+impl Phoenix {
+    pub fn new(
+        config: PhoenixConfig,
+        hub: Arc<Hub>,
+        tracker: Arc<Tracker>,
+        auth: Arc<Authenticator>,
+        node: NodeId,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let ws_config = websocket::config(config.max_payload);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                hub,
+                tracker,
+                auth,
+                node,
+                metrics,
+                ws_config,
+                tasks: TaskTracker::new(),
+                connections: RwLock::new(HashMap::new()),
+                draining: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.read().len()
+    }
+
+    /// `GET /socket/websocket?vsn=2.0.0&token=…`: authenticates, then upgrades.
+    pub async fn websocket(&self, req: Request) -> Response {
+        let query = req.uri().query().unwrap_or("");
+        let mut vsn = None;
+        let mut token = None;
+        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
+            match &*k {
+                "vsn" => vsn = Some(v.into_owned()),
+                "token" => token = Some(v.into_owned()),
+                _ => {}
+            }
+        }
+        if !vsn.as_deref().is_some_and(codec::is_supported_vsn) {
+            return (
+                StatusCode::BAD_REQUEST,
+                "unsupported serializer: connect with vsn=2.0.0",
+            )
+                .into_response();
+        }
+        if self.shared.draining.is_cancelled() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        }
+        let protocols = req
+            .headers()
+            .get(header::SEC_WEBSOCKET_PROTOCOL)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or("")
+            .to_owned();
+        if let Ok(Some(raw)) = codec::auth_token_from_protocols(&protocols) {
+            token = String::from_utf8(raw).ok();
+        }
+        let identity = match self.shared.auth.authenticate(token.as_deref()) {
+            Ok(identity) => identity,
+            Err(e) => {
+                self.shared
+                    .metrics
+                    .connect_errors
+                    .with_label_values(&[Frontend::Phoenix.as_str(), e.code()])
+                    .inc();
+                tracing::debug!(reason = e.code(), "phoenix connect refused");
+                // Phoenix refuses a connect with a bare 403; phoenix.js retries.
+                return (StatusCode::FORBIDDEN, e.to_string()).into_response();
+            }
+        };
+        let subprotocol =
+            codec::offers_phoenix_subprotocol(&protocols).then_some(codec::SUBPROTOCOL_PHOENIX);
+        let accepted = match websocket::accept(req, subprotocol) {
+            Ok(a) => a,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a WebSocket upgrade: {e:?}"),
+                )
+                    .into_response()
+            }
+        };
+        let endpoint = self.clone();
+        self.shared.tasks.spawn(async move {
+            let Some(ws) = websocket::upgraded(accepted.upgraded, endpoint.shared.ws_config).await
+            else {
+                return;
+            };
+            let conn = endpoint.open(identity);
+            let beat = Heartbeat::new(
+                Mode::ClientBeats {
+                    timeout: endpoint.shared.config.timeout,
+                },
+                Instant::now(),
+                None,
+            );
+            let fut = websocket::run(conn, ws, beat);
+            endpoint.shared.tasks.spawn(fut);
+        });
+        accepted.response
+    }
+
+    fn open(&self, identity: Identity) -> Arc<Conn> {
+        let s = &self.shared;
+        let id = SocketId::generate(&s.node);
+        let conn = Arc::new(Conn {
+            id: id.clone(),
+            shared: self.shared.clone(),
+            outbox: Outbox::new(s.config.queue_capacity, s.config.queue_bytes),
+            identity,
+            joined: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
+        });
+        s.connections.write().insert(id.clone(), conn.clone());
+        s.hub.register(
+            id.clone(),
+            Member {
+                connection: conn.clone(),
+                frontend: Frontend::Phoenix,
+                scope: None,
+                direct: false,
+                user: conn.identity.user.clone(),
+                rooms: Vec::new(),
+                connected_at: crate::id::now_ms(),
+            },
+        );
+        let series = s.metrics.frontend(Frontend::Phoenix);
+        series.connections.inc();
+        s.metrics
+            .connects
+            .with_label_values(&[Frontend::Phoenix.as_str()])
+            .inc();
+        tracing::debug!(socket = %id, user = ?conn.identity.user, "phoenix socket connected");
+        conn
+    }
+
+    /// Stops accepting connections (returns immediately).
+    pub fn start_draining(&self) {
+        self.shared.draining.cancel();
+    }
+
+    /// Closes every connection (WebSocket close 1001, so phoenix.js reconnects
+    /// elsewhere) and waits up to `grace` for their tasks.
+    pub async fn close_all(&self, reason: CloseReason, grace: Duration) {
+        let conns: Vec<_> = self.shared.connections.read().values().cloned().collect();
+        for c in conns {
+            c.outbox.close(reason);
+        }
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+    }
+}
+
+/// A joined topic and the ref of the join that opened it.
+type Joined = (Box<str>, Option<Box<str>>);
+
+/// One Phoenix connection.
+struct Conn {
+    id: SocketId,
+    shared: Arc<Shared>,
+    outbox: Outbox,
+    identity: Identity,
+    /// Joined topics with their join refs. A socket joins a few topics, so a list.
+    joined: Mutex<Vec<Joined>>,
+    closed: std::sync::atomic::AtomicBool,
+}
+
+impl Conn {
+    fn reply(&self, m: &codec::Message, status: &str, response: Value) {
+        let mut out = String::new();
+        codec::encode_reply(
+            &mut out,
+            m.join_ref.as_deref(),
+            m.r#ref.as_deref(),
+            &m.topic,
+            status,
+            &response,
+        );
+        self.outbox.push_control(Frame::text(out));
+    }
+
+    fn error(&self, m: &codec::Message, reason: &str) {
+        self.reply(m, "error", json!({ "reason": reason }));
+    }
+
+    fn event(&self, op: &'static str) {
+        self.shared
+            .metrics
+            .client_events
+            .with_label_values(&[op])
+            .inc();
+    }
+
+    fn may_join(&self, topic: &str) -> bool {
+        topic == TOPIC_PUSHGATE
+            || self.identity.rooms.iter().any(|r| r.as_str() == topic)
+            || self.identity.may_join(topic)
+    }
+
+    /// Enters `topic` in the hub: the room, or direct pushes for `pushgate`.
+    fn enter(&self, topic: &str, enter: bool) {
+        let hub = &self.shared.hub;
+        if topic == TOPIC_PUSHGATE {
+            hub.set_direct(&self.id, enter);
+        } else if enter {
+            hub.join(&self.id, &RoomName::from(topic));
+        } else {
+            hub.leave(&self.id, &RoomName::from(topic));
+        }
+    }
+
+    fn handle(&self, m: codec::Message) {
+        if m.topic == codec::TOPIC_PHOENIX && m.event == codec::EVENT_HEARTBEAT {
+            return self.reply(&m, "ok", json!({}));
+        }
+        let position = self.joined.lock().iter().position(|(t, _)| **t == *m.topic);
+        match m.event.as_str() {
+            codec::EVENT_JOIN => {
+                let op = "join";
+                self.event(op);
+                if !self.may_join(&m.topic) {
+                    self.shared
+                        .metrics
+                        .client_joins
+                        .with_label_values(&[op, "refused"])
+                        .inc();
+                    tracing::debug!(socket = %self.id, topic = %m.topic, "phoenix join refused");
+                    return self.error(&m, "unauthorized");
+                }
+                if let Some(i) = position {
+                    // A second join of a joined topic: Phoenix closes the old channel.
+                    let old = self.joined.lock().remove(i).1;
+                    let mut out = String::new();
+                    codec::encode_message(
+                        &mut out,
+                        old.as_deref(),
+                        old.as_deref(),
+                        &m.topic,
+                        codec::EVENT_CLOSE,
+                        &json!({}),
+                    );
+                    self.outbox.push_control(Frame::text(out));
+                } else {
+                    self.enter(&m.topic, true);
+                }
+                self.joined.lock().push((
+                    Box::from(m.topic.as_str()),
+                    m.r#ref.as_deref().map(Box::from),
+                ));
+                self.shared
+                    .metrics
+                    .client_joins
+                    .with_label_values(&[op, "ok"])
+                    .inc();
+                let response = if m.topic == TOPIC_PUSHGATE {
+                    json!({ "socket_id": self.id })
+                } else {
+                    json!({})
+                };
+                self.reply(&m, "ok", response);
+            }
+            _ if position.is_none() => self.error(&m, "unmatched topic"),
+            codec::EVENT_LEAVE => {
+                self.event("leave");
+                if let Some(i) = position {
+                    self.joined.lock().remove(i);
+                }
+                self.enter(&m.topic, false);
+                self.reply(&m, "ok", json!({}));
+                let mut out = String::new();
+                codec::encode_message(
+                    &mut out,
+                    m.join_ref.as_deref(),
+                    m.join_ref.as_deref(),
+                    &m.topic,
+                    codec::EVENT_CLOSE,
+                    &json!({}),
+                );
+                self.outbox.push_control(Frame::text(out));
+            }
+            ACK_EVENT => {
+                self.event("ack");
+                let ack = match &m.payload {
+                    codec::Payload::Json(p) => p.get("ref").and_then(|r| match r {
+                        Value::String(s) => s.parse::<u64>().ok(),
+                        Value::Number(n) => n.as_u64(),
+                        _ => None,
+                    }),
+                    codec::Payload::Binary(_) => None,
+                };
+                match ack {
+                    Some(id) => {
+                        self.shared.tracker.ack(id, &self.id);
+                        self.reply(&m, "ok", json!({}));
+                    }
+                    None => self.error(&m, "pushgate:ack takes {\"ref\": \"<ref>\"}"),
+                }
+            }
+            _ => {
+                self.event("unknown");
+                self.error(&m, "unknown event");
+            }
+        }
+    }
+}
+
+impl Connection for Conn {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn disconnect(&self, _socket: &SocketId) {
+        self.outbox.close(CloseReason::Kicked);
+    }
+
+    fn transport(&self) -> &'static str {
+        "websocket"
+    }
+}
+
+impl Peer for Conn {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn text(self: &Arc<Self>, text: &str, beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        beat.on_pong();
+        match codec::decode(text) {
+            Ok(m) => {
+                self.handle(m);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(socket = %self.id, error = %e, "phoenix frame refused");
+                Err(CloseReason::ProtocolError)
+            }
+        }
+    }
+
+    fn binary(self: &Arc<Self>, bytes: Bytes, beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        beat.on_pong();
+        match codec::decode_binary(&bytes) {
+            Ok(m) => {
+                self.handle(m);
+                Ok(())
+            }
+            Err(e) => {
+                tracing::debug!(socket = %self.id, error = %e, "phoenix binary frame refused");
+                Err(CloseReason::ProtocolError)
+            }
+        }
+    }
+
+    fn ping(&self) -> Option<Frame> {
+        None
+    }
+
+    fn attached(&self) -> bool {
+        true
+    }
+
+    fn close(self: &Arc<Self>, reason: CloseReason) {
+        use std::sync::atomic::Ordering;
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.outbox.close(reason);
+        let s = &self.shared;
+        s.connections.write().remove(&self.id);
+        s.hub.unregister(&self.id);
+        s.metrics.frontend(Frontend::Phoenix).connections.dec();
+        s.metrics
+            .disconnects
+            .with_label_values(&[Frontend::Phoenix.as_str(), reason.as_str()])
+            .inc();
+        tracing::debug!(socket = %self.id, reason = reason.as_str(), "phoenix socket closed");
+    }
+
+    fn written(&self, q: &Queued, now: Instant) {
+        if let Some(at) = q.pushed_at {
+            self.shared
+                .metrics
+                .push_write_seconds
+                .observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+    }
+
+    /// Phoenix's codes: 1001 for a shutdown and 1011 for other server-side ends, both
+    /// of which phoenix.js reconnects after; 1007 for a frame that is not the protocol.
+    fn close_code(&self, reason: CloseReason) -> Option<CloseCode> {
+        match reason {
+            CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => None,
+            CloseReason::Shutdown => Some(CloseCode::Away),
+            CloseReason::ProtocolError => Some(CloseCode::Invalid),
+            CloseReason::TooLarge => Some(CloseCode::Size),
+            CloseReason::SlowClient => Some(CloseCode::Policy),
+            _ => Some(CloseCode::Error),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::id::RoomName;
+
+    #[test]
+    fn a_room_push_goes_on_the_room_topic_and_others_on_the_pushgate_topic() {
+        let room = Push::new(
+            Target::Room(RoomName::from("chat:1")),
+            "msg",
+            Some(json!({"a": 1})),
+        );
+        assert_eq!(
+            PhoenixCodec.encode(&room, Some(9)),
+            vec![Frame::text(r#"[null,"9","chat:1","msg",{"a":1}]"#)]
+        );
+        let all = Push::new(Target::All, "msg", Some(json!([1, 2])));
+        assert_eq!(
+            PhoenixCodec.encode(&all, None),
+            vec![Frame::text(
+                r#"[null,null,"pushgate","msg",{"value":[1,2]}]"#
+            )]
+        );
+        let empty = Push::new(Target::All, "msg", None);
+        assert_eq!(
+            PhoenixCodec.encode(&empty, None),
+            vec![Frame::text(r#"[null,null,"pushgate","msg",{}]"#)]
+        );
+    }
+
+    #[test]
+    fn phoenix_reserved_events_are_refused() {
+        for e in ["phx_reply", "heartbeat", "presence_diff", "chan_reply_3"] {
+            assert!(PhoenixCodec
+                .check(&Push::new(Target::All, e, None))
+                .is_err());
+        }
+        assert!(PhoenixCodec
+            .check(&Push::new(Target::All, "notice", None))
+            .is_ok());
+    }
+}
