@@ -421,6 +421,7 @@ fn entry(sid: &SocketId, mut map: HashMap<String, String>) -> Option<Entry> {
     let transport = match map.get("transport").map(String::as_str) {
         Some("websocket") => "websocket",
         Some("polling") => "polling",
+        Some("longpoll") => "longpoll",
         _ => "unknown",
     };
     Some(Entry {

@@ -223,11 +223,18 @@ where
         .route(&format!("{trimmed}/"), any(handler))
 }
 
-/// Routes Phoenix's WebSocket path to the Phoenix endpoint.
+/// Routes Phoenix's WebSocket and long-poll paths to the Phoenix endpoint.
 pub fn phoenix_routes(phoenix: Phoenix) -> Router {
-    let handler = move |req: Request| {
+    let poll = phoenix.clone();
+    let websocket = move |req: Request| {
         let phoenix = phoenix.clone();
         async move { phoenix.websocket(req).await }
     };
-    Router::new().route("/socket/websocket", any(handler))
+    let longpoll = move |req: Request| {
+        let phoenix = poll.clone();
+        async move { phoenix.longpoll(req).await }
+    };
+    Router::new()
+        .route("/socket/websocket", any(websocket))
+        .route("/socket/longpoll", any(longpoll))
 }

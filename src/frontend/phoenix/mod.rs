@@ -1,9 +1,12 @@
 //! The Phoenix Channels frontend (serializer v2, `vsn=2.0.0`), for the unmodified
-//! `phoenix` npm client: `/socket/websocket`.
+//! `phoenix` npm client: `/socket/websocket` and `/socket/longpoll`.
 //!
 //! - [`codec`] is the pure frame codec (fuzzed under `fuzz/`).
 //! - [`Phoenix`] is the endpoint: the handshake (JWT from `?token=` or phoenix 1.8's
-//!   `authToken` subprotocol), then one [`transport::websocket`] task per connection.
+//!   `authToken` subprotocol), then one [`transport::websocket`] task per connection;
+//!   or a long-poll session: GETs collect the outbox (held up to [`POLL_HOLD`]), POSTs
+//!   carry the client's frames, a watchdog task closes it when no request came for
+//!   the timeout.
 //! - A topic T is pushgate's room T: joining it is allowed by the token's `rooms` and
 //!   `join` claims. The topic `pushgate`, open to any connected socket, carries the
 //!   pushes addressed to all, to the socket's user and to the socket; until a socket
@@ -46,6 +49,11 @@ use crate::transport::websocket::{self, Peer};
 pub const TOPIC_PUSHGATE: &str = "pushgate";
 /// The event a client pushes to acknowledge an ack-tracked push: `{"ref": "<ref>"}`.
 pub const ACK_EVENT: &str = "pushgate:ack";
+/// How long a long-poll GET waits for frames before answering 204: Phoenix's own
+/// window, well inside phoenix.js's 20 s request timeout.
+pub const POLL_HOLD: Duration = Duration::from_secs(10);
+/// How often the long-poll watchdog looks at a session.
+const WATCHDOG_STEP: Duration = Duration::from_millis(500);
 
 /// How Phoenix carries pushes: one text frame per push, on the room's topic for a room
 /// push and on [`TOPIC_PUSHGATE`] for every other target.
@@ -116,6 +124,9 @@ struct Shared {
     tasks: TaskTracker,
     /// Open connections, to close them at shutdown.
     connections: RwLock<HashMap<SocketId, Arc<Conn>>>,
+    /// Long-poll sessions by their token (a secret: whoever holds it polls the
+    /// session, so it is never the socket id and never logged).
+    polls: RwLock<HashMap<Box<str>, Arc<Conn>>>,
     /// Set when the node drains: new connections are refused with 503.
     draining: CancellationToken,
 }
@@ -147,6 +158,7 @@ impl Phoenix {
                 ws_config,
                 tasks: TaskTracker::new(),
                 connections: RwLock::new(HashMap::new()),
+                polls: RwLock::new(HashMap::new()),
                 draining: CancellationToken::new(),
             }),
         }
@@ -158,16 +170,7 @@ impl Phoenix {
 
     /// `GET /socket/websocket?vsn=2.0.0&token=…`: authenticates, then upgrades.
     pub async fn websocket(&self, req: Request) -> Response {
-        let query = req.uri().query().unwrap_or("");
-        let mut vsn = None;
-        let mut token = None;
-        for (k, v) in form_urlencoded::parse(query.as_bytes()) {
-            match &*k {
-                "vsn" => vsn = Some(v.into_owned()),
-                "token" => token = Some(v.into_owned()),
-                _ => {}
-            }
-        }
+        let Params { vsn, mut token, .. } = Params::of(&req);
         if !vsn.as_deref().is_some_and(codec::is_supported_vsn) {
             return (
                 StatusCode::BAD_REQUEST,
@@ -187,18 +190,10 @@ impl Phoenix {
         if let Ok(Some(raw)) = codec::auth_token_from_protocols(&protocols) {
             token = String::from_utf8(raw).ok();
         }
-        let identity = match self.shared.auth.authenticate(token.as_deref()) {
+        let identity = match self.authenticate(token.as_deref()) {
             Ok(identity) => identity,
-            Err(e) => {
-                self.shared
-                    .metrics
-                    .connect_errors
-                    .with_label_values(&[Frontend::Phoenix.as_str(), e.code()])
-                    .inc();
-                tracing::debug!(reason = e.code(), "phoenix connect refused");
-                // Phoenix refuses a connect with a bare 403; phoenix.js retries.
-                return (StatusCode::FORBIDDEN, e.to_string()).into_response();
-            }
+            // Phoenix refuses a connect with a bare 403; phoenix.js retries.
+            Err(message) => return (StatusCode::FORBIDDEN, message).into_response(),
         };
         let subprotocol =
             codec::offers_phoenix_subprotocol(&protocols).then_some(codec::SUBPROTOCOL_PHOENIX);
@@ -218,7 +213,7 @@ impl Phoenix {
             else {
                 return;
             };
-            let conn = endpoint.open(identity);
+            let conn = endpoint.open(identity, "websocket");
             let beat = Heartbeat::new(
                 Mode::ClientBeats {
                     timeout: endpoint.shared.config.timeout,
@@ -232,7 +227,113 @@ impl Phoenix {
         accepted.response
     }
 
-    fn open(&self, identity: Identity) -> Arc<Conn> {
+    fn authenticate(&self, token: Option<&str>) -> Result<Identity, String> {
+        self.shared.auth.authenticate(token).map_err(|e| {
+            self.shared
+                .metrics
+                .connect_errors
+                .with_label_values(&[Frontend::Phoenix.as_str(), e.code()])
+                .inc();
+            tracing::debug!(reason = e.code(), "phoenix connect refused");
+            e.to_string()
+        })
+    }
+
+    /// `/socket/longpoll`: a GET without `token` opens a session (answered 410 with
+    /// its token, as Phoenix does), a GET with one collects frames, a POST sends them.
+    /// Every answer is HTTP 200 with the protocol's status in the JSON body.
+    pub async fn longpoll(&self, req: Request) -> Response {
+        let params = Params::of(&req);
+        let mut out = String::new();
+        if !params.vsn.as_deref().is_some_and(codec::is_supported_vsn) {
+            codec::encode_poll_status(&mut out, 400);
+            return json_response(out);
+        }
+        let session = params
+            .session
+            .as_deref()
+            .and_then(|t| self.shared.polls.read().get(t).cloned());
+        match (req.method().as_str(), params.session, session) {
+            // No session of that name: a new one (the token, if any, is the user's).
+            ("GET", _, None) => {
+                if self.shared.draining.is_cancelled() {
+                    codec::encode_poll_status(&mut out, codec::poll_status::GONE);
+                    return json_response(out);
+                }
+                let header = req
+                    .headers()
+                    .get("x-phoenix-authtoken")
+                    .and_then(|v| v.to_str().ok());
+                let token = header.map(str::to_owned).or(params.token);
+                match self.authenticate(token.as_deref()) {
+                    Ok(identity) => {
+                        let conn = self.open(identity, "longpoll");
+                        let token = poll_token();
+                        *conn.poll_token.lock() = Some(token.clone());
+                        self.shared
+                            .polls
+                            .write()
+                            .insert(token.clone(), conn.clone());
+                        self.spawn_watchdog(conn);
+                        codec::encode_poll_response(
+                            &mut out,
+                            codec::poll_status::GONE,
+                            &token,
+                            std::iter::empty::<&str>(),
+                        );
+                    }
+                    Err(_) => codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN),
+                }
+            }
+            ("POST", _, None) => codec::encode_poll_status(&mut out, codec::poll_status::GONE),
+            ("GET", Some(token), Some(conn)) => return conn.poll(&token).await,
+            ("POST", Some(_), Some(conn)) => {
+                let ndjson = req
+                    .headers()
+                    .get(header::CONTENT_TYPE)
+                    .and_then(|v| v.to_str().ok())
+                    .is_some_and(codec::is_ndjson);
+                let limit = self.shared.config.max_payload;
+                let status = match axum::body::to_bytes(req.into_body(), limit).await {
+                    Ok(body) => conn.post(&body, ndjson),
+                    Err(_) => {
+                        conn.outbox.close(CloseReason::TooLarge);
+                        400
+                    }
+                };
+                codec::encode_poll_status(&mut out, status);
+            }
+            _ => codec::encode_poll_status(&mut out, 400),
+        }
+        json_response(out)
+    }
+
+    /// Closes a long-poll session when no request came for the timeout, or soon after
+    /// it started closing (its next poll collects the news; if none comes, it ends).
+    fn spawn_watchdog(&self, conn: Arc<Conn>) {
+        let timeout = self.shared.config.timeout;
+        self.shared.tasks.spawn(async move {
+            let mut closing_since: Option<Instant> = None;
+            loop {
+                tokio::time::sleep(WATCHDOG_STEP).await;
+                if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
+                    return;
+                }
+                if let Some(reason) = conn.outbox.closing() {
+                    let since = *closing_since.get_or_insert_with(Instant::now);
+                    if since.elapsed() >= Duration::from_secs(1) {
+                        return conn.close(reason);
+                    }
+                    continue;
+                }
+                if conn.last_seen.lock().elapsed() >= timeout {
+                    return conn.close(CloseReason::PingTimeout);
+                }
+            }
+        });
+    }
+
+    fn open(&self, identity: Identity, transport: &'static str) -> Arc<Conn> {
         let s = &self.shared;
         let id = SocketId::generate(&s.node);
         let conn = Arc::new(Conn {
@@ -242,6 +343,10 @@ impl Phoenix {
             identity,
             joined: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
+            transport,
+            poll_token: Mutex::new(None),
+            last_seen: Mutex::new(Instant::now()),
+            polling: std::sync::atomic::AtomicBool::new(false),
         });
         s.connections.write().insert(id.clone(), conn.clone());
         s.hub.register(
@@ -295,9 +400,130 @@ struct Conn {
     /// Joined topics with their join refs. A socket joins a few topics, so a list.
     joined: Mutex<Vec<Joined>>,
     closed: std::sync::atomic::AtomicBool,
+    /// "websocket" or "longpoll".
+    transport: &'static str,
+    /// The long-poll session's token (`None` over WebSocket).
+    poll_token: Mutex<Option<Box<str>>>,
+    /// When the long-poll client last made a request (the watchdog's clock).
+    last_seen: Mutex<Instant>,
+    /// A long-poll GET is pending.
+    polling: std::sync::atomic::AtomicBool,
+}
+
+/// The request parameters Phoenix transports read.
+struct Params {
+    vsn: Option<String>,
+    /// The connection token (`params: {token}`): the first `token`.
+    token: Option<String>,
+    /// The last `token`, which names a long-poll session when there is one: phoenix.js
+    /// appends `token=<session>` after the user's params, which may hold a `token` too.
+    session: Option<String>,
+}
+
+impl Params {
+    fn of(req: &Request) -> Self {
+        let mut p = Params {
+            vsn: None,
+            token: None,
+            session: None,
+        };
+        for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
+            match &*k {
+                "vsn" => p.vsn = Some(v.into_owned()),
+                "token" if !v.is_empty() => {
+                    if p.token.is_none() {
+                        p.token = Some(v.clone().into_owned());
+                    }
+                    p.session = Some(v.into_owned());
+                }
+                _ => {}
+            }
+        }
+        p
+    }
+}
+
+/// A fresh long-poll session token: 20 random bytes, URL-safe.
+fn poll_token() -> Box<str> {
+    use rand::RngCore;
+    let mut raw = [0u8; 20];
+    rand::rng().fill_bytes(&mut raw);
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw).into()
+}
+
+fn json_response(body: String) -> Response {
+    (
+        [(header::CONTENT_TYPE, "application/json; charset=utf-8")],
+        body,
+    )
+        .into_response()
 }
 
 impl Conn {
+    fn seen(&self) {
+        *self.last_seen.lock() = Instant::now();
+    }
+
+    /// A long-poll GET: every queued frame, waiting up to [`POLL_HOLD`] for one.
+    async fn poll(self: &Arc<Self>, token: &str) -> Response {
+        use std::sync::atomic::Ordering;
+        self.seen();
+        let mut out = String::new();
+        if self.polling.swap(true, Ordering::AcqRel) {
+            // One pending poll per session; a second one is answered empty at once.
+            codec::encode_poll_response(&mut out, 204, token, std::iter::empty::<&str>());
+            return json_response(out);
+        }
+        let deadline = tokio::time::Instant::now() + POLL_HOLD;
+        let mut batch = Vec::new();
+        let status = loop {
+            let closing = self.outbox.drain(&mut batch);
+            if !batch.is_empty() {
+                break codec::poll_status::OK;
+            }
+            if let Some(reason) = closing {
+                self.close(reason);
+                break codec::poll_status::GONE;
+            }
+            if tokio::time::timeout_at(deadline, self.outbox.ready())
+                .await
+                .is_err()
+            {
+                break codec::poll_status::NO_CONTENT;
+            }
+        };
+        self.polling.store(false, Ordering::Release);
+        self.seen();
+        let now = Instant::now();
+        for q in &batch {
+            self.written(q, now);
+        }
+        let texts = batch.iter().filter_map(|q| match &q.frame {
+            Frame::Text(t) => Some(t.as_str()),
+            // Phoenix frames over long-poll are text; nothing binary is queued here.
+            Frame::Binary(_) => None,
+        });
+        codec::encode_poll_response(&mut out, status, token, texts);
+        json_response(out)
+    }
+
+    /// A long-poll POST: the client's frames, handled in order. Answers the status
+    /// for the JSON body; a frame that is not the protocol ends the session.
+    fn post(self: &Arc<Self>, body: &[u8], ndjson: bool) -> u16 {
+        self.seen();
+        for frame in codec::decode_poll_body(body, ndjson) {
+            match frame {
+                Ok(m) => self.handle(m),
+                Err(e) => {
+                    tracing::debug!(socket = %self.id, error = %e, "phoenix long-poll frame refused");
+                    self.outbox.close(CloseReason::ProtocolError);
+                    return 400;
+                }
+            }
+        }
+        codec::poll_status::OK
+    }
+
     fn reply(&self, m: &codec::Message, status: &str, response: Value) {
         let mut out = String::new();
         codec::encode_reply(
@@ -446,7 +672,7 @@ impl Connection for Conn {
     }
 
     fn transport(&self) -> &'static str {
-        "websocket"
+        self.transport
     }
 }
 
@@ -499,6 +725,9 @@ impl Peer for Conn {
         self.outbox.close(reason);
         let s = &self.shared;
         s.connections.write().remove(&self.id);
+        if let Some(token) = self.poll_token.lock().take() {
+            s.polls.write().remove(&token);
+        }
         s.hub.unregister(&self.id);
         s.metrics.frontend(Frontend::Phoenix).connections.dec();
         s.metrics
