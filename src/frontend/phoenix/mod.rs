@@ -222,6 +222,7 @@ impl Phoenix {
                 None,
             );
             let fut = websocket::run(conn, ws, beat);
+            tracing::trace!(bytes = std::mem::size_of_val(&fut), "websocket task size");
             endpoint.shared.tasks.spawn(fut);
         });
         accepted.response
