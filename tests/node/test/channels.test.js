@@ -121,6 +121,23 @@ for (const transport of ["websocket", "longpoll"]) {
       assert.equal(typeof refs[0][1], "string", "the ref is a string");
     });
 
+    if (transport === "websocket") {
+      test("phoenix 1.8's authToken option authenticates the connection", async () => {
+        // The token travels base64 in a subprotocol, where `/` is not allowed: pick a
+        // token whose base64 has none (as an app must).
+        let t;
+        for (let i = 0; ; i++) {
+          t = h.token({ sub: `fay${i}` });
+          if (!Buffer.from(t).toString("base64").includes("/")) break;
+        }
+        const s = phx(gw, { transport, authToken: t });
+        const j = await join(s, "pushgate");
+        assert.equal(j.status, "ok");
+        const info = await h.api(gw, "GET", `/v1/sockets/${j.response.socket_id}`);
+        assert.match(info.body.user, /^fay/);
+      });
+    }
+
     test("a bad token refuses the connection: no channel joins", async () => {
       const s = phx(gw, { transport, params: { token: "not-a-jwt" } });
       let joined = false;
