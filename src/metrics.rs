@@ -198,6 +198,15 @@ impl Metrics {
     }
 
     /// The Prometheus text exposition of every metric.
+    /// A queued frame is being written now: the push-to-write histogram (protocol
+    /// frames, which have no `pushed_at`, are not observed).
+    pub fn observe_write(&self, pushed_at: Option<std::time::Instant>, now: std::time::Instant) {
+        if let Some(at) = pushed_at {
+            self.push_write_seconds
+                .observe(now.saturating_duration_since(at).as_secs_f64());
+        }
+    }
+
     /// One frontend's resolved series.
     pub fn frontend(&self, f: Frontend) -> &FrontendSeries {
         &self.frontends[f.index()]

@@ -739,12 +739,7 @@ impl Peer for Conn {
     }
 
     fn written(&self, q: &Queued, now: Instant) {
-        if let Some(at) = q.pushed_at {
-            self.shared
-                .metrics
-                .push_write_seconds
-                .observe(now.saturating_duration_since(at).as_secs_f64());
-        }
+        self.shared.metrics.observe_write(q.pushed_at, now);
     }
 
     /// Phoenix's codes: 1001 for a shutdown and 1011 for other server-side ends, both

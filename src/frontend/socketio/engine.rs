@@ -655,12 +655,7 @@ impl<H: Handler> Session<H> {
     }
 
     fn observe_write(&self, q: &Queued, now: Instant) {
-        if let Some(at) = q.pushed_at {
-            self.shared
-                .metrics
-                .push_write_seconds
-                .observe(now.saturating_duration_since(at).as_secs_f64());
-        }
+        self.shared.metrics.observe_write(q.pushed_at, now);
     }
 }
 

@@ -128,28 +128,7 @@ pub enum DecodeError {
     UnexpectedBinary,
 }
 
-/// A JSON syntax error, kept as the source of [`DecodeError::InvalidJson`].
-///
-/// `serde_json::Error` has no `PartialEq`; this compares the error's category and position,
-/// so that [`DecodeError`] can be compared in tests.
-#[derive(Debug)]
-pub struct JsonError(serde_json::Error);
-
-impl PartialEq for JsonError {
-    fn eq(&self, other: &Self) -> bool {
-        self.0.classify() == other.0.classify()
-            && self.0.line() == other.0.line()
-            && self.0.column() == other.0.column()
-    }
-}
-
-impl std::fmt::Display for JsonError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        self.0.fmt(f)
-    }
-}
-
-impl std::error::Error for JsonError {}
+pub use crate::frontend::JsonError;
 
 /// Decodes the Socket.IO packet carried in one Engine.IO text message (the text after the
 /// Engine.IO `4`).
