@@ -1,0 +1,112 @@
+//! Control requests between nodes: kick, join and leave sockets of another node, and
+//! the answers that tell the caller how many sockets changed.
+
+use super::*;
+
+impl RedisBus {
+    /// Sends a control message to `node` and waits for its answer: how many sockets it
+    /// applied to (0 when the node is gone or did not answer in time).
+    pub(super) async fn request(
+        &self,
+        node: &str,
+        make: impl FnOnce(Request) -> Message,
+    ) -> Result<u32, BusError> {
+        if !self.is_up() {
+            return Err(Self::unavailable());
+        }
+        let id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (tx, rx) = oneshot::channel();
+        self.requests.lock().insert(id, tx);
+        let message = make(Request {
+            id,
+            from: self.node.to_string(),
+        });
+        let sent: Result<i64, _> = self
+            .publisher
+            .publish(self.inbox(node), Envelope::new(message).encode())
+            .await;
+        let answer = match sent {
+            Ok(0) => Ok(0),
+            Ok(_) => Ok(tokio::time::timeout(REQUEST_TIMEOUT, rx)
+                .await
+                .ok()
+                .and_then(Result::ok)
+                .unwrap_or(0)),
+            Err(e) => Err(BusError::Redis(e)),
+        };
+        self.requests.lock().remove(&id);
+        self.metrics
+            .bus_messages
+            .with_label_values(&["out", "inbox"])
+            .inc();
+        answer
+    }
+
+    /// Disconnects sockets of `node`; returns how many it found.
+    pub async fn kick(&self, node: &str, sockets: Vec<SocketId>) -> Result<u32, BusError> {
+        let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
+        self.request(node, |request| Message::Kick { request, sockets })
+            .await
+    }
+
+    /// Adds (`join`) or removes sockets of `node` to or from `room`; returns how many
+    /// changed.
+    pub async fn change_room(
+        &self,
+        node: &str,
+        room: &RoomName,
+        sockets: Vec<SocketId>,
+        join: bool,
+    ) -> Result<u32, BusError> {
+        let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
+        let room = room.to_string();
+        self.request(node, |request| {
+            if join {
+                Message::Join {
+                    request,
+                    room,
+                    sockets,
+                }
+            } else {
+                Message::Leave {
+                    request,
+                    room,
+                    sockets,
+                }
+            }
+        })
+        .await
+    }
+
+    pub(super) fn rooms(&self, request: Request, room: String, sockets: Vec<String>, join: bool) {
+        let room = RoomName::from(room);
+        let n = sockets
+            .into_iter()
+            .map(SocketId::from)
+            .filter(|s| {
+                if join {
+                    self.hub.join(s, &room)
+                } else {
+                    self.hub.leave(s, &room)
+                }
+            })
+            .count() as u32;
+        // Answer once the subscription for the room is in place, so that a push the
+        // caller sends after the answer reaches the sockets.
+        let (tx, rx) = oneshot::channel();
+        let _ = self.notes.send(Note::Barrier(tx));
+        let outbox = self.outbox.clone();
+        let to = self.inbox(&request.from);
+        tokio::spawn(async move {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+            let _ = outbox.send((
+                to,
+                Envelope::new(Message::Done {
+                    request: request.id,
+                    n,
+                })
+                .encode(),
+            ));
+        });
+    }
+}

@@ -1,0 +1,343 @@
+//! The Redis bus: any number of nodes sharing one Redis behave as one gateway.
+//!
+//! Channels (prefix `p`):
+//!
+//! - `{p}:b` — pushes to all; `{p}:u:{user}` — pushes to a user; `{p}:r:{room}` —
+//!   pushes to a room. A node subscribes to each only while it holds a matching local
+//!   connection (the hub's [`Observer`] notes tell it when), so a push is one PUBLISH
+//!   whatever the cluster size and a node receives only what it can deliver.
+//! - `{p}:n:{node}` — the node's inbox: pushes to one of its sockets (the socket id
+//!   names its node), delivery reports and acks for pushes it accepted, control
+//!   requests (kick, join, leave) and their answers.
+//!
+//! PUBLISH answers how many nodes received a push; the origin's tracker expects that
+//! many `Delivered` reports. Every delivering node — the origin included, through its
+//! own subscription — encodes the push once and delivers it through its hub.
+//!
+//! Files: `sync.rs` (interest → subscriptions and registry), `receive.rs` (what
+//! arrives), `outbox.rs` (what is sent to other nodes), `control.rs` (kick, join and
+//! leave requests), `health.rs` (the connections' state).
+//!
+//! Tasks, all stopped by [`RedisBus::shutdown`]:
+//! - *receive*: decodes each message (bad bytes are counted and skipped) and acts.
+//! - *sync*: the only writer of subscriptions and the registry. It batches the hub's
+//!   notes for [`BATCH_WINDOW`], subscribes first and then writes the registry, so a
+//!   socket that the registry shows is reachable by pushes. It refreshes the registry
+//!   every third of its TTL and, after a reconnect, re-subscribes and re-registers
+//!   everything.
+//! - *health*: follows both connections; while either is down `/readyz` answers 503
+//!   and publishing fails fast with [`BusError::Unavailable`].
+//! - *outbox*: sends reports, acks and control messages in order, pipelined.
+//! - *acks* and *finals*: forward relayed acks; store final reports.
+
+mod control;
+mod health;
+mod outbox;
+mod receive;
+mod sync;
+
+use sync::Note;
+pub use sync::{ClusterObserver, Notes};
+
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use fred::prelude::*;
+use parking_lot::Mutex;
+use tokio::sync::{mpsc, oneshot, Notify};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::envelope::{Envelope, Message, PushEnvelope, Request, WireTarget};
+use super::{Bus, BusError, BusFuture, Published};
+use crate::delivery::Tracker;
+use crate::hub::{Hub, Observer, SocketChange, Topic};
+use crate::id::{NodeId, PushId, RoomName, SocketId};
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::registry::{Keys, Registry};
+
+/// How long the sync task gathers the hub's notes before it acts on them: long enough
+/// that a burst of connects becomes one SUBSCRIBE, short enough not to be noticed.
+const BATCH_WINDOW: Duration = Duration::from_millis(3);
+/// Every Redis command gives up after this, so neither a push nor a reader hangs on a
+/// dead connection.
+const COMMAND_TIMEOUT: Duration = Duration::from_secs(2);
+/// How often the health task looks at the connections (reconnect events are also
+/// followed as they come).
+const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
+/// How long a control request (kick, join, leave) waits for the owner's answer.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// When the sync task could not reach Redis, it tries again after this.
+const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Messages the subscriber's receive queue holds before it lags (lagged messages are
+/// counted as dropped; their pushes end as `timed_out` at the origin). fred's queues
+/// are tokio broadcast channels, which allocate every slot up front, for each of the
+/// client's event streams: 65,536 slots cost ~80 MB per process before the first
+/// connection. 8,192 holds several seconds of bus traffic at the rates measured in
+/// BENCHMARKS.md and costs a few MB; the publisher keeps fred's default.
+const RECEIVE_CAPACITY: usize = 8_192;
+/// Channels per SUBSCRIBE command when re-subscribing everything.
+const SUBSCRIBE_CHUNK: usize = 1000;
+
+/// How the Redis bus connects.
+#[derive(Debug, Clone)]
+pub struct RedisSettings {
+    pub url: String,
+    pub prefix: String,
+    /// TTL of registry entries; refreshed every third of it.
+    pub registry_ttl: Duration,
+}
+
+/// The `kind` label of bus metrics for a channel.
+fn kind_of(target: &WireTarget) -> &'static str {
+    match target {
+        WireTarget::All => "broadcast",
+        WireTarget::User(_) => "user",
+        WireTarget::Room(_) => "room",
+        WireTarget::Socket(_) => "inbox",
+    }
+}
+
+pub struct RedisBus {
+    node: NodeId,
+    prefix: String,
+    /// Commands and PUBLISH; one connection, so everything this node sends is ordered.
+    publisher: Client,
+    /// SUBSCRIBE and incoming messages.
+    subscriber: Client,
+    hub: Arc<Hub>,
+    tracker: Arc<Tracker>,
+    metrics: Arc<Metrics>,
+    registry: Arc<Registry>,
+    /// Both connections are up (as last seen by the health task).
+    up: AtomicBool,
+    notes: mpsc::UnboundedSender<Note>,
+    /// Wakes the sync task to re-subscribe and re-register everything.
+    resync: Notify,
+    outbox: mpsc::UnboundedSender<(String, Bytes)>,
+    /// Control requests waiting for their answer.
+    requests: Mutex<HashMap<u64, oneshot::Sender<u32>>>,
+    next_request: AtomicU64,
+    cancel: CancellationToken,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl RedisBus {
+    /// Connects (waiting briefly; a Redis that is down at start only makes the node
+    /// not ready until it comes) and starts the bus's tasks.
+    pub async fn connect(
+        settings: RedisSettings,
+        node: NodeId,
+        started_at: u64,
+        hub: Arc<Hub>,
+        tracker: Arc<Tracker>,
+        metrics: Arc<Metrics>,
+        notes: Notes,
+    ) -> Result<Arc<Self>, BusError> {
+        let config = Config::from_url(&settings.url).map_err(BusError::Redis)?;
+        let build = |receive_capacity: Option<usize>| {
+            Builder::from_config(config.clone())
+                .with_performance_config(|p| {
+                    p.default_command_timeout = COMMAND_TIMEOUT;
+                    if let Some(capacity) = receive_capacity {
+                        p.broadcast_channel_capacity = capacity;
+                    }
+                })
+                .with_connection_config(|c| {
+                    c.connection_timeout = COMMAND_TIMEOUT;
+                    c.internal_command_timeout = COMMAND_TIMEOUT;
+                    // A command in flight when the connection dies fails rather than
+                    // being sent again later: the caller got an error and may retry.
+                    c.max_command_attempts = 1;
+                })
+                // Unlimited attempts, 100 ms doubling to 2 s.
+                .set_policy(ReconnectPolicy::new_exponential(0, 100, 2000, 2))
+                .with_config(|c| c.fail_fast = false)
+                .build()
+        };
+        let publisher = build(None).map_err(BusError::Redis)?;
+        let subscriber = build(Some(RECEIVE_CAPACITY)).map_err(BusError::Redis)?;
+        let Notes(notes_rx, notes_tx) = notes;
+        let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let keys = Keys::new(&settings.prefix);
+        let registry = Arc::new(Registry::new(
+            publisher.clone(),
+            keys,
+            node.clone(),
+            settings.registry_ttl,
+            started_at,
+            hub.clone(),
+            metrics.clone(),
+        ));
+        let bus = Arc::new(RedisBus {
+            node,
+            prefix: settings.prefix,
+            publisher,
+            subscriber,
+            hub,
+            tracker,
+            metrics,
+            registry,
+            up: AtomicBool::new(false),
+            notes: notes_tx,
+            resync: Notify::new(),
+            outbox: outbox_tx,
+            requests: Mutex::new(HashMap::new()),
+            next_request: AtomicU64::new(1),
+            cancel: CancellationToken::new(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        // The receive queue must exist before the first SUBSCRIBE.
+        let messages = bus.subscriber.message_rx();
+        // The connection tasks run (and reconnect) until `quit`; their handles are not
+        // needed.
+        drop(bus.publisher.connect());
+        drop(bus.subscriber.connect());
+        let first = async {
+            let _ = bus.publisher.wait_for_connect().await;
+            let _ = bus.subscriber.wait_for_connect().await;
+        };
+        if tokio::time::timeout(COMMAND_TIMEOUT, first).await.is_err() {
+            tracing::warn!(url = %redact(&settings.url), "Redis is not reachable yet; the node is not ready until it is");
+        }
+        bus.check_health();
+        let acks = bus.tracker.forward_acks();
+        let finals = bus.tracker.final_reports();
+        let tasks = vec![
+            tokio::spawn(bus.clone().receive(messages)),
+            tokio::spawn(bus.clone().sync(notes_rx)),
+            tokio::spawn(bus.clone().health()),
+            tokio::spawn(bus.clone().send_outbox(outbox_rx)),
+            tokio::spawn(bus.clone().forward_acks(acks)),
+            tokio::spawn(bus.clone().store_finals(finals)),
+        ];
+        *bus.tasks.lock() = tasks;
+        Ok(bus)
+    }
+
+    pub fn registry(&self) -> &Arc<Registry> {
+        &self.registry
+    }
+
+    pub fn node(&self) -> &NodeId {
+        &self.node
+    }
+
+    /// Whether both Redis connections are up.
+    pub fn is_up(&self) -> bool {
+        self.up.load(Ordering::Acquire)
+    }
+
+    fn channel(&self, target: &WireTarget) -> String {
+        match target {
+            WireTarget::All => format!("{}:b", self.prefix),
+            WireTarget::User(u) => format!("{}:u:{u}", self.prefix),
+            WireTarget::Room(r) => format!("{}:r:{r}", self.prefix),
+            WireTarget::Socket(s) => {
+                self.inbox(SocketId::from(s.as_str()).node().unwrap_or_default())
+            }
+        }
+    }
+
+    fn topic_channel(&self, topic: &Topic) -> String {
+        match topic {
+            Topic::All => format!("{}:b", self.prefix),
+            Topic::User(u) => format!("{}:u:{u}", self.prefix),
+            Topic::Room(r) => format!("{}:r:{r}", self.prefix),
+        }
+    }
+
+    fn inbox(&self, node: &str) -> String {
+        format!("{}:n:{node}", self.prefix)
+    }
+
+    /// The metrics `kind` of a channel this node receives on.
+    fn channel_kind(&self, channel: &str) -> &'static str {
+        let rest = channel
+            .strip_prefix(self.prefix.as_str())
+            .and_then(|r| r.strip_prefix(':'))
+            .unwrap_or("");
+        if rest == "b" {
+            "broadcast"
+        } else if rest.starts_with("u:") {
+            "user"
+        } else if rest.starts_with("r:") {
+            "room"
+        } else {
+            "inbox"
+        }
+    }
+
+    fn unavailable() -> BusError {
+        BusError::Unavailable("Redis is unreachable; retry later or on another node".into())
+    }
+
+    /// Stops the tasks (after the sync task applied what the hub queued during
+    /// shutdown), takes the node out of the registry and closes the connections.
+    pub async fn shutdown(&self) {
+        self.synced().await;
+        self.cancel.cancel();
+        let tasks = std::mem::take(&mut *self.tasks.lock());
+        for t in tasks {
+            let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
+        }
+        if self.is_up() {
+            self.registry.leave().await;
+        }
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.subscriber.quit()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.publisher.quit()).await;
+    }
+
+    fn send(&self, node: &str, message: Message) {
+        let _ = self
+            .outbox
+            .send((self.inbox(node), Envelope::new(message).encode()));
+    }
+}
+
+impl Bus for RedisBus {
+    fn publish<'a>(&'a self, push: &'a Push, _ack_id: Option<u64>) -> BusFuture<'a> {
+        Box::pin(async move {
+            if !self.is_up() {
+                return Err(Self::unavailable());
+            }
+            let start = Instant::now();
+            let mut nodes = 0usize;
+            for (target, env) in PushEnvelope::of(push, self.node.as_str(), crate::id::now_ms()) {
+                let channel = self.channel(&target);
+                let bytes = Envelope::new(Message::Push(env)).encode();
+                let n: i64 = self
+                    .publisher
+                    .publish(channel, bytes)
+                    .await
+                    .map_err(BusError::Redis)?;
+                nodes += n.max(0) as usize;
+                self.metrics
+                    .bus_messages
+                    .with_label_values(&["out", kind_of(&target)])
+                    .inc();
+            }
+            self.metrics
+                .bus_publish_seconds
+                .observe(start.elapsed().as_secs_f64());
+            tracing::trace!(push = %push.id, nodes, "published");
+            Ok(Published::Cluster { nodes })
+        })
+    }
+
+    fn is_cluster(&self) -> bool {
+        true
+    }
+}
+
+/// The URL without its password, for logs.
+fn redact(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
+        _ => url.to_owned(),
+    }
+}

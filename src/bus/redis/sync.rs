@@ -1,0 +1,196 @@
+//! The *sync* task: the only writer of subscriptions and registry entries. It batches
+//! the hub's notes for [`BATCH_WINDOW`], subscribes first and then writes the registry,
+//! so a socket that the registry shows is reachable by pushes; it refreshes the
+//! registry every third of its TTL and, after a reconnect, re-subscribes and
+//! re-registers everything.
+
+use super::*;
+
+/// What the hub tells the bus, queued for the sync task.
+pub(super) enum Note {
+    Topic(Topic),
+    Socket(SocketChange),
+    /// Answered once everything queued before it was applied.
+    Barrier(oneshot::Sender<()>),
+}
+
+/// The hub's [`Observer`] in cluster mode: queues notes for the bus's sync task.
+pub struct ClusterObserver {
+    tx: mpsc::UnboundedSender<Note>,
+}
+
+/// The receiving end of a [`ClusterObserver`], handed to [`RedisBus::connect`].
+pub struct Notes(
+    pub(super) mpsc::UnboundedReceiver<Note>,
+    pub(super) mpsc::UnboundedSender<Note>,
+);
+
+impl ClusterObserver {
+    pub fn new() -> (Arc<Self>, Notes) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        (Arc::new(Self { tx: tx.clone() }), Notes(rx, tx))
+    }
+}
+
+impl Observer for ClusterObserver {
+    fn interest_changed(&self, topic: &Topic) {
+        let _ = self.tx.send(Note::Topic(topic.clone()));
+    }
+    fn socket_changed(&self, change: SocketChange) {
+        let _ = self.tx.send(Note::Socket(change));
+    }
+}
+
+impl RedisBus {
+    /// Waits until every note the hub queued so far was applied (subscriptions made,
+    /// registry written), at most [`REQUEST_TIMEOUT`].
+    pub async fn synced(&self) {
+        let (tx, rx) = oneshot::channel();
+        if self.notes.send(Note::Barrier(tx)).is_ok() {
+            let _ = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
+        }
+    }
+
+    pub(super) async fn sync(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Note>) {
+        let mut subscribed: HashSet<String> = HashSet::new();
+        let mut full = true;
+        let mut refresh = tokio::time::interval(self.registry.ttl() / 3);
+        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut notes = Vec::new();
+        loop {
+            let mut refresh_due = false;
+            tokio::select! {
+                _ = self.cancel.cancelled() => return,
+                _ = self.resync.notified() => full = true,
+                _ = refresh.tick() => refresh_due = true,
+                _ = tokio::time::sleep(RETRY_INTERVAL), if full => {}
+                n = rx.recv_many(&mut notes, 4096) => {
+                    if n == 0 { return }
+                    tokio::time::sleep(BATCH_WINDOW).await;
+                    while let Ok(note) = rx.try_recv() {
+                        notes.push(note);
+                    }
+                }
+            }
+            let mut topics = HashSet::new();
+            let mut changes = Vec::new();
+            let mut barriers = Vec::new();
+            for note in notes.drain(..) {
+                match note {
+                    Note::Topic(t) => {
+                        topics.insert(t);
+                    }
+                    Note::Socket(c) => changes.push(c),
+                    Note::Barrier(b) => barriers.push(b),
+                }
+            }
+            if self.is_up() {
+                if full {
+                    full = !self.resubscribe(&mut subscribed).await;
+                    if !full {
+                        match self.registry.refresh().await {
+                            Ok(n) => tracing::info!(sockets = n, "registered every local socket"),
+                            Err(_) => full = true,
+                        }
+                    }
+                    topics.clear();
+                    refresh_due = false;
+                }
+                if !topics.is_empty() && !self.update(&mut subscribed, topics).await {
+                    full = true;
+                }
+                self.registry.apply(changes).await;
+                if refresh_due && self.registry.refresh().await.is_err() {
+                    full = true;
+                }
+            } else {
+                full = true;
+            }
+            self.count_subscriptions(&subscribed);
+            for b in barriers {
+                let _ = b.send(());
+            }
+        }
+    }
+
+    /// Subscribes to the inbox and every channel with local interest; drops the rest.
+    pub(super) async fn resubscribe(&self, subscribed: &mut HashSet<String>) -> bool {
+        let mut want: HashSet<String> = self
+            .hub
+            .interests()
+            .iter()
+            .map(|t| self.topic_channel(t))
+            .collect();
+        want.insert(self.inbox(self.node.as_str()));
+        let all: Vec<String> = want.iter().cloned().collect();
+        for chunk in all.chunks(SUBSCRIBE_CHUNK) {
+            if let Err(e) = self.subscriber.subscribe(chunk.to_vec()).await {
+                tracing::warn!(error = %e, "re-subscribing failed; will retry");
+                return false;
+            }
+        }
+        let stale: Vec<String> = subscribed.difference(&want).cloned().collect();
+        if !stale.is_empty() {
+            let _ = self.subscriber.unsubscribe(stale).await;
+        }
+        tracing::info!(channels = want.len(), "subscribed to every needed channel");
+        *subscribed = want;
+        true
+    }
+
+    /// Makes the subscriptions of `topics` match the hub's current interest.
+    pub(super) async fn update(
+        &self,
+        subscribed: &mut HashSet<String>,
+        topics: HashSet<Topic>,
+    ) -> bool {
+        let mut add = Vec::new();
+        let mut remove = Vec::new();
+        for t in topics {
+            let channel = self.topic_channel(&t);
+            let want = self.hub.has_interest(&t);
+            if want && !subscribed.contains(&channel) {
+                add.push(channel);
+            } else if !want && subscribed.contains(&channel) {
+                remove.push(channel);
+            }
+        }
+        if !add.is_empty() {
+            match self.subscriber.subscribe(add.clone()).await {
+                Ok(()) => subscribed.extend(add),
+                Err(e) => {
+                    tracing::warn!(error = %e, "SUBSCRIBE failed");
+                    return false;
+                }
+            }
+        }
+        if !remove.is_empty() {
+            match self.subscriber.unsubscribe(remove.clone()).await {
+                Ok(()) => {
+                    for c in &remove {
+                        subscribed.remove(c);
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "UNSUBSCRIBE failed");
+                    return false;
+                }
+            }
+        }
+        true
+    }
+
+    pub(super) fn count_subscriptions(&self, subscribed: &HashSet<String>) {
+        let mut counts: HashMap<&'static str, i64> =
+            [("broadcast", 0), ("user", 0), ("room", 0), ("inbox", 0)].into();
+        for c in subscribed {
+            *counts.entry(self.channel_kind(c)).or_default() += 1;
+        }
+        for (kind, n) in counts {
+            self.metrics
+                .bus_subscriptions
+                .with_label_values(&[kind])
+                .set(n);
+        }
+    }
+}
