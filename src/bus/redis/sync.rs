@@ -1,8 +1,8 @@
 //! The *sync* task: the only writer of subscriptions and of socket, user and room
-//! entries. It batches the hub's notes for [`BATCH_WINDOW`], subscribes first and then writes the registry,
-//! so a socket that the registry shows is reachable by pushes; it refreshes the
-//! registry every third of its TTL and, after a reconnect, re-subscribes and
-//! re-registers everything.
+//! entries. It batches the hub's notes for [`BATCH_WINDOW`], subscribes first and then
+//! writes the registry, so a socket that the registry shows is reachable by pushes; it
+//! refreshes the registry every third of its TTL and, after a reconnect, re-subscribes
+//! and re-registers everything.
 
 use super::*;
 
