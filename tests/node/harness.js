@@ -629,3 +629,300 @@ module.exports = {
   io,
   trackSocket: (s, gw) => ((s.gateway = gw), sockets.add(s), s),
 };
+
+// ---------------------------------------------------------------- Phoenix Channels (phoenix.js)
+//
+// The real `phoenix` npm client: 1.8 (package `phoenix`) and 1.7 (alias `phoenix17`).
+// Node 20 has no global WebSocket, so the websocket transport is `ws`'s. Long-polling uses
+// the package's own `LongPoll`: 1.8's falls back to `fetch`, 1.7's needs XMLHttpRequest,
+// which Node 20 lacks, so phoenix 1.7 is tested over websocket only.
+
+const PHOENIX = { "1.8": require("phoenix"), "1.7": require("phoenix17") };
+const phoenixSockets = new Set();
+const phoenixRaws = new Set();
+
+/** The phoenix.js endpoint of `gw` (`/socket`; the transports add `/websocket` or `/longpoll`). */
+const phoenixEndpoint = (gw) => `ws://127.0.0.1:${gw.port}/socket`;
+
+/**
+ * A phoenix.js `Socket` to `gw`, connecting (unless `connect: false`).
+ * `transport`: "websocket" | "longpoll"; `lib`: "1.8" | "1.7"; `token`: sent as
+ * `params.token` (omitted when undefined). Other options go to the Socket (e.g.
+ * `authToken`, `heartbeatIntervalMs`). Reconnects and rejoins quickly (200 ms) so refused
+ * attempts repeat within a test. `socket.seen` records what happened:
+ * `{opens, errors: [error], closes: [code], messages: [{topic, event, payload, ref, join_ref}]}`
+ * (`messages` is every frame the client decoded, replies included).
+ */
+function phoenixSocket(gw, { transport = "websocket", lib = "1.8", token, params = {}, connect = true, ...opts } = {}) {
+  const P = PHOENIX[lib];
+  if (!P) throw new Error(`unknown phoenix lib ${lib} (use "1.8" or "1.7")`);
+  if (transport === "longpoll" && lib === "1.7")
+    throw new Error("phoenix 1.7's LongPoll needs XMLHttpRequest, which Node 20 lacks: use websocket");
+  if (transport !== "websocket" && transport !== "longpoll") throw new Error(`unknown transport ${transport}`);
+  const p = { ...params };
+  if (token !== undefined) p.token = token;
+  const socket = new P.Socket(phoenixEndpoint(gw), {
+    transport: transport === "longpoll" ? P.LongPoll : WebSocket.WebSocket,
+    params: p,
+    reconnectAfterMs: () => 200,
+    rejoinAfterMs: () => 300,
+    ...opts,
+  });
+  socket.gateway = gw;
+  socket.seen = { opens: 0, errors: [], closes: [], messages: [] };
+  socket.onOpen(() => socket.seen.opens++);
+  socket.onError((e) => socket.seen.errors.push(e));
+  socket.onClose((e) => socket.seen.closes.push(e && e.code));
+  socket.onMessage((m) => socket.seen.messages.push(m));
+  phoenixSockets.add(socket);
+  if (connect) socket.connect();
+  return socket;
+}
+
+/** Resolves once `socket.isConnected()`; rejects after `timeout`. */
+async function phoenixConnected(socket, timeout = 8000) {
+  await eventually(() => socket.isConnected(), { timeout, interval: 20, what: "phoenix socket connected" });
+  return socket;
+}
+
+/**
+ * Joins `topic` on `socket`; resolves `{status, response, channel}` with status "ok",
+ * "error" or "timeout" (never rejects). After an error reply the channel is left (unless
+ * `leaveOnError: false`), since phoenix.js would otherwise retry the join forever.
+ */
+function phoenixJoin(socket, topic, { timeout = 8000, params = {}, leaveOnError = true } = {}) {
+  const channel = socket.channel(topic, params);
+  return new Promise((resolve) => {
+    let done = false;
+    const settle = (r) => {
+      if (done) return;
+      done = true;
+      resolve({ ...r, channel });
+    };
+    channel
+      .join(timeout)
+      .receive("ok", (response) => settle({ status: "ok", response }))
+      .receive("error", (response) => {
+        if (leaveOnError) channel.leave();
+        settle({ status: "error", response });
+      })
+      .receive("timeout", () => settle({ status: "timeout", response: undefined }));
+  });
+}
+
+/** `channel.push(event, payload)` as a promise of `{status: "ok"|"error"|"timeout", response}`. */
+function phoenixPush(channel, event, payload = {}, timeout = 8000) {
+  return new Promise((resolve) => {
+    channel
+      .push(event, payload, timeout)
+      .receive("ok", (response) => resolve({ status: "ok", response }))
+      .receive("error", (response) => resolve({ status: "error", response }))
+      .receive("timeout", () => resolve({ status: "timeout" }));
+  });
+}
+
+/** `channel.leave()` as a promise of "ok" | "timeout" | "error". */
+function phoenixLeave(channel, timeout = 8000) {
+  return new Promise((resolve) => {
+    channel
+      .leave(timeout)
+      .receive("ok", () => resolve("ok"))
+      .receive("error", () => resolve("error"))
+      .receive("timeout", () => resolve("timeout"));
+  });
+}
+
+/**
+ * Record every `event` on `channel`: `{items: [{payload, ref, joinRef}], payloads(), refs(),
+ * waitCount(n, timeout)}`.
+ */
+function phoenixRecord(channel, event) {
+  const items = [];
+  const waiters = [];
+  channel.on(event, (payload, ref, joinRef) => {
+    items.push({ payload, ref, joinRef });
+    for (const w of [...waiters]) if (items.length >= w.n) w.resolve(items);
+  });
+  return {
+    items,
+    payloads: () => items.map((i) => i.payload),
+    refs: () => items.map((i) => i.ref),
+    waitCount(n, timeout = 8000) {
+      if (items.length >= n) return Promise.resolve(items);
+      return new Promise((resolve, reject) => {
+        const w = { n, resolve: (x) => (clearTimeout(t), resolve(x)) };
+        const t = setTimeout(() => {
+          waiters.splice(waiters.indexOf(w), 1);
+          reject(new Error(`phoenix "${channel.topic}" "${event}": got ${items.length} of ${n} within ${timeout} ms: ${JSON.stringify(items).slice(0, 300)}`));
+        }, timeout);
+        waiters.push(w);
+      });
+    },
+  };
+}
+
+let phoenixSentinelSeq = 0;
+/**
+ * Proves by ordering that nothing more will arrive on this connection for what was
+ * pushed before (with `wait: true`): pushes a nonce to socket `socketId` (its `pushgate`
+ * channel `direct` must be joined) and waits for it.
+ */
+async function phoenixSentinel(gw, direct, socketId, timeout = 8000) {
+  const nonce = `ps${++phoenixSentinelSeq}-${Date.now()}`;
+  const got = new Promise((resolve, reject) => {
+    const t = setTimeout(() => reject(new Error(`phoenix sentinel ${nonce} did not arrive within ${timeout} ms`)), timeout);
+    const ref = direct.on("pushgate-test-sentinel", (p) => {
+      if (p && p.n === nonce) {
+        clearTimeout(t);
+        direct.off("pushgate-test-sentinel", ref);
+        resolve();
+      }
+    });
+  });
+  await push(gw, { to: { socket: socketId }, event: "pushgate-test-sentinel", data: { n: nonce }, wait: true });
+  await got;
+}
+
+/**
+ * A token whose standard base64 has no `/`, so phoenix 1.8 can send it as `authToken`
+ * (a WebSocket subprotocol may not contain `/`; see PROTOCOL_NOTES.md). Varies `jti`.
+ */
+function phoenixAuthToken(claims = {}) {
+  for (let i = 0; i < 10_000; i++) {
+    const t = token({ ...claims, jti: `a${i}` });
+    if (!Buffer.from(t).toString("base64").includes("/")) return t;
+  }
+  throw new Error("no token without / in its base64 found");
+}
+
+/**
+ * A raw Phoenix WebSocket on `/socket/websocket?<query>` with a queue of frames
+ * (parsed JSON arrays; text that is not JSON stays a string). Resolves once open;
+ * rejects with `err.status` = the HTTP status when the upgrade is refused.
+ * `r.next(pred, timeout)` takes the next matching frame (others stay queued),
+ * `r.send(frame)` sends an array as JSON or a string as is, `r.closed` resolves
+ * `{code, reason, at}` when the socket closes.
+ */
+function rawPhoenix(gw, { query = "vsn=2.0.0", token: tok, protocols, headers } = {}) {
+  const q = tok === undefined ? query : `${query}&token=${encodeURIComponent(tok)}`;
+  const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket/websocket?${q}`, protocols, { headers });
+  const r = { ws, gateway: gw, frames: [], closeInfo: null, sent: 0 };
+  const waiters = [];
+  phoenixRaws.add(r);
+  r.closed = new Promise((resolve) => {
+    ws.on("close", (code, reason) => {
+      r.closeInfo = { code, reason: reason.toString(), at: Date.now() };
+      resolve(r.closeInfo);
+      for (const w of waiters.splice(0)) w.reject(new Error(`socket closed (${code}) while waiting for a frame`));
+    });
+  });
+  ws.on("error", () => {});
+  ws.on("message", (data, isBinary) => {
+    let f = isBinary ? Buffer.from(data) : data.toString();
+    if (typeof f === "string") {
+      try {
+        f = JSON.parse(f);
+      } catch {}
+    }
+    r.frames.push(f);
+    for (const w of [...waiters]) {
+      const i = r.frames.findIndex(w.pred);
+      if (i >= 0) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(r.frames.splice(i, 1)[0]);
+      }
+    }
+  });
+  r.next = (pred = () => true, timeout = 5000) => {
+    const i = r.frames.findIndex(pred);
+    if (i >= 0) return Promise.resolve(r.frames.splice(i, 1)[0]);
+    if (r.closeInfo) return Promise.reject(new Error(`socket already closed (${r.closeInfo.code})`));
+    return new Promise((resolve, reject) => {
+      const w = {
+        pred,
+        resolve: (m) => (clearTimeout(t), resolve(m)),
+        reject: (e) => (clearTimeout(t), reject(e)),
+      };
+      const t = setTimeout(() => {
+        waiters.splice(waiters.indexOf(w), 1);
+        reject(new Error(`no matching phoenix frame within ${timeout} ms; queued: ${JSON.stringify(r.frames.slice(0, 5))}`));
+      }, timeout);
+      waiters.push(w);
+    });
+  };
+  /** The reply to the frame whose ref is `ref`. */
+  r.reply = (ref, timeout) => r.next((f) => Array.isArray(f) && f[1] === ref && f[3] === "phx_reply", timeout);
+  r.send = (frame) => {
+    r.sent = Date.now();
+    ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
+  };
+  return new Promise((resolve, reject) => {
+    ws.once("open", () => resolve(r));
+    ws.once("unexpected-response", (req, res) => {
+      const e = new Error(`upgrade refused: HTTP ${res.statusCode}`);
+      e.status = res.statusCode;
+      res.resume();
+      reject(e);
+    });
+    ws.once("error", (e) => reject(e));
+  });
+}
+
+/** The HTTP status a refused Phoenix WebSocket upgrade gets (throws if it is accepted). */
+async function phoenixUpgradeStatus(gw, opts) {
+  try {
+    const r = await rawPhoenix(gw, opts);
+    r.ws.terminate();
+  } catch (e) {
+    if (e.status) return e.status;
+    throw e;
+  }
+  throw new Error("the upgrade was accepted");
+}
+
+/** One long-poll GET on `/socket/longpoll?<query>`: resolves the parsed JSON body and the HTTP status. */
+async function phoenixLongpollGet(gw, query = "vsn=2.0.0", headers = {}) {
+  const res = await fetch(`${gw.url}/socket/longpoll?${query}`, {
+    headers: { accept: "application/json", ...headers },
+    signal: AbortSignal.timeout(15_000),
+  });
+  const text = await res.text();
+  let body = text;
+  try {
+    body = JSON.parse(text);
+  } catch {}
+  return { httpStatus: res.status, body, text };
+}
+
+/** Disconnect every phoenix Socket and raw Phoenix WebSocket opened here. Use in `afterEach`. */
+async function phoenixCleanup() {
+  for (const s of phoenixSockets) {
+    try {
+      s.disconnect();
+    } catch {}
+  }
+  phoenixSockets.clear();
+  for (const r of phoenixRaws) {
+    try {
+      r.ws.terminate();
+    } catch {}
+  }
+  phoenixRaws.clear();
+}
+
+Object.assign(module.exports, {
+  PHOENIX,
+  phoenixEndpoint,
+  phoenixSocket,
+  phoenixConnected,
+  phoenixJoin,
+  phoenixPush,
+  phoenixLeave,
+  phoenixRecord,
+  phoenixSentinel,
+  phoenixAuthToken,
+  rawPhoenix,
+  phoenixUpgradeStatus,
+  phoenixLongpollGet,
+  phoenixCleanup,
+});
