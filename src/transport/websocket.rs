@@ -168,9 +168,14 @@ pub async fn upgraded(
 /// stored twice), and it selects and writes with `poll_fn` rather than nested futures.
 // Not `async fn`: that form stores the arguments twice (see the doc above).
 #[allow(clippy::manual_async_fn)]
-pub fn run<P: Peer>(peer: Arc<P>, mut ws: Ws, beat: Heartbeat) -> impl Future<Output = ()> + Send {
+pub fn run<P: Peer>(
+    peer: Arc<P>,
+    mut ws: Ws,
+    mut beat: Heartbeat,
+) -> impl Future<Output = ()> + Send {
+    // `beat` is `mut` here, not rebound inside: a rebinding would be a second copy in
+    // the future's state.
     async move {
-        let mut beat = beat;
         let sleep = tokio::time::sleep_until(beat.deadline().into());
         tokio::pin!(sleep);
         let mut batch: Vec<Queued> = Vec::new();

@@ -721,15 +721,27 @@ function phoenixPush(channel, event, payload = {}, timeout = 8000) {
   });
 }
 
-/** `channel.leave()` as a promise of "ok" | "timeout" | "error". */
-function phoenixLeave(channel, timeout = 8000) {
-  return new Promise((resolve) => {
-    channel
-      .leave(timeout)
-      .receive("ok", () => resolve("ok"))
-      .receive("error", () => resolve("error"))
-      .receive("timeout", () => resolve("timeout"));
-  });
+/**
+ * `channel.leave()`, resolving the status of the SERVER's reply ("ok" | "error"), or
+ * "timeout". phoenix.js fires the leave push's "ok" locally at once (the channel is no
+ * longer joined, so `canPush()` is false), so that hook says nothing about the server;
+ * this waits for the `phx_reply` with the leave's ref instead (the socket must come from
+ * `phoenixSocket`, which records every frame).
+ */
+async function phoenixLeave(channel, timeout = 8000) {
+  const socket = channel.socket;
+  if (!socket.seen) throw new Error("phoenixLeave needs a socket made by phoenixSocket");
+  const leavePush = channel.leave(timeout);
+  const ref = leavePush.ref;
+  try {
+    const reply = await eventually(
+      () => socket.seen.messages.find((m) => m.ref === ref && m.topic === channel.topic && m.event === "phx_reply"),
+      { timeout, interval: 10, what: `the server's reply to phx_leave ${channel.topic} (ref ${ref})` }
+    );
+    return reply.payload && reply.payload.status;
+  } catch {
+    return "timeout";
+  }
 }
 
 /**
