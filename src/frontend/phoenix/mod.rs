@@ -327,7 +327,10 @@ impl Phoenix {
                     }
                     continue;
                 }
-                if conn.last_seen.lock().elapsed() >= timeout {
+                // A held poll is the client waiting on us, not silence (phoenix.js
+                // sends no heartbeats over long-poll).
+                let polling = conn.polling.load(std::sync::atomic::Ordering::Acquire);
+                if !polling && conn.last_seen.lock().elapsed() >= timeout {
                     return conn.close(CloseReason::PingTimeout);
                 }
             }
