@@ -19,6 +19,15 @@ fn a_malformed_redis_url_stops_the_process_and_names_the_setting() {
 }
 
 #[test]
+fn a_redis_url_with_a_wrong_scheme_stops_the_process_with_one_message() {
+    let (status, stderr) = run_to_exit(&[("PUSHGATE_REDIS_URL", "http://x")]);
+    assert!(!status.success());
+    assert!(stderr.contains("PUSHGATE_REDIS_URL"), "{stderr}");
+    assert!(stderr.contains("unsupported scheme"), "{stderr}");
+    assert_eq!(stderr.matches("unsupported scheme").count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_bad_setting_stops_the_process_and_names_the_setting() {
     let (status, stderr) = run_to_exit(&[("PUSHGATE_PING_INTERVAL_MS", "soon")]);
     assert!(!status.success());
