@@ -201,12 +201,26 @@ impl Metrics {
 
     /// The Prometheus text exposition of every metric.
     pub fn render(&self) -> String {
+        self.render_for(true)
+    }
+
+    /// The exposition for a node with (`with_bus`) or without a Redis bus. Without
+    /// one, the bus and registry families are left out: a single node exporting
+    /// `pushgate_bus_up 0` would read as an outage to any alert on it.
+    pub fn render_for(&self, with_bus: bool) -> String {
+        let mut families = self.registry.gather();
+        if !with_bus {
+            families.retain(|f| !BUS_FAMILY_PREFIXES.iter().any(|p| f.name().starts_with(p)));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
 }
+
+/// Families exported only by a node with a Redis bus (see [`Metrics::render_for`]).
+const BUS_FAMILY_PREFIXES: &[&str] = &["pushgate_bus_", "pushgate_registry_"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -217,6 +231,22 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_node_without_a_bus_exports_no_bus_metrics() {
+        let m = Metrics::new();
+        m.registry_errors.with_label_values(&["write"]).inc();
+        let single = m.render_for(false);
+        assert!(!single.contains("pushgate_bus_"), "{single}");
+        assert!(!single.contains("pushgate_registry_"), "{single}");
+        assert!(single.contains("pushgate_connections"), "{single}");
+        let cluster = m.render_for(true);
+        assert!(cluster.contains("pushgate_bus_up 0"), "{cluster}");
+        assert!(
+            cluster.contains("pushgate_registry_errors_total"),
+            "{cluster}"
+        );
+    }
 
     #[test]
     fn rendered_text_names_every_metric_of_the_readme() {

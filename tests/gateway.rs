@@ -43,6 +43,19 @@ async fn the_log_names_the_address_and_the_mode() {
 }
 
 #[tokio::test]
+async fn a_single_node_exports_no_bus_metrics() {
+    let gw = Gateway::start(&[]);
+    let text = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("pushgate_bus_"), "{text}");
+    assert!(!text.contains("pushgate_registry_"), "{text}");
+}
+
+#[tokio::test]
 async fn an_acked_room_push_reports_the_ack_of_the_socket_that_got_it() {
     let secret = "test-secret";
     let gw = Gateway::start(&[("PUSHGATE_JWT_SECRET", secret)]);
