@@ -43,7 +43,7 @@ async fn the_log_names_the_address_and_the_mode() {
 }
 
 #[tokio::test]
-async fn a_single_node_exports_no_bus_metrics() {
+async fn a_single_node_exports_no_bus_metrics_but_every_known_counter_at_zero() {
     let gw = Gateway::start(&[]);
     let text = reqwest::get(gw.url("/metrics"))
         .await
@@ -53,6 +53,10 @@ async fn a_single_node_exports_no_bus_metrics() {
         .unwrap();
     assert!(!text.contains("pushgate_bus_"), "{text}");
     assert!(!text.contains("pushgate_registry_"), "{text}");
+    assert!(
+        text.contains(r#"pushgate_disconnects_total{frontend="socketio",reason="slow_client"} 0"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]
