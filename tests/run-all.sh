@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (the workspace,
 # loadtest included), then the Node suite that drives the real gateway binary with
-# the real socket.io-client. Needs cargo, Node 20+ and npm.
+# the real socket.io-client. Needs cargo, Node 20+, npm, redis-server (the cluster
+# tests start their own on free ports) and haproxy (the failover test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
