@@ -11,6 +11,8 @@ cargo test --workspace
 
 echo "== Node suite (tests/node) against target/debug/pushgate"
 cargo build --bin pushgate
+# The binary is where cargo put it: CARGO_TARGET_DIR when set, else target/.
+bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/pushgate"
 cd tests/node
 npm ci --no-audit --no-fund
-PUSHGATE_BIN="$PWD/../../target/debug/pushgate" npm test
+PUSHGATE_BIN="$bin" npm test
