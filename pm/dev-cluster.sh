@@ -12,8 +12,8 @@
 #   PUSHGATE_LB_PORT     HAProxy port (default 3000)
 #   PUSHGATE_LB_HOST     HAProxy bind address (default 127.0.0.1)
 #   PUSHGATE_RUN_DIR     PIDs, logs, rendered config (default target/dev-cluster)
-#   PUSHGATE_DEV_REDIS   1 = give the gateways PUSHGATE_REDIS_URL (needs the Redis
-#                        bus); otherwise each gateway is an independent node.
+#   PUSHGATE_DEV_REDIS   1 (default) = the gateways share the Redis bus and are one
+#                        cluster; 0 = each gateway is an independent single node.
 # Every other PUSHGATE_* variable (API keys, JWT secret, ...) and RUST_LOG is
 # passed on to the gateways unchanged.
 #
@@ -31,7 +31,7 @@ base_port=${PUSHGATE_BASE_PORT:-3001}
 lb_port=${PUSHGATE_LB_PORT:-3000}
 lb_host=${PUSHGATE_LB_HOST:-127.0.0.1}
 run_dir=${PUSHGATE_RUN_DIR:-$repo/target/dev-cluster}
-dev_redis=${PUSHGATE_DEV_REDIS:-0}
+dev_redis=${PUSHGATE_DEV_REDIS:-1}
 # The gateway drains for PUSHGATE_SHUTDOWN_TIMEOUT_MS (10 s by default) on SIGTERM.
 gw_stop_secs=$(((${PUSHGATE_SHUTDOWN_TIMEOUT_MS:-10000} + 999) / 1000 + 10))
 
@@ -247,9 +247,9 @@ start_all() {
     log "redis      $redis_url (pid $(pid_of redis))"
 
     if [[ $dev_redis == 1 ]]; then
-        log "PUSHGATE_DEV_REDIS=1: the gateways share the Redis bus at $redis_url"
+        log "the gateways are one cluster on the Redis bus at $redis_url"
     else
-        log "note: PUSHGATE_DEV_REDIS is not set, so the gateways are independent nodes (no shared bus; a push reaches only the clients of the node that received it)"
+        log "PUSHGATE_DEV_REDIS=0: the gateways are independent nodes (a push reaches only the clients of the node that received it)"
     fi
 
     # Gateways.

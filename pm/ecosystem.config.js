@@ -4,16 +4,23 @@
 //   PUSHGATE_NODES=4 pm2 start pm/ecosystem.config.js
 //   pm2 ls; pm2 logs pushgate-gw1; pm2 stop pm/ecosystem.config.js
 //
+// `pm2 stop|restart|delete pm/ecosystem.config.js` acts on the gateways the
+// file names, so without PUSHGATE_NODES it must still name all of them: the
+// count of the last start with PUSHGATE_NODES set is kept in
+// target/pm2/nodes and used when the variable is unset. `pm2 stop
+// /^pushgate-gw/` stops every gateway whatever the file says.
+//
 // Gateway K (gw1..gwN) listens on 127.0.0.1:(PUSHGATE_BASE_PORT + K - 1), so
 // 3001..300N by default, behind HAProxy (pm/render-haproxy.sh -n N).
 //
 // Read from the environment of `pm2 start`:
-//   PUSHGATE_NODES       number of gateways (default 3)
+//   PUSHGATE_NODES       number of gateways (default: the last count given, else 3)
 //   PUSHGATE_BASE_PORT   port of gw1 (default 3001)
 //   PUSHGATE_BIND_HOST   address the gateways listen on (default 127.0.0.1)
 //   PUSHGATE_BIN         gateway binary (default target/release/pushgate)
-//   PUSHGATE_REDIS_URL   passed on when set. Until the Redis bus lands the
-//                        gateways refuse it; leave it unset for now.
+//   PUSHGATE_REDIS_URL   passed on when set: the gateways form one cluster on
+//                        that Redis (e.g. redis://127.0.0.1:6390). Unset = each
+//                        gateway is an independent single node.
 //   PUSHGATE_API_KEYS, PUSHGATE_JWT_SECRET, PUSHGATE_NAMESPACES, ... and RUST_LOG
 //                        are inherited by the gateways as they are.
 //
@@ -22,6 +29,7 @@
 // sends SIGKILL after kill_timeout, which is set above that.
 "use strict";
 
+const fs = require("fs");
 const path = require("path");
 
 const repo = path.resolve(__dirname, "..");
@@ -36,7 +44,26 @@ function intFromEnv(name, dflt, min, max) {
   return n;
 }
 
-const nodes = intFromEnv("PUSHGATE_NODES", 3, 1, 1000);
+// The count of the last `PUSHGATE_NODES=N pm2 start`, so that a later `pm2 stop`
+// without the variable names every gateway that start started.
+const nodesFile = path.join(repo, "target", "pm2", "nodes");
+function rememberedNodes() {
+  try {
+    const n = Number(fs.readFileSync(nodesFile, "utf8").trim());
+    return Number.isInteger(n) && n >= 1 && n <= 1000 ? n : 3;
+  } catch {
+    return 3;
+  }
+}
+const nodes = intFromEnv("PUSHGATE_NODES", rememberedNodes(), 1, 1000);
+if (process.env.PUSHGATE_NODES) {
+  try {
+    fs.mkdirSync(path.dirname(nodesFile), { recursive: true });
+    fs.writeFileSync(nodesFile, `${nodes}\n`);
+  } catch {
+    // Read-only checkout: `pm2 stop /^pushgate-gw/` still stops them all.
+  }
+}
 const basePort = intFromEnv("PUSHGATE_BASE_PORT", 3001, 1, 65535 - nodes + 1);
 const host = process.env.PUSHGATE_BIND_HOST || "127.0.0.1";
 const bin = path.resolve(repo, process.env.PUSHGATE_BIN || "target/release/pushgate");

@@ -569,7 +569,9 @@ async fn metrics(State(api): Shared) -> Response {
             header::CONTENT_TYPE,
             HeaderValue::from_static("text/plain; version=0.0.4"),
         )],
-        api.metrics.render(),
+        // Bus metrics only where a bus exists: `pushgate_bus_up 0` on a single node
+        // would read as an outage.
+        api.metrics.render_for(api.cluster.is_some()),
     )
         .into_response()
 }

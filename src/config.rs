@@ -376,10 +376,13 @@ impl Config {
                 format!("at least {MIN_REGISTRY_TTL_MS}"),
             ));
         }
+        let redis_url = pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url)
+            .map(|url| check_redis_url(&url).map(|()| url))
+            .transpose()?;
         let ms = Duration::from_millis;
         let config = Config {
             listen,
-            redis_url: pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url),
+            redis_url,
             redis_prefix,
             registry_ttl: ms(registry_ttl_ms),
             api_keys,
@@ -461,6 +464,82 @@ impl Config {
         }
         Ok(config)
     }
+}
+
+/// The Redis URL schemes this build can connect with, and what each means to fred.
+/// TLS (`rediss://`, `rediss-cluster://`, …) is refused rather than accepted: fred is
+/// built without a TLS feature, so it would speak plain TCP to a TLS port and the node
+/// would sit in `redis_unavailable` forever.
+pub const REDIS_URL_SCHEMES: &[&str] = &[
+    "redis://",
+    "redis-cluster://",
+    "redis-sentinel://",
+    "redis+unix://",
+];
+
+/// The setting as a user may have written it, for error messages.
+const REDIS_URL_SETTING: &str = "PUSHGATE_REDIS_URL (--redis-url)";
+
+/// Refuses, at start, a Redis URL the bus could never connect with: a scheme other
+/// than [`REDIS_URL_SCHEMES`], or a URL fred's own parser (the one the bus uses)
+/// rejects. The message names the setting and the problem and never shows a password.
+fn check_redis_url(url: &str) -> Result<(), ConfigError> {
+    let shown = redact_url_password(url);
+    let refuse = |message: String| ConfigError::Invalid {
+        name: REDIS_URL_SETTING,
+        value: shown.clone(),
+        message,
+    };
+    let expected = REDIS_URL_SCHEMES.join(", ");
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return Err(refuse(format!("not a URL; expected one of {expected}")));
+    };
+    let scheme = scheme.to_ascii_lowercase();
+    if scheme.starts_with("rediss") {
+        return Err(refuse(format!(
+            "TLS to Redis is not built into this gateway; use one of {expected} \
+             (a TLS tunnel such as stunnel can carry redis://)"
+        )));
+    }
+    if !REDIS_URL_SCHEMES
+        .iter()
+        .any(|s| s.trim_end_matches("://") == scheme)
+    {
+        return Err(refuse(format!(
+            "unsupported scheme {scheme:?}; expected one of {expected}"
+        )));
+    }
+    if scheme == "redis+unix" {
+        if !rest.starts_with('/') {
+            return Err(refuse(
+                "a unix socket URL needs an absolute path, e.g. redis+unix:///run/redis.sock"
+                    .to_owned(),
+            ));
+        }
+    } else {
+        let authority = &rest[..rest.find(['/', '?', '#']).unwrap_or(rest.len())];
+        let host = authority.rsplit('@').next().unwrap_or_default();
+        if host.is_empty() || host.starts_with(':') {
+            return Err(refuse("no host".to_owned()));
+        }
+    }
+    fred::types::config::Config::from_url(url)
+        .map(drop)
+        .map_err(|e| refuse(format!("malformed: {}", e.details())))
+}
+
+/// `scheme://user:secret@host` → `scheme://user:<redacted>@host`.
+fn redact_url_password(url: &str) -> String {
+    let Some((scheme, rest)) = url.split_once("://") else {
+        return url.to_owned();
+    };
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return url.to_owned();
+    };
+    let userinfo = &rest[..at];
+    let user = userinfo.split_once(':').map_or("", |(user, _)| user);
+    format!("{scheme}://{user}:<redacted>{}", &rest[at..])
 }
 
 fn invalid(name: &'static str, value: &str, message: impl ToString) -> ConfigError {
@@ -558,6 +637,65 @@ mod tests {
         assert!(from_env(&[("PUSHGATE_QUEUE_CAPACITY", "0")]).is_err());
         assert!(from_env(&[("PUSHGATE_NODE_ID", "a.b")]).is_err());
         assert!(from_env(&[("PUSHGATE_NAMESPACES", "chat")]).is_err());
+    }
+
+    #[test]
+    fn every_supported_redis_url_scheme_is_accepted() {
+        for url in [
+            "redis://127.0.0.1:6390",
+            "redis://:pw@redis.internal/2",
+            "redis://user:pw@[::1]:6390",
+            "redis-cluster://10.0.0.1:7000?node=10.0.0.2:7000&node=10.0.0.3:7000",
+            "redis-sentinel://10.0.0.1:26379/0?sentinelServiceName=main",
+            "redis+unix:///run/redis/redis.sock",
+        ] {
+            let c = from_env(&[("PUSHGATE_REDIS_URL", url)])
+                .unwrap_or_else(|e| panic!("{url} refused: {e}"));
+            assert_eq!(c.redis_url.as_deref(), Some(url));
+        }
+    }
+
+    #[test]
+    fn a_wrong_or_malformed_redis_url_names_the_setting_and_the_problem() {
+        for (url, problem) in [
+            ("http://x", "unsupported scheme \"http\""),
+            ("127.0.0.1:6379", "not a URL"),
+            ("not a url", "not a URL"),
+            ("rediss://cache:6380", "TLS"),
+            ("rediss-cluster://cache:6380", "TLS"),
+            ("redis://", "no host"),
+            ("redis://:6390", "no host"),
+            ("redis://host:99999", "malformed"),
+            ("redis://host:6390/a/b", "malformed"),
+            ("redis://host:6390/x", "malformed"),
+            ("redis-cluster://a:7000?node=b", "malformed"),
+            ("redis-sentinel://a:26379", "malformed"),
+            ("redis+unix://relative.sock", "absolute path"),
+        ] {
+            let err = from_env(&[("PUSHGATE_REDIS_URL", url)])
+                .err()
+                .unwrap_or_else(|| panic!("{url} accepted"))
+                .to_string();
+            assert!(err.contains("PUSHGATE_REDIS_URL"), "{url}: {err}");
+            assert!(err.contains("--redis-url"), "{url}: {err}");
+            assert!(err.contains(problem), "{url}: {err}");
+        }
+        let flags = Flags {
+            redis_url: Some("http://x".into()),
+            ..Flags::default()
+        };
+        assert!(Config::resolve(flags, |_| None, None).is_err());
+    }
+
+    #[test]
+    fn a_refused_redis_url_never_shows_its_password() {
+        for url in ["http://u:hunter2@x", "redis://:hunter2@host:99999"] {
+            let err = from_env(&[("PUSHGATE_REDIS_URL", url)])
+                .unwrap_err()
+                .to_string();
+            assert!(!err.contains("hunter2"), "{err}");
+            assert!(err.contains("<redacted>"), "{err}");
+        }
     }
 
     #[test]

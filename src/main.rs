@@ -14,8 +14,9 @@ fn main() -> std::process::ExitCode {
         .init();
     match run() {
         Ok(()) => std::process::ExitCode::SUCCESS,
+        // Printed once, here: the error also used to go through `tracing::error!`, and
+        // both write to stderr, so every configuration error appeared twice.
         Err(e) => {
-            tracing::error!("{e:#}");
             eprintln!("pushgate: {e:#}");
             std::process::ExitCode::FAILURE
         }

@@ -87,7 +87,7 @@ impl Metrics {
             connections: connections.with_label_values(&[f.as_str()]),
             deliveries: deliveries.with_label_values(&[f.as_str()]),
         });
-        Self {
+        let metrics = Self {
             connects: reg!(counter(
                 "pushgate_connects_total",
                 "Client connections accepted.",
@@ -194,7 +194,9 @@ impl Metrics {
             deliveries,
             frontends,
             registry,
-        }
+        };
+        metrics.start_known_series_at_zero();
+        metrics
     }
 
     /// The Prometheus text exposition of every metric.
@@ -218,12 +220,117 @@ impl Metrics {
     }
 
     pub fn render(&self) -> String {
+        self.render_for(true)
+    }
+
+    /// The exposition for a node with (`with_bus`) or without a Redis bus. Without
+    /// one, the bus and registry families are left out: a single node exporting
+    /// `pushgate_bus_up 0` would read as an outage to any alert on it.
+    pub fn render_for(&self, with_bus: bool) -> String {
+        let mut families = self.registry.gather();
+        if !with_bus {
+            families.retain(|f| !BUS_FAMILY_PREFIXES.iter().any(|p| f.name().starts_with(p)));
+        }
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for the text format.
-        let _ = TextEncoder::new().encode(&self.registry.gather(), &mut buf);
+        let _ = TextEncoder::new().encode(&families, &mut buf);
         String::from_utf8(buf).unwrap_or_default()
     }
+
+    /// Creates every series whose label values are known in advance, at 0, so each
+    /// exists from the first scrape: a dashboard panel or an alert over a counter that
+    /// was never incremented would otherwise say "No data" on a healthy node, and
+    /// `rate()` would miss the first increment. Label values the code may use but that
+    /// are not listed here still work; they only appear at their first use.
+    fn start_known_series_at_zero(&self) {
+        for f in Frontend::ALL.map(Frontend::as_str) {
+            self.connects.with_label_values(&[f]);
+            self.queue_overflows.with_label_values(&[f]);
+            for reason in DISCONNECT_REASONS {
+                self.disconnects.with_label_values(&[f, reason]);
+            }
+            for reason in CONNECT_ERROR_REASONS {
+                self.connect_errors.with_label_values(&[f, reason]);
+            }
+        }
+        for target in PUSH_TARGETS {
+            self.pushes.with_label_values(&[target]);
+        }
+        for reason in DELIVERY_FAILURE_REASONS {
+            self.delivery_failures.with_label_values(&[reason]);
+        }
+        for outcome in ACK_OUTCOMES {
+            self.acks.with_label_values(&[outcome]);
+        }
+        for op in ["join", "leave"] {
+            for outcome in ["ok", "refused"] {
+                self.client_joins.with_label_values(&[op, outcome]);
+            }
+        }
+        for kind in CLIENT_EVENT_KINDS {
+            self.client_events.with_label_values(&[kind]);
+        }
+        // Every scrape is a request to /metrics: its series exist before it counts one.
+        self.http_requests.with_label_values(&["/metrics", "200"]);
+        self.http_request_seconds.with_label_values(&["/metrics"]);
+        for direction in ["in", "out"] {
+            for kind in BUS_CHANNEL_KINDS {
+                self.bus_messages.with_label_values(&[direction, kind]);
+            }
+        }
+        for kind in BUS_CHANNEL_KINDS {
+            self.bus_subscriptions.with_label_values(&[kind]);
+        }
+        for reason in BUS_DROP_REASONS {
+            self.bus_dropped.with_label_values(&[reason]);
+        }
+        for op in REGISTRY_OPS {
+            self.registry_errors.with_label_values(&[op]);
+        }
+    }
 }
+
+/// Families exported only by a node with a Redis bus (see [`Metrics::render_for`]).
+const BUS_FAMILY_PREFIXES: &[&str] = &["pushgate_bus_", "pushgate_registry_"];
+
+// Label values known in advance, started at 0 by `start_known_series_at_zero`. Each
+// list mirrors the code that uses the values (named on each); a test below checks the
+// ones that have an enum.
+/// `crate::connection::CloseReason::as_str`.
+const DISCONNECT_REASONS: &[&str] = &[
+    "client",
+    "transport_close",
+    "transport_error",
+    "ping_timeout",
+    "connect_timeout",
+    "protocol_error",
+    "slow_client",
+    "kicked",
+    "shutdown",
+];
+/// `crate::auth::AuthError::code` and the Socket.IO handler's refusals.
+const CONNECT_ERROR_REASONS: &[&str] = &[
+    "missing_token",
+    "expired_token",
+    "bad_signature",
+    "invalid_token",
+    "invalid_namespace",
+    "duplicate",
+];
+/// `crate::push::Target`'s `target` label.
+const PUSH_TARGETS: &[&str] = &["all", "user", "users", "room", "socket"];
+/// The hub's failed enqueues.
+const DELIVERY_FAILURE_REASONS: &[&str] = &["queue_full", "closed"];
+/// The delivery tracker's ack outcomes.
+const ACK_OUTCOMES: &[&str] = &["acked", "timed_out"];
+/// The gateway behaviour's client events.
+const CLIENT_EVENT_KINDS: &[&str] = &["join", "leave", "ack", "unknown"];
+/// The Redis bus's channel kinds.
+const BUS_CHANNEL_KINDS: &[&str] = &["broadcast", "user", "room", "inbox"];
+/// `crate::bus::envelope::DecodeError::reason`, and `lagged`.
+const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
+/// The registry's failing operations.
+const REGISTRY_OPS: &[&str] = &["write", "refresh", "read"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -234,6 +341,62 @@ impl Default for Metrics {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn known_label_values_are_exported_at_zero_before_first_use() {
+        let text = Metrics::new().render();
+        for series in [
+            r#"pushgate_disconnects_total{frontend="socketio",reason="slow_client"} 0"#,
+            r#"pushgate_connect_errors_total{frontend="socketio",reason="expired_token"} 0"#,
+            r#"pushgate_delivery_failures_total{reason="queue_full"} 0"#,
+            r#"pushgate_delivery_failures_total{reason="closed"} 0"#,
+            r#"pushgate_acks_total{outcome="timed_out"} 0"#,
+            r#"pushgate_pushes_total{target="users"} 0"#,
+            r#"pushgate_queue_overflows_total{frontend="socketio"} 0"#,
+            r#"pushgate_client_joins_total{op="leave",outcome="refused"} 0"#,
+            r#"pushgate_client_events_total{kind="unknown"} 0"#,
+            r#"pushgate_http_requests_total{route="/metrics",status="200"} 0"#,
+            r#"pushgate_bus_messages_total{direction="in",kind="broadcast"} 0"#,
+            r#"pushgate_bus_messages_dropped_total{reason="lagged"} 0"#,
+            r#"pushgate_registry_errors_total{op="refresh"} 0"#,
+        ] {
+            assert!(text.contains(series), "missing {series}");
+        }
+    }
+
+    #[test]
+    fn the_disconnect_reasons_started_at_zero_are_the_close_reasons() {
+        use crate::connection::CloseReason::*;
+        for r in [
+            Client,
+            TransportClose,
+            TransportError,
+            PingTimeout,
+            ConnectTimeout,
+            ProtocolError,
+            SlowClient,
+            Kicked,
+            Shutdown,
+        ] {
+            assert!(DISCONNECT_REASONS.contains(&r.as_str()), "{}", r.as_str());
+        }
+    }
+
+    #[test]
+    fn a_node_without_a_bus_exports_no_bus_metrics() {
+        let m = Metrics::new();
+        m.registry_errors.with_label_values(&["write"]).inc();
+        let single = m.render_for(false);
+        assert!(!single.contains("pushgate_bus_"), "{single}");
+        assert!(!single.contains("pushgate_registry_"), "{single}");
+        assert!(single.contains("pushgate_connections"), "{single}");
+        let cluster = m.render_for(true);
+        assert!(cluster.contains("pushgate_bus_up 0"), "{cluster}");
+        assert!(
+            cluster.contains("pushgate_registry_errors_total"),
+            "{cluster}"
+        );
+    }
 
     #[test]
     fn rendered_text_names_every_metric_of_the_readme() {

@@ -369,6 +369,7 @@ async fn a_redis_restart_keeps_every_client_and_the_cluster_delivers_again() {
         .await;
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"]["code"], "unavailable");
+    assert_eq!(c.nodes[0].metric("pushgate_bus_up", &[]).await, 0.0);
     // Clients stay connected: their node still knows them.
     assert_eq!(
         c.nodes[0].get(&format!("/v1/sockets/{}", a1.sid)).await.0,
@@ -410,6 +411,7 @@ async fn a_redis_restart_keeps_every_client_and_the_cluster_delivers_again() {
             .await
             >= 1.0
     );
+    assert_eq!(c.nodes[0].metric("pushgate_bus_up", &[]).await, 1.0);
 }
 
 #[tokio::test(flavor = "multi_thread")]

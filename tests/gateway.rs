@@ -19,6 +19,15 @@ fn a_malformed_redis_url_stops_the_process_and_names_the_setting() {
 }
 
 #[test]
+fn a_redis_url_with_a_wrong_scheme_stops_the_process_with_one_message() {
+    let (status, stderr) = run_to_exit(&[("PUSHGATE_REDIS_URL", "http://x")]);
+    assert!(!status.success());
+    assert!(stderr.contains("PUSHGATE_REDIS_URL"), "{stderr}");
+    assert!(stderr.contains("unsupported scheme"), "{stderr}");
+    assert_eq!(stderr.matches("unsupported scheme").count(), 1, "{stderr}");
+}
+
+#[test]
 fn a_bad_setting_stops_the_process_and_names_the_setting() {
     let (status, stderr) = run_to_exit(&[("PUSHGATE_PING_INTERVAL_MS", "soon")]);
     assert!(!status.success());
@@ -31,6 +40,23 @@ async fn the_log_names_the_address_and_the_mode() {
     let log = gw.log();
     assert!(log.contains(&format!("listening on {}", gw.addr)), "{log}");
     assert!(log.contains("single node"), "{log}");
+}
+
+#[tokio::test]
+async fn a_single_node_exports_no_bus_metrics_but_every_known_counter_at_zero() {
+    let gw = Gateway::start(&[]);
+    let text = reqwest::get(gw.url("/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(!text.contains("pushgate_bus_"), "{text}");
+    assert!(!text.contains("pushgate_registry_"), "{text}");
+    assert!(
+        text.contains(r#"pushgate_disconnects_total{frontend="socketio",reason="slow_client"} 0"#),
+        "{text}"
+    );
 }
 
 #[tokio::test]

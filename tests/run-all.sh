@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Runs every test of the project: Rust unit and integration tests (the workspace,
 # loadtest included), then the Node suite that drives the real gateway binary with
-# the real socket.io-client and phoenix clients. Needs cargo, Node 20+, npm and
-# redis-server (the tests start their own on free ports).
+# the real socket.io-client and phoenix clients. Needs cargo, Node 20+, npm,
+# redis-server (the cluster tests start their own on free ports) and haproxy (the
+# failover test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -11,6 +12,8 @@ cargo test --workspace
 
 echo "== Node suite (tests/node) against target/debug/pushgate"
 cargo build --bin pushgate
+# The binary is where cargo put it: CARGO_TARGET_DIR when set, else target/.
+bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/pushgate"
 cd tests/node
 npm ci --no-audit --no-fund
-PUSHGATE_BIN="$PWD/../../target/debug/pushgate" npm test
+PUSHGATE_BIN="$bin" npm test

@@ -597,6 +597,7 @@ async function cleanupCluster() {
 module.exports = {
   BIN,
   startRedis,
+  freePort,
   cleanupCluster,
   SECRET,
   startGateway,

@@ -1,0 +1,152 @@
+"use strict";
+// Real HAProxy (pm/render-haproxy.sh over pm/haproxy.cfg.tmpl) in front of three
+// clustered gateways: clients connect through it, one gateway gets SIGTERM, and its
+// clients reconnect through HAProxy to the other two and receive the next pushes,
+// to all and to a user. HAProxy is required: a missing haproxy fails the suite.
+const { describe, test, before, after } = require("node:test");
+const assert = require("node:assert/strict");
+const { spawn, spawnSync } = require("node:child_process");
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const h = require("../harness");
+
+const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
+const CLIENTS = 9;
+
+describe("HAProxy failover: a gateway stops, its clients move to the others", () => {
+  let redis, nodes, lb, haproxy, dir;
+  const haproxyLog = [];
+  const clients = []; // {sock, user, got: {all, user}}
+
+  const nodeOf = async (sid) => {
+    const r = await h.api(lb, "GET", `/v1/sockets/${sid}`);
+    return r.status === 200 ? r.body.node : null;
+  };
+
+  before(async () => {
+    const v = spawnSync("haproxy", ["-v"], { encoding: "utf8" });
+    if (v.error || v.status !== 0) {
+      throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
+    }
+    redis = await h.startRedis();
+    nodes = [];
+    for (const id of ["hp1", "hp2", "hp3"]) {
+      nodes.push(
+        await h.startGateway({
+          PUSHGATE_REDIS_URL: redis.url,
+          PUSHGATE_NODE_ID: id,
+          PUSHGATE_JWT_SECRET: h.SECRET,
+          PUSHGATE_REGISTRY_TTL_MS: "3000",
+          PUSHGATE_SHUTDOWN_TIMEOUT_MS: "500",
+          PUSHGATE_WORKER_THREADS: "1",
+        })
+      );
+    }
+    const lbPort = await h.freePort();
+    lb = { url: `http://127.0.0.1:${lbPort}`, port: lbPort };
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-haproxy-"));
+    const cfg = path.join(dir, "haproxy.cfg");
+    const servers = nodes.map((n, i) => `hp${i + 1}=127.0.0.1:${n.port}`).join(",");
+    const r = spawnSync(RENDER, ["--servers", servers, "--listen", `127.0.0.1:${lbPort}`, "--maxconn", "1000", "--output", cfg], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
+    const c = spawnSync("haproxy", ["-c", "-q", "-f", cfg], { encoding: "utf8" });
+    assert.equal(c.status, 0, `haproxy -c rejects the rendered config: ${c.stderr}${c.stdout}`);
+    haproxy = spawn("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "pipe", "pipe"] });
+    for (const s of [haproxy.stdout, haproxy.stderr]) s.on("data", (d) => haproxyLog.push(d.toString()));
+    await h.eventually(async () => (await h.api(lb, "GET", "/readyz").catch(() => ({}))).status === 200, {
+      timeout: 10_000,
+      what: "HAProxy answers /readyz",
+    });
+    // Every gateway in rotation (2 good checks each) before clients arrive, so leastconn spreads them.
+    await h.sleep(4500);
+
+    for (let i = 0; i < CLIENTS; i++) {
+      const user = `hu${i}`;
+      // A third WebSocket-only, the rest the default: long-polling, then the upgrade
+      // (the sticky path through HAProxy).
+      const sock = h.client(lb, {
+        auth: { token: h.token({ sub: user }) },
+        ...(i % 3 === 0 ? { transports: ["websocket"] } : {}),
+        reconnection: true,
+        reconnectionDelay: 100,
+        reconnectionDelayMax: 500,
+        randomizationFactor: 0,
+      });
+      const c = { sock, user, got: { all: h.record(sock, "all"), user: h.record(sock, "user") } };
+      clients.push(c);
+      await h.connected(sock);
+    }
+  });
+
+  after(async () => {
+    if (haproxy && haproxy.exitCode === null) {
+      const exited = new Promise((r) => haproxy.once("exit", r));
+      haproxy.kill("SIGKILL");
+      await exited;
+    }
+    await h.cleanupCluster();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("clients that reconnect after SIGTERM reach the other gateways and get the next pushes", async () => {
+    // Where each client is, as the cluster registry says.
+    const where = new Map();
+    await h.eventually(
+      async () => {
+        for (const c of clients) where.set(c, await nodeOf(c.sock.id));
+        return clients.every((c) => where.get(c));
+      },
+      { what: "every client registered" }
+    );
+    const perNode = {};
+    for (const n of where.values()) perNode[n] = (perNode[n] ?? 0) + 1;
+    const victimId = Object.entries(perNode).sort((a, b) => b[1] - a[1])[0][0];
+    const victim = nodes[Number(victimId.slice(2)) - 1];
+    const moving = clients.filter((c) => where.get(c) === victimId);
+    assert.ok(moving.length >= 1, `no client on ${victimId}: ${JSON.stringify(perNode)}`);
+    assert.ok(Object.keys(perNode).length >= 2, `HAProxy put every client on one gateway: ${JSON.stringify(perNode)}`);
+    const oldIds = new Map(moving.map((c) => [c, c.sock.id]));
+
+    const code = await victim.stop("SIGTERM", 10_000);
+    assert.equal(code, 0, `the gateway exits 0 after SIGTERM\n${victim.logs()}`);
+
+    // Each moved client is connected again, with a new socket id on another gateway.
+    await h.eventually(
+      async () => {
+        for (const c of moving) {
+          if (!c.sock.connected || c.sock.id === oldIds.get(c)) return false;
+          const n = await nodeOf(c.sock.id);
+          if (!n || n === victimId) return false;
+        }
+        return clients.every((c) => c.sock.connected);
+      },
+      { timeout: 20_000, what: `the clients of ${victimId} reconnected through HAProxy to the others` }
+    );
+    // Everyone (moved or not) is reachable from the cluster before the pushes.
+    await h.eventually(async () => (await Promise.all(clients.map((c) => nodeOf(c.sock.id)))).every((n) => n && n !== victimId), {
+      what: "every client registered on a live gateway",
+    });
+
+    const all = await h.push(lb, { to: { all: true }, event: "all", data: "after", wait: true });
+    assert.deepEqual(all.body.report, { sockets: CLIENTS, delivered: CLIENTS, acked: 0, timed_out: 0, failed: 0 });
+    for (const c of clients) {
+      await c.got.all.waitCount(1);
+      assert.deepEqual(c.got.all.data(), ["after"]);
+    }
+    for (const c of moving) {
+      const res = await h.push(lb, { to: { user: c.user }, event: "user", data: c.user, wait: true });
+      assert.equal(res.body.report.delivered, 1, JSON.stringify(res.body));
+      await c.got.user.waitCount(1);
+      assert.deepEqual(c.got.user.data(), [c.user]);
+    }
+    // Pushes through each remaining gateway directly reach the moved clients too.
+    for (const n of nodes.filter((n) => n !== victim)) {
+      const res = await h.push(n, { to: { users: moving.map((c) => c.user) }, event: "user", data: "direct", wait: true });
+      assert.equal(res.body.report.delivered, moving.length, JSON.stringify(res.body));
+    }
+    for (const c of moving) await c.got.user.waitCount(3);
+  });
+});
