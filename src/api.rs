@@ -11,7 +11,7 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use axum::body::Bytes;
-use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Request, State};
+use axum::extract::{ConnectInfo, FromRequest, MatchedPath, Path, Query, Request, State};
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -24,10 +24,12 @@ use crate::auth::ApiKeys;
 use crate::bus::RedisBus;
 use crate::delivery::Tracker;
 use crate::hub::{Hub, SocketInfo};
-use crate::id::{NodeId, RoomName, SocketId, UserId};
+use crate::id::{Frontend, NodeId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
+use crate::presence::{self, PresenceError, Presences};
 use crate::push::{self, Push};
 use crate::push_service::{self, PushService, SendError};
+use crate::registry::NodeInfo;
 
 /// An error answer.
 #[derive(Debug)]
@@ -75,6 +77,22 @@ impl From<crate::registry::RegistryError> for ApiError {
             "unavailable",
             format!("the cluster registry cannot be read: {e}; retry later"),
         )
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::NotTracked => Self::bad_request(format!(
+                "{e}: name the room {}… to track its members",
+                presence::PREFIX
+            )),
+            PresenceError::Unavailable(_) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("{e}; retry later"),
+            ),
+        }
     }
 }
 
@@ -143,6 +161,8 @@ pub struct Api {
     pub max_body_bytes: usize,
     /// Cluster mode: the Redis bus (with its registry) that answers for other nodes.
     pub cluster: Option<Arc<RedisBus>>,
+    /// Presence, wherever it is kept (in memory, or the cluster registry).
+    pub presence: Arc<dyn Presences>,
 }
 
 impl Api {
@@ -168,6 +188,7 @@ pub fn router(api: Arc<Api>) -> Router {
             axum::routing::delete(delete_user_sockets),
         )
         .route("/v1/rooms/{room}", get(get_room))
+        .route("/v1/rooms/{room}/presence", get(get_presence))
         .route("/v1/rooms/{room}/join", post(join_room))
         .route("/v1/rooms/{room}/leave", post(leave_room))
         .route("/v1/nodes", get(nodes))
@@ -513,7 +534,7 @@ async fn change_rooms(
         for (node, sockets) in remote {
             n += c.change_room(&node, room, sockets, join).await? as usize;
         }
-        c.synced().await;
+        c.subscribed().await;
     }
     Ok(n)
 }
@@ -528,21 +549,63 @@ async fn leave_room(
     Ok(Json(json!({"room": room, "sockets": n})))
 }
 
+/// This node as `/v1/nodes` shows it, from its own counters (exact now).
+fn this_node(api: &Api) -> NodeInfo {
+    let frontends: std::collections::BTreeMap<&'static str, u64> = Frontend::ALL
+        .iter()
+        .map(|f| {
+            (
+                f.as_str(),
+                api.metrics.frontend(*f).connections.get().max(0) as u64,
+            )
+        })
+        .collect();
+    NodeInfo {
+        id: api.node.clone(),
+        connections: frontends.values().sum(),
+        frontends,
+        started_at: api.started_at,
+    }
+}
+
 async fn nodes(State(api): Shared) -> Result<Json<Value>, ApiError> {
-    let this = json!({
-        "id": api.node,
-        "connections": api.metrics.connections_total(),
-        "started_at": api.started_at,
-    });
+    let this = this_node(&api);
     let Some(c) = &api.cluster else {
         return Ok(Json(json!({ "nodes": [this] })));
     };
     let mut nodes = c.registry().nodes().await?;
-    // This node from its own counters (its heartbeat in Redis may be seconds old).
-    nodes.retain(|n| n["id"] != this["id"]);
+    nodes.retain(|n| n.id != this.id);
     nodes.push(this);
-    nodes.sort_by(|a, b| a["id"].as_str().cmp(&b["id"].as_str()));
+    nodes.sort_by(|a, b| a.id.cmp(&b.id));
     Ok(Json(json!({ "nodes": nodes })))
+}
+
+/// `GET /v1/rooms/{room}/presence`: the members of a presence room with their
+/// connection counts; `?members=false` answers the count alone, which stays one Redis
+/// read however large the room.
+async fn get_presence(
+    State(api): Shared,
+    Path(room): Path<String>,
+    Query(query): Query<HashMap<String, String>>,
+) -> Result<Json<Value>, ApiError> {
+    let name = room_name(&room)?;
+    let list = match query.get("members").map(String::as_str) {
+        None | Some("true") => true,
+        Some("false") => false,
+        Some(other) => {
+            return Err(ApiError::bad_request(format!(
+                "members must be true or false, got {other:?}"
+            )))
+        }
+    };
+    if !list {
+        let count = api.presence.count(&name).await?;
+        return Ok(Json(json!({"room": room, "count": count})));
+    }
+    let members = presence::members(&api.presence.state(&name).await?);
+    Ok(Json(
+        json!({"room": room, "count": members.len(), "members": members}),
+    ))
 }
 
 async fn readyz(State(api): Shared) -> Response {

@@ -13,6 +13,7 @@ use std::sync::Arc;
 
 use crate::connection::Frame;
 use crate::id::Frontend;
+use crate::presence::Diff;
 use crate::push::Push;
 
 /// How one frontend carries pushes.
@@ -29,6 +30,12 @@ pub trait PushCodec: Send + Sync {
     /// only when the push reaches at least one connection of this frontend, and never
     /// fails: [`PushCodec::check`] already refused what cannot be encoded.
     fn encode(&self, push: &Push, ack_id: Option<u64>) -> Vec<Frame>;
+
+    /// Renders a presence diff for this frontend's members of its room, once per diff
+    /// per node. Empty (the default) for a protocol without presence.
+    fn encode_presence(&self, _diff: &Diff) -> Vec<Frame> {
+        Vec::new()
+    }
 }
 
 /// The codecs of the frontends this node serves, by [`Frontend`].

@@ -139,8 +139,10 @@ impl Outbox {
     }
 
     /// Queues a push's frames (an event and its attachments) all or nothing. When they
-    /// do not fit, the connection starts closing as a slow client.
-    pub fn push(&self, frames: &[Frame], pushed_at: Instant) -> Enqueued {
+    /// do not fit, the connection starts closing as a slow client. `pushed_at` is when
+    /// the push was accepted (`None` for other fan-outs, such as presence diffs, which
+    /// the push-to-write histogram does not time).
+    pub fn push(&self, frames: &[Frame], pushed_at: Option<Instant>) -> Enqueued {
         let size: usize = frames.iter().map(Frame::len).sum();
         let mut q = self.queue.lock();
         if q.closing.is_some() {
@@ -159,7 +161,7 @@ impl Outbox {
         q.bytes += size;
         q.frames.extend(frames.iter().map(|frame| Queued {
             frame: frame.clone(),
-            pushed_at: Some(pushed_at),
+            pushed_at,
         }));
         drop(q);
         self.ready.notify_one();
@@ -260,9 +262,12 @@ mod tests {
     fn frames_drain_in_order() {
         let outbox = Outbox::new(8, 1024);
         let now = Instant::now();
-        assert_eq!(outbox.push(&[text("a")], now), Enqueued::Queued);
+        assert_eq!(outbox.push(&[text("a")], Some(now)), Enqueued::Queued);
         assert_eq!(
-            outbox.push(&[text("b"), Frame::Binary(Bytes::from_static(b"x"))], now),
+            outbox.push(
+                &[text("b"), Frame::Binary(Bytes::from_static(b"x"))],
+                Some(now)
+            ),
             Enqueued::Queued
         );
         let mut out = Vec::new();
@@ -282,10 +287,10 @@ mod tests {
     fn overflow_by_count_closes_as_slow_client_and_drops_the_backlog() {
         let outbox = Outbox::new(2, 1024);
         let now = Instant::now();
-        assert_eq!(outbox.push(&[text("1")], now), Enqueued::Queued);
-        assert_eq!(outbox.push(&[text("2")], now), Enqueued::Queued);
-        assert_eq!(outbox.push(&[text("3")], now), Enqueued::Overflow);
-        assert_eq!(outbox.push(&[text("4")], now), Enqueued::Closed);
+        assert_eq!(outbox.push(&[text("1")], Some(now)), Enqueued::Queued);
+        assert_eq!(outbox.push(&[text("2")], Some(now)), Enqueued::Queued);
+        assert_eq!(outbox.push(&[text("3")], Some(now)), Enqueued::Overflow);
+        assert_eq!(outbox.push(&[text("4")], Some(now)), Enqueued::Closed);
         let mut out = Vec::new();
         assert_eq!(outbox.drain(&mut out), Some(CloseReason::SlowClient));
         assert!(out.is_empty());
@@ -295,9 +300,9 @@ mod tests {
     fn overflow_by_bytes_counts_every_frame_of_a_push() {
         let outbox = Outbox::new(100, 10);
         let now = Instant::now();
-        assert_eq!(outbox.push(&[text("12345")], now), Enqueued::Queued);
+        assert_eq!(outbox.push(&[text("12345")], Some(now)), Enqueued::Queued);
         assert_eq!(
-            outbox.push(&[text("123"), text("456")], now),
+            outbox.push(&[text("123"), text("456")], Some(now)),
             Enqueued::Overflow
         );
     }
@@ -321,7 +326,7 @@ mod tests {
             async move { outbox.ready().await }
         });
         tokio::task::yield_now().await;
-        outbox.push(&[text("x")], Instant::now());
+        outbox.push(&[text("x")], Some(Instant::now()));
         tokio::time::timeout(std::time::Duration::from_secs(1), waiter)
             .await
             .expect("woken")

@@ -8,10 +8,12 @@
 //! disconnects on other shards proceed meanwhile. Enqueueing never blocks (see
 //! [`crate::connection::Outbox`]), so a read lock is held for microseconds per shard.
 //!
-//! The hub never touches Redis and never awaits a socket. In a cluster it tells an
-//! [`Observer`] (the Redis bus) when a user, a room or the node as a whole gets its first
-//! local member or loses its last one, and when a socket's registry facts change; the
-//! observer only queues the news, so the hub never waits on it.
+//! The hub never touches Redis and never awaits a socket. It tells an [`Observer`] when
+//! a socket's facts change (registered, joined or left a room, changed transport,
+//! removed) and, in a cluster, when a user, a room or the node as a whole gets its
+//! first local member or loses its last one. In a cluster the observer is the Redis
+//! bus, which only queues the news; on a single node it is the in-memory presence
+//! store. Either way the hub never waits on it.
 
 use std::collections::{HashMap, HashSet};
 use std::hash::{BuildHasher, RandomState};
@@ -23,6 +25,7 @@ use crate::codec::Codecs;
 use crate::connection::{Enqueued, Frame, Outbox};
 use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
+use crate::presence::Diff;
 use crate::push::{Push, DEFAULT_SCOPE};
 
 /// Enough shards that two cores rarely meet on one lock, few enough that a room
@@ -93,59 +96,82 @@ pub enum Topic {
     Room(RoomName),
 }
 
-/// A change in a socket's registry facts.
+/// A change in a socket's facts, with everything the registry and presence need to
+/// apply it without asking the hub again (the socket may be gone by then).
 #[derive(Debug, Clone)]
 pub enum SocketChange {
-    /// Registered, or joined or left a room: the registry rewrites the socket's entry
-    /// from the hub's current view.
-    Upserted(SocketId),
-    /// Joined a room (the room index gains it).
-    Joined(SocketId, RoomName),
-    /// Left a room (the room index loses it).
-    Left(SocketId, RoomName),
+    /// Registered, with its initial rooms.
+    Registered(SocketInfo),
+    /// Joined a room at `at` (ms since the epoch).
+    Joined {
+        socket: SocketId,
+        user: Option<UserId>,
+        room: RoomName,
+        at: u64,
+    },
+    /// Left a room.
+    Left {
+        socket: SocketId,
+        user: Option<UserId>,
+        room: RoomName,
+    },
+    /// Its transport changed (an Engine.IO session upgraded to WebSocket).
+    Transport {
+        socket: SocketId,
+        transport: &'static str,
+    },
     /// Unregistered, with the indexes it must be removed from.
     Removed {
         socket: SocketId,
         user: Option<UserId>,
+        frontend: Frontend,
         rooms: Vec<RoomName>,
     },
 }
 
-/// Told about interest and socket changes, in the order they happened for one topic
-/// (interest) or one socket. Calls are made outside the hub's shard locks; an
-/// implementation must only queue the news, never block.
+/// Told about socket changes (in the order they happened for one socket) and, when it
+/// [tracks interest](Observer::tracks_interest), about interest (in the order it
+/// changed for one topic). Calls are made outside the hub's shard locks; an
+/// implementation must not block.
 pub trait Observer: Send + Sync {
     /// `topic` got its first local member or lost its last one; ask
     /// [`Hub::has_interest`] for the current answer.
     fn interest_changed(&self, topic: &Topic);
-    fn socket_changed(&self, change: SocketChange);
+    /// A socket's facts changed. `hub` is the hub that changed, for an observer that
+    /// answers with a delivery (presence on a single node).
+    fn socket_changed(&self, hub: &Hub, change: SocketChange);
+    /// Whether the hub counts members per topic for [`Observer::interest_changed`]
+    /// (a cluster bus subscribes by interest; a single node needs no counts).
+    fn tracks_interest(&self) -> bool {
+        true
+    }
 }
 
-/// Node-wide member counts per topic, kept only when there is an observer. Sharded by
-/// topic hash like the hub; each lock is held to bump one counter and queue one note,
-/// so first/last notes for one topic are queued in the order the counts changed.
+/// Node-wide member counts per topic, kept only for an observer that tracks interest.
+/// Sharded by topic hash like the hub; each lock is held to bump one counter and queue
+/// one note, so first/last notes for one topic are queued in the order the counts
+/// changed.
 struct Interest {
-    observer: Arc<dyn Observer>,
     counts: Box<[Mutex<HashMap<Topic, usize>>]>,
 }
 
 impl Interest {
-    fn add(&self, hasher: &RandomState, topic: Topic) {
+    fn add(&self, hasher: &RandomState, observer: &dyn Observer, topic: Topic) {
         let mut counts = self.counts[hasher.hash_one(&topic) as usize % self.counts.len()].lock();
         let n = counts.entry(topic.clone()).or_insert(0);
         *n += 1;
         if *n == 1 {
-            self.observer.interest_changed(&topic);
+            observer.interest_changed(&topic);
         }
     }
 
-    fn remove(&self, hasher: &RandomState, topic: Topic) {
+    fn remove(&self, hasher: &RandomState, observer: &dyn Observer, topic: Topic) {
         let mut counts = self.counts[hasher.hash_one(&topic) as usize % self.counts.len()].lock();
         if let Some(n) = counts.get_mut(&topic) {
             *n -= 1;
             if *n == 0 {
                 counts.remove(&topic);
-                self.observer.interest_changed(&topic);
+                observer.interest_changed(&topic);
             }
         }
     }
@@ -170,7 +196,9 @@ pub struct Hub {
     /// One codec per frontend this node serves: the fan-out encodes through them.
     codecs: Codecs,
     metrics: Arc<Metrics>,
-    /// Interest counts and the observer to tell; `None` on a single node.
+    /// Told about socket changes (and interest, when it tracks it).
+    observer: Option<Arc<dyn Observer>>,
+    /// Member counts per topic; `None` unless the observer tracks interest.
     interest: Option<Interest>,
 }
 
@@ -181,21 +209,23 @@ impl Hub {
             hasher: RandomState::new(),
             codecs,
             metrics,
+            observer: None,
             interest: None,
         }
     }
 
-    /// A hub that tells `observer` about interest and socket changes (cluster mode).
+    /// A hub that tells `observer` about socket changes, and about interest when the
+    /// observer tracks it.
     pub fn with_observer(
         codecs: Codecs,
         metrics: Arc<Metrics>,
         observer: Arc<dyn Observer>,
     ) -> Self {
         Self {
-            interest: Some(Interest {
-                observer,
+            interest: observer.tracks_interest().then(|| Interest {
                 counts: (0..SHARDS).map(|_| Mutex::default()).collect(),
             }),
+            observer: Some(observer),
             ..Self::new(codecs, metrics)
         }
     }
@@ -219,20 +249,20 @@ impl Hub {
     }
 
     fn topic_added(&self, topic: Topic) {
-        if let Some(i) = &self.interest {
-            i.add(&self.hasher, topic);
+        if let (Some(i), Some(o)) = (&self.interest, &self.observer) {
+            i.add(&self.hasher, &**o, topic);
         }
     }
 
     fn topic_removed(&self, topic: Topic) {
-        if let Some(i) = &self.interest {
-            i.remove(&self.hasher, topic);
+        if let (Some(i), Some(o)) = (&self.interest, &self.observer) {
+            i.remove(&self.hasher, &**o, topic);
         }
     }
 
     fn socket_changed(&self, change: SocketChange) {
-        if let Some(i) = &self.interest {
-            i.observer.socket_changed(change);
+        if let Some(o) = &self.observer {
+            o.socket_changed(self, change);
         }
     }
 
@@ -249,13 +279,13 @@ impl Hub {
             t.extend(member.rooms.iter().cloned().map(Topic::Room));
             t
         });
-        let id = topics.as_ref().map(|_| socket.clone());
+        let registered = self.observer.as_ref().map(|_| info(&socket, &member));
         self.register_locked(socket, member);
-        if let (Some(topics), Some(id)) = (topics, id) {
-            for t in topics {
-                self.topic_added(t);
-            }
-            self.socket_changed(SocketChange::Upserted(id));
+        for t in topics.into_iter().flatten() {
+            self.topic_added(t);
+        }
+        if let Some(info) = registered {
+            self.socket_changed(SocketChange::Registered(info));
         }
     }
 
@@ -302,9 +332,12 @@ impl Hub {
             for room in &member.rooms {
                 self.topic_removed(Topic::Room(room.clone()));
             }
+        }
+        if self.observer.is_some() {
             self.socket_changed(SocketChange::Removed {
                 socket: socket.clone(),
                 user: member.user.clone(),
+                frontend: member.frontend,
                 rooms: member.rooms.clone(),
             });
         }
@@ -313,54 +346,84 @@ impl Hub {
 
     /// Adds a socket to a room; false when it is unknown here or already in it.
     pub fn join(&self, socket: &SocketId, room: &RoomName) -> bool {
-        let joined = self.join_locked(socket, room);
-        if joined && self.interest.is_some() {
-            self.topic_added(Topic::Room(room.clone()));
-            self.socket_changed(SocketChange::Joined(socket.clone(), room.clone()));
-        }
-        joined
-    }
-
-    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> bool {
-        let mut shard = self.shard(socket.as_str()).write();
-        let shard = &mut *shard;
-        let Some(member) = shard.members.get_mut(socket) else {
+        let Some(user) = self.join_locked(socket, room) else {
             return false;
         };
+        self.topic_added(Topic::Room(room.clone()));
+        if self.observer.is_some() {
+            self.socket_changed(SocketChange::Joined {
+                socket: socket.clone(),
+                user,
+                room: room.clone(),
+                at: crate::id::now_ms(),
+            });
+        }
+        true
+    }
+
+    /// Joins under the shard lock; the member's user when it joined.
+    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> Option<Option<UserId>> {
+        let mut shard = self.shard(socket.as_str()).write();
+        let shard = &mut *shard;
+        let member = shard.members.get_mut(socket)?;
         if member.rooms.contains(room) {
-            return false;
+            return None;
         }
         member.rooms.push(room.clone());
+        let user = member.user.clone();
         shard
             .rooms
             .entry(room.clone())
             .or_default()
             .insert(socket.clone());
-        true
+        Some(user)
     }
 
     /// Removes a socket from a room; false when it was not in it.
     pub fn leave(&self, socket: &SocketId, room: &RoomName) -> bool {
-        let left = self.leave_locked(socket, room);
-        if left && self.interest.is_some() {
-            self.topic_removed(Topic::Room(room.clone()));
-            self.socket_changed(SocketChange::Left(socket.clone(), room.clone()));
+        let Some(user) = self.leave_locked(socket, room) else {
+            return false;
+        };
+        self.topic_removed(Topic::Room(room.clone()));
+        if self.observer.is_some() {
+            self.socket_changed(SocketChange::Left {
+                socket: socket.clone(),
+                user,
+                room: room.clone(),
+            });
         }
-        left
+        true
     }
 
-    fn leave_locked(&self, socket: &SocketId, room: &RoomName) -> bool {
+    /// Leaves under the shard lock; the member's user when it left.
+    fn leave_locked(&self, socket: &SocketId, room: &RoomName) -> Option<Option<UserId>> {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
-        let Some(member) = shard.members.get_mut(socket) else {
-            return false;
-        };
-        let Some(pos) = member.rooms.iter().position(|r| r == room) else {
-            return false;
-        };
+        let member = shard.members.get_mut(socket)?;
+        let pos = member.rooms.iter().position(|r| r == room)?;
         member.rooms.swap_remove(pos);
+        let user = member.user.clone();
         remove_from(&mut shard.rooms, room, socket);
-        true
+        Some(user)
+    }
+
+    /// Tells the observer that a socket's transport changed (the hub reads transports
+    /// live from the connection; the registry keeps a copy).
+    pub fn transport_changed(&self, socket: &SocketId) {
+        if self.observer.is_none() {
+            return;
+        }
+        let transport = {
+            let shard = self.shard(socket.as_str()).read();
+            match shard.members.get(socket) {
+                Some(m) => m.connection.transport(),
+                None => return,
+            }
+        };
+        self.socket_changed(SocketChange::Transport {
+            socket: socket.clone(),
+            transport,
+        });
     }
 
     /// Marks whether a socket receives pushes addressed to all, its user or itself
@@ -427,6 +490,42 @@ impl Hub {
         fan.out
     }
 
+    /// Hands a presence diff to this node's members of its room, rendered once per
+    /// frontend that shows presence; a frontend whose codec renders nothing (no
+    /// presence in its protocol) is skipped. Returns how many members got it.
+    pub fn deliver_presence(&self, diff: &Diff) -> usize {
+        let mut frames: [Option<Vec<Frame>>; Frontend::COUNT] = Default::default();
+        let mut n = 0;
+        for shard in self.shards.iter() {
+            let shard = shard.read();
+            for id in shard.rooms.get(diff.room.as_str()).into_iter().flatten() {
+                let Some(m) = shard.members.get(id) else {
+                    continue;
+                };
+                let encoded = frames[m.frontend.index()].get_or_insert_with(|| {
+                    self.codecs
+                        .get(m.frontend)
+                        .map(|c| c.encode_presence(diff))
+                        .unwrap_or_default()
+                });
+                if encoded.is_empty() {
+                    continue;
+                }
+                match m.connection.outbox().push(encoded, None) {
+                    Enqueued::Queued => n += 1,
+                    Enqueued::Overflow => {
+                        self.metrics
+                            .queue_overflows
+                            .with_label_values(&[m.frontend.as_str()])
+                            .inc();
+                    }
+                    Enqueued::Closed => {}
+                }
+            }
+        }
+        n
+    }
+
     fn deliver_users(&self, fan: &mut Fan<'_>, users: &[UserId]) {
         for shard in self.shards.iter() {
             let shard = shard.read();
@@ -465,7 +564,11 @@ impl Hub {
                 .inc();
             return;
         }
-        match m.connection.outbox().push(frames, fan.push.accepted_at) {
+        match m
+            .connection
+            .outbox()
+            .push(frames, Some(fan.push.accepted_at))
+        {
             Enqueued::Queued => {
                 fan.out.delivered += 1;
                 fan.delivered[i] += 1;
@@ -746,7 +849,7 @@ mod tests {
         fn interest_changed(&self, topic: &Topic) {
             self.0.lock().push(topic.clone());
         }
-        fn socket_changed(&self, _: SocketChange) {}
+        fn socket_changed(&self, _: &Hub, _: SocketChange) {}
     }
 
     #[test]

@@ -11,7 +11,8 @@
 //! - [`codec`] — the frontend seam: how each frontend encodes a push.
 //! - [`delivery`] — the delivery tracker: reports and acks.
 //! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
-//! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
+//! - [`registry`] — the cluster's nodes, sockets, users, rooms and presence in Redis.
+//! - [`presence`] — who is in `presence-*` rooms, by user, whatever the protocol.
 //! - [`hub`] — this node's connections by socket, user and room; the fan-out.
 //! - [`connection`] — one connection's bounded outbound queue.
 //! - [`transport`] — WebSocket and heartbeat, shared by the frontends.
@@ -31,6 +32,7 @@ pub mod frontend;
 pub mod hub;
 pub mod id;
 pub mod metrics;
+pub mod presence;
 pub mod push;
 pub mod push_service;
 pub mod registry;

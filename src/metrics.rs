@@ -49,6 +49,15 @@ pub struct Metrics {
     pub bus_up: IntGauge,
     /// Registry commands that failed, by `op` (`write`, `refresh`, `read`).
     pub registry_errors: IntCounterVec,
+    /// Dead nodes whose registry entries this node removed.
+    pub registry_cleanups: IntCounter,
+    /// Nodes with a live lease, as this node last saw them.
+    pub cluster_nodes: IntGauge,
+    /// Connections entering (`join`) or leaving (`leave`) presence rooms, counted
+    /// where the presence store applied them.
+    pub presence_changes: IntCounterVec,
+    /// Presence diffs handed to connections (once per member per diff).
+    pub presence_deliveries: IntCounter,
     /// Resolved series for each frontend's hot path, by [`Frontend::index`].
     frontends: [FrontendSeries; Frontend::COUNT],
 }
@@ -190,6 +199,23 @@ impl Metrics {
                 "Cluster registry commands that failed, by operation.",
                 &["op"]
             )),
+            registry_cleanups: reg!(IntCounter::new(
+                "pushgate_registry_cleanups_total",
+                "Dead nodes whose registry entries this node removed."
+            )),
+            cluster_nodes: reg!(IntGauge::new(
+                "pushgate_cluster_nodes",
+                "Nodes with a live lease in the cluster registry, as this node last saw them."
+            )),
+            presence_changes: reg!(counter(
+                "pushgate_presence_changes_total",
+                "Connections entering or leaving presence rooms.",
+                &["change"]
+            )),
+            presence_deliveries: reg!(IntCounter::new(
+                "pushgate_presence_deliveries_total",
+                "Presence diffs handed to connections."
+            )),
             connections,
             deliveries,
             frontends,
@@ -287,11 +313,14 @@ impl Metrics {
         for op in REGISTRY_OPS {
             self.registry_errors.with_label_values(&[op]);
         }
+        for change in ["join", "leave"] {
+            self.presence_changes.with_label_values(&[change]);
+        }
     }
 }
 
 /// Families exported only by a node with a Redis bus (see [`Metrics::render_for`]).
-const BUS_FAMILY_PREFIXES: &[&str] = &["pushgate_bus_", "pushgate_registry_"];
+const BUS_FAMILY_PREFIXES: &[&str] = &["pushgate_bus_", "pushgate_registry_", "pushgate_cluster_"];
 
 // Label values known in advance, started at 0 by `start_known_series_at_zero`. Each
 // list mirrors the code that uses the values (named on each); a test below checks the
@@ -304,6 +333,7 @@ const DISCONNECT_REASONS: &[&str] = &[
     "ping_timeout",
     "connect_timeout",
     "protocol_error",
+    "too_large",
     "slow_client",
     "kicked",
     "shutdown",
@@ -359,6 +389,8 @@ mod tests {
             r#"pushgate_bus_messages_total{direction="in",kind="broadcast"} 0"#,
             r#"pushgate_bus_messages_dropped_total{reason="lagged"} 0"#,
             r#"pushgate_registry_errors_total{op="refresh"} 0"#,
+            r#"pushgate_disconnects_total{frontend="phoenix",reason="too_large"} 0"#,
+            r#"pushgate_presence_changes_total{change="leave"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }
@@ -374,6 +406,7 @@ mod tests {
             PingTimeout,
             ConnectTimeout,
             ProtocolError,
+            TooLarge,
             SlowClient,
             Kicked,
             Shutdown,

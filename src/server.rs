@@ -30,6 +30,8 @@ use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
 use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
+use crate::presence::local::LocalPresence;
+use crate::presence::Presences;
 use crate::push_service::PushService;
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
@@ -43,6 +45,16 @@ pub enum ServerError {
     Redis(#[source] crate::bus::BusError),
     #[error("serving failed")]
     Serve(#[source] std::io::Error),
+}
+
+/// The layers that differ between a single node and a cluster.
+struct Layers {
+    hub: Arc<Hub>,
+    bus: Arc<dyn Bus>,
+    /// The Redis bus, in cluster mode.
+    cluster: Option<Arc<RedisBus>>,
+    /// Where presence is kept: in memory, or the cluster registry.
+    presences: Arc<dyn Presences>,
 }
 
 /// The Socket.IO endpoint of the gateway.
@@ -62,38 +74,58 @@ pub async fn run(
     let mut codecs = Codecs::new();
     codecs.register(Arc::new(SocketIoCodec));
     codecs.register(Arc::new(PhoenixCodec));
-    // Cluster mode: the hub tells the Redis bus about interest and socket changes.
-    let (hub, bus, cluster): (Arc<Hub>, Arc<dyn Bus>, Option<Arc<RedisBus>>) =
-        match &config.redis_url {
-            Some(url) => {
-                let (observer, notes) = ClusterObserver::new();
-                let hub = Arc::new(Hub::with_observer(
-                    codecs.clone(),
-                    metrics.clone(),
-                    observer,
-                ));
-                let redis = RedisBus::connect(
-                    RedisSettings {
-                        url: url.clone(),
-                        prefix: config.redis_prefix.clone(),
-                        registry_ttl: config.registry_ttl,
-                    },
-                    config.node_id.clone(),
-                    started_at,
-                    hub.clone(),
-                    tracker.clone(),
-                    metrics.clone(),
-                    notes,
-                )
-                .await
-                .map_err(ServerError::Redis)?;
-                (hub, redis.clone(), Some(redis))
+    // Cluster mode: the hub tells the Redis bus about interest and socket changes, and
+    // presence lives in the registry. A single node keeps presence in memory.
+    let Layers {
+        hub,
+        bus,
+        cluster,
+        presences,
+    } = match &config.redis_url {
+        Some(url) => {
+            let (observer, notes) = ClusterObserver::new();
+            let hub = Arc::new(Hub::with_observer(
+                codecs.clone(),
+                metrics.clone(),
+                observer,
+            ));
+            let redis = RedisBus::connect(
+                RedisSettings {
+                    url: url.clone(),
+                    prefix: config.redis_prefix.clone(),
+                    registry_ttl: config.registry_ttl,
+                },
+                config.node_id.clone(),
+                started_at,
+                hub.clone(),
+                tracker.clone(),
+                metrics.clone(),
+                notes,
+            )
+            .await
+            .map_err(ServerError::Redis)?;
+            Layers {
+                hub,
+                bus: redis.clone(),
+                cluster: Some(redis.clone()),
+                presences: redis,
             }
-            None => {
-                let hub = Arc::new(Hub::new(codecs.clone(), metrics.clone()));
-                (hub.clone(), Arc::new(LocalBus::new(hub)), None)
+        }
+        None => {
+            let presence = Arc::new(LocalPresence::new(metrics.clone()));
+            let hub = Arc::new(Hub::with_observer(
+                codecs.clone(),
+                metrics.clone(),
+                presence.clone(),
+            ));
+            Layers {
+                hub: hub.clone(),
+                bus: Arc::new(LocalBus::new(hub)),
+                cluster: None,
+                presences: presence,
             }
-        };
+        }
+    };
     let push = Arc::new(PushService::new(
         bus,
         codecs,
@@ -133,6 +165,7 @@ pub async fn run(
         hub.clone(),
         tracker.clone(),
         auth.clone(),
+        presences.clone(),
         config.node_id.clone(),
         metrics.clone(),
     );
@@ -145,6 +178,7 @@ pub async fn run(
         node: config.node_id.clone(),
         started_at,
         cluster: cluster.clone(),
+        presence: presences.clone(),
         draining: draining.clone(),
         max_body_bytes: config.max_body_bytes,
     });

@@ -450,3 +450,133 @@ async fn garbage_and_foreign_versions_on_the_bus_are_counted_and_skipped() {
         1.0
     );
 }
+
+/// `total_commands_processed` of the test's Redis.
+fn redis_commands(redis: &Redis) -> u64 {
+    redis
+        .cmd(&[b"INFO", b"stats"])
+        .lines()
+        .find_map(|l| l.strip_prefix("total_commands_processed:"))
+        .and_then(|n| n.trim().parse().ok())
+        .expect("INFO stats answers total_commands_processed")
+}
+
+/// Commands Redis processed during `window` while nothing changed.
+async fn idle_commands(redis: &Redis, window: std::time::Duration) -> u64 {
+    let before = redis_commands(redis);
+    tokio::time::sleep(window).await;
+    redis_commands(redis) - before - 1
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_registry_work_does_not_grow_with_connections() {
+    let redis = Redis::start();
+    // A short TTL makes the lease task run every 200 ms, so a window sees many periods.
+    let env = |id: &'static str| {
+        Gateway::start(&[
+            ("PUSHGATE_REDIS_URL", &redis.url()),
+            ("PUSHGATE_NODE_ID", id),
+            ("PUSHGATE_REGISTRY_TTL_MS", "1200"),
+        ])
+    };
+    let (n1, n2) = (env("n1"), env("n2"));
+    let window = std::time::Duration::from_millis(2400);
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let empty = idle_commands(&redis, window).await;
+
+    let mut sockets = Vec::new();
+    for i in 0..300 {
+        let gw = if i % 2 == 0 { &n1 } else { &n2 };
+        sockets.push(RawSocket::connect(gw, None).await.unwrap());
+    }
+    eventually(10, "every socket is counted in /v1/nodes", || async {
+        n1.get("/v1/nodes").await.1["nodes"]
+            .as_array()
+            .is_some_and(|n| {
+                n.iter()
+                    .map(|n| n["connections"].as_u64().unwrap())
+                    .sum::<u64>()
+                    == 300
+            })
+    })
+    .await;
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let busy = idle_commands(&redis, window).await;
+    // The same lease refreshes and scans, whatever the connection count: a rewrite of
+    // each socket per period would be thousands of commands here.
+    assert!(
+        empty > 0 && busy <= empty + empty / 4,
+        "idle Redis commands: {empty} with no sockets, {busy} with 300"
+    );
+    drop(sockets);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_nodes_presence_members_leave_and_one_survivor_removes_its_entries() {
+    let mut c = Cluster::start();
+    let _alice = c.connect(0, "alice", &["presence-lobby"]).await;
+    let carol = c.connect(2, "carol", &["presence-lobby"]).await;
+    let _carol2 = c.connect(1, "carol", &["presence-lobby"]).await;
+    let path = "/v1/rooms/presence-lobby/presence";
+    let (status, p) = c.nodes[1].get(path).await;
+    assert_eq!(status, 200, "{p}");
+    assert_eq!(
+        p,
+        json!({"room": "presence-lobby", "count": 2, "members": [
+            {"user": "alice", "connections": 1}, {"user": "carol", "connections": 2}]})
+    );
+    let (_, count) = c.nodes[0].get(&format!("{path}?members=false")).await;
+    assert_eq!(count, json!({"room": "presence-lobby", "count": 2}));
+    let (_, nodes) = c.nodes[0].get("/v1/nodes").await;
+    let n3 = nodes["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|n| n["id"] == "n3")
+        .cloned()
+        .unwrap();
+    assert_eq!(n3["frontends"]["socketio"], 1, "{nodes}");
+
+    c.nodes[2].kill();
+    eventually(10, "carol has one connection left", || async {
+        c.nodes[0].get(path).await.1["members"]
+            == json!([{"user": "alice", "connections": 1}, {"user": "carol", "connections": 1}])
+    })
+    .await;
+    // One survivor removed every entry of the dead node, and only one did.
+    let key = format!("pushgate:s:{}", carol.sid);
+    eventually(10, "the dead node's entries are gone", || async {
+        c.redis.cmd(&[b"EXISTS", key.as_bytes()]).trim() == ":0"
+            && c.redis.cmd(&[b"HEXISTS", b"pushgate:nodes", b"n3"]).trim() == ":0"
+    })
+    .await;
+    let cleanups = c.nodes[0]
+        .metric("pushgate_registry_cleanups_total", &[])
+        .await
+        + c.nodes[1]
+            .metric("pushgate_registry_cleanups_total", &[])
+            .await;
+    assert_eq!(cleanups, 1.0);
+    let (_, count) = c.nodes[1].get(&format!("{path}?members=false")).await;
+    assert_eq!(count["count"], 2, "carol is still there through n2");
+    let (status, e) = c.nodes[1].get("/v1/rooms/lobby/presence").await;
+    assert_eq!(status, 400, "{e}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_node_restarted_with_its_id_forgets_its_previous_runs_sockets() {
+    let mut c = Cluster::start();
+    let old = c.connect(0, "alice", &["presence-x"]).await;
+    c.nodes[0].kill();
+    c.nodes[0] = start_node(&c.redis, "n1");
+    let path = format!("/v1/sockets/{}", old.sid);
+    eventually(5, "the old run's socket is gone at once", || async {
+        c.nodes[1].get(&path).await.0 == 404
+            && c.nodes[1]
+                .get("/v1/rooms/presence-x/presence?members=false")
+                .await
+                .1["count"]
+                == 0
+    })
+    .await;
+}

@@ -62,6 +62,10 @@ pub enum Message {
     },
     /// The answer to request `request`: how many sockets it applied to.
     Done { request: u64, n: u32 },
+    /// Connections entered or left a presence room; published on the room's channel by
+    /// the node whose registry write made the change, for every node with members to
+    /// render.
+    Presence(crate::presence::Diff),
 }
 
 /// Who asked, so the answer finds its way back.
@@ -268,6 +272,14 @@ mod tests {
                 sockets: vec!["n.b".into()],
             },
             Message::Done { request: 7, n: 1 },
+            Message::Presence(crate::presence::Diff {
+                room: "presence-lobby".into(),
+                joins: vec![crate::presence::Change {
+                    meta: crate::presence::Meta::new(&SocketId::from("n.x"), Some("u"), 9),
+                    edge: true,
+                }],
+                leaves: Vec::new(),
+            }),
         ] {
             let e = Envelope::new(m);
             assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);

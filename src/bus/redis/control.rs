@@ -94,7 +94,7 @@ impl RedisBus {
         // Answer once the subscription for the room is in place, so that a push the
         // caller sends after the answer reaches the sockets.
         let (tx, rx) = oneshot::channel();
-        let _ = self.notes.send(Note::Barrier(tx));
+        let _ = self.notes.send(Note::Barrier(Barrier::Subscribed, tx));
         let outbox = self.outbox.clone();
         let to = self.inbox(&request.from);
         tokio::spawn(async move {

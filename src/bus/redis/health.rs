@@ -1,12 +1,15 @@
-//! The *health* task: follows both Redis connections. While either is down `/readyz`
-//! answers 503 and publishing fails fast with `BusError::Unavailable`; a reconnect
-//! wakes the sync task to re-subscribe and re-register everything.
+//! The *health* task: follows the three Redis connections. While one is down
+//! `/readyz` answers 503 and publishing fails fast with `BusError::Unavailable`; a
+//! reconnect wakes the sync task to re-subscribe everything and the writer to
+//! reconcile the registry.
 
 use super::*;
 
 impl RedisBus {
     pub(super) fn check_health(&self) -> bool {
-        let up = self.publisher.is_connected() && self.subscriber.is_connected();
+        let up = self.publisher.is_connected()
+            && self.subscriber.is_connected()
+            && self.registry_client.is_connected();
         let was = self.up.swap(up, Ordering::AcqRel);
         self.metrics.bus_up.set(up as i64);
         if up != was {
@@ -25,6 +28,7 @@ impl RedisBus {
     pub(super) async fn health(self: Arc<Self>) {
         let mut publisher = self.publisher.reconnect_rx();
         let mut subscriber = self.subscriber.reconnect_rx();
+        let mut registry = self.registry_client.reconnect_rx();
         let mut tick = tokio::time::interval(HEALTH_INTERVAL);
         loop {
             tokio::select! {
@@ -32,6 +36,7 @@ impl RedisBus {
                 _ = tick.tick() => { self.check_health(); }
                 r = publisher.recv() => self.reconnected(r.is_ok(), "publisher"),
                 r = subscriber.recv() => self.reconnected(r.is_ok(), "subscriber"),
+                r = registry.recv() => self.reconnected(r.is_ok(), "registry"),
             }
         }
     }

@@ -14,29 +14,41 @@
 //! many `Delivered` reports. Every delivering node — the origin included, through its
 //! own subscription — encodes the push once and delivers it through its hub.
 //!
-//! Files: `sync.rs` (interest → subscriptions and registry), `receive.rs` (what
-//! arrives), `outbox.rs` (what is sent to other nodes), `control.rs` (kick, join and
-//! leave requests), `health.rs` (the connections' state).
+//! Presence diffs travel on the room's channel too ([`Message::Presence`]).
+//!
+//! Files: `sync.rs` (interest → subscriptions), `writer.rs` (socket changes →
+//! registry, presence diffs out), `lease.rs` (lease, liveness, dead nodes),
+//! `receive.rs` (what arrives), `outbox.rs` (what is sent to other nodes),
+//! `control.rs` (kick, join and leave requests), `health.rs` (the connections' state).
+//!
+//! Three connections: the *publisher* (pushes, reports, control), the *subscriber*,
+//! and the registry's own, so registry work never delays a publish or a subscription.
 //!
 //! Tasks, all stopped by [`RedisBus::shutdown`]:
 //! - *receive*: decodes each message (bad bytes are counted and skipped) and acts.
-//! - *sync*: the only writer of subscriptions and the registry. It batches the hub's
-//!   notes for [`BATCH_WINDOW`], subscribes first and then writes the registry, so a
-//!   socket that the registry shows is reachable by pushes. It refreshes the registry
-//!   every third of its TTL and, after a reconnect, re-subscribes and re-registers
-//!   everything.
-//! - *health*: follows both connections; while either is down `/readyz` answers 503
+//! - *sync*: the only writer of subscriptions. It batches the hub's notes for
+//!   [`BATCH_WINDOW`], subscribes, then hands socket changes to the writer, so a
+//!   socket that the registry shows is reachable by pushes. After a reconnect it
+//!   re-subscribes everything.
+//! - *writer*: the only writer of socket, user, room and presence entries (only when
+//!   they change); reconciles the registry with the hub after a reconnect or a lost
+//!   lease.
+//! - *lease*: refreshes the node's lease, follows the other nodes', cleans up after
+//!   dead ones — the only periodic Redis work, O(1) per node.
+//! - *health*: follows the connections; while one is down `/readyz` answers 503
 //!   and publishing fails fast with [`BusError::Unavailable`].
 //! - *outbox*: sends reports, acks and control messages in order, pipelined.
 //! - *acks* and *finals*: forward relayed acks; store final reports.
 
 mod control;
 mod health;
+mod lease;
 mod outbox;
 mod receive;
 mod sync;
+mod writer;
 
-use sync::Note;
+use sync::{Barrier, Note};
 pub use sync::{ClusterObserver, Notes};
 
 use std::collections::{HashMap, HashSet};
@@ -109,6 +121,8 @@ pub struct RedisBus {
     publisher: Client,
     /// SUBSCRIBE and incoming messages.
     subscriber: Client,
+    /// The registry's own connection (held by `registry`).
+    registry_client: Client,
     hub: Arc<Hub>,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
@@ -116,8 +130,10 @@ pub struct RedisBus {
     /// Both connections are up (as last seen by the health task).
     up: AtomicBool,
     notes: mpsc::UnboundedSender<Note>,
-    /// Wakes the sync task to re-subscribe and re-register everything.
+    /// Wakes the sync task to re-subscribe everything (and the writer to reconcile).
     resync: Notify,
+    /// The writer task's queue.
+    writer: mpsc::UnboundedSender<writer::Work>,
     outbox: mpsc::UnboundedSender<(String, Bytes)>,
     /// Control requests waiting for their answer.
     requests: Mutex<HashMap<u64, oneshot::Sender<u32>>>,
@@ -161,16 +177,17 @@ impl RedisBus {
         };
         let publisher = build(None).map_err(BusError::Redis)?;
         let subscriber = build(Some(RECEIVE_CAPACITY)).map_err(BusError::Redis)?;
+        let registry_client = build(None).map_err(BusError::Redis)?;
         let Notes(notes_rx, notes_tx) = notes;
         let (outbox_tx, outbox_rx) = mpsc::unbounded_channel();
+        let (writer_tx, writer_rx) = mpsc::unbounded_channel();
         let keys = Keys::new(&settings.prefix);
         let registry = Arc::new(Registry::new(
-            publisher.clone(),
+            registry_client.clone(),
             keys,
             node.clone(),
             settings.registry_ttl,
             started_at,
-            hub.clone(),
             metrics.clone(),
         ));
         let bus = Arc::new(RedisBus {
@@ -178,6 +195,7 @@ impl RedisBus {
             prefix: settings.prefix,
             publisher,
             subscriber,
+            registry_client,
             hub,
             tracker,
             metrics,
@@ -185,6 +203,7 @@ impl RedisBus {
             up: AtomicBool::new(false),
             notes: notes_tx,
             resync: Notify::new(),
+            writer: writer_tx,
             outbox: outbox_tx,
             requests: Mutex::new(HashMap::new()),
             next_request: AtomicU64::new(1),
@@ -197,9 +216,11 @@ impl RedisBus {
         // needed.
         drop(bus.publisher.connect());
         drop(bus.subscriber.connect());
+        drop(bus.registry_client.connect());
         let first = async {
             let _ = bus.publisher.wait_for_connect().await;
             let _ = bus.subscriber.wait_for_connect().await;
+            let _ = bus.registry_client.wait_for_connect().await;
         };
         if tokio::time::timeout(COMMAND_TIMEOUT, first).await.is_err() {
             tracing::warn!(url = %redact(&settings.url), "Redis is not reachable yet; the node is not ready until it is");
@@ -210,6 +231,8 @@ impl RedisBus {
         let tasks = vec![
             tokio::spawn(bus.clone().receive(messages)),
             tokio::spawn(bus.clone().sync(notes_rx)),
+            tokio::spawn(bus.clone().write(writer_rx)),
+            tokio::spawn(bus.clone().lease()),
             tokio::spawn(bus.clone().health()),
             tokio::spawn(bus.clone().send_outbox(outbox_rx)),
             tokio::spawn(bus.clone().forward_acks(acks)),
@@ -227,7 +250,7 @@ impl RedisBus {
         &self.node
     }
 
-    /// Whether both Redis connections are up.
+    /// Whether every Redis connection is up.
     pub fn is_up(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
@@ -290,6 +313,7 @@ impl RedisBus {
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.subscriber.quit()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.publisher.quit()).await;
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.registry_client.quit()).await;
     }
 
     fn send(&self, node: &str, message: Message) {
@@ -339,5 +363,37 @@ fn redact(url: &str) -> String {
     match (url.find("://"), url.rfind('@')) {
         (Some(s), Some(at)) if at > s => format!("{}://***@{}", &url[..s], &url[at + 1..]),
         _ => url.to_owned(),
+    }
+}
+
+impl crate::presence::Presences for RedisBus {
+    /// Waits for this node's earlier changes to be written (a client that just joined
+    /// sees itself), then reads the room from the registry.
+    fn state<'a>(
+        &'a self,
+        room: &'a RoomName,
+    ) -> crate::presence::PresenceFuture<'a, Vec<crate::presence::Meta>> {
+        Box::pin(async move {
+            if !crate::presence::is_presence_room(room.as_str()) {
+                return Err(crate::presence::PresenceError::NotTracked);
+            }
+            self.synced().await;
+            self.registry
+                .presence(room)
+                .await
+                .map_err(|e| crate::presence::PresenceError::Unavailable(Box::new(e)))
+        })
+    }
+
+    fn count<'a>(&'a self, room: &'a RoomName) -> crate::presence::PresenceFuture<'a, usize> {
+        Box::pin(async move {
+            if !crate::presence::is_presence_room(room.as_str()) {
+                return Err(crate::presence::PresenceError::NotTracked);
+            }
+            self.registry
+                .presence_count(room)
+                .await
+                .map_err(|e| crate::presence::PresenceError::Unavailable(Box::new(e)))
+        })
     }
 }

@@ -99,6 +99,11 @@ impl RedisBus {
                     let _ = tx.send(n);
                 }
             }
+            Message::Presence(diff) => {
+                let n = self.hub.deliver_presence(&diff);
+                self.metrics.presence_deliveries.inc_by(n as u64);
+                tracing::trace!(room = %diff.room, members = n, "presence diff delivered");
+            }
         }
     }
 

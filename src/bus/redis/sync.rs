@@ -1,17 +1,27 @@
-//! The *sync* task: the only writer of subscriptions and of socket, user and room
-//! entries. It batches the hub's notes for [`BATCH_WINDOW`], subscribes first and then
-//! writes the registry, so a socket that the registry shows is reachable by pushes; it
-//! refreshes the registry every third of its TTL and, after a reconnect, re-subscribes
-//! and re-registers everything.
+//! The *sync* task: the only writer of subscriptions. It batches the hub's notes for
+//! [`BATCH_WINDOW`], subscribes and unsubscribes as local interest changed, then hands
+//! the batch's socket changes to the *writer* task (`writer.rs`) — so a socket that
+//! the registry shows is already reachable by pushes. After a reconnect it
+//! re-subscribes everything and asks the writer to reconcile the registry.
 
+use super::writer::Work;
 use super::*;
 
 /// What the hub tells the bus, queued for the sync task.
 pub(super) enum Note {
     Topic(Topic),
     Socket(SocketChange),
-    /// Answered once everything queued before it was applied.
-    Barrier(oneshot::Sender<()>),
+    /// Answered once everything queued before it is in effect (see [`Barrier`]).
+    Barrier(Barrier, oneshot::Sender<()>),
+}
+
+/// How far a barrier waits.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) enum Barrier {
+    /// Until the subscriptions of earlier notes are made: pushes reach the sockets.
+    Subscribed,
+    /// Until the registry is written too: every node's API and presence see them.
+    Written,
 }
 
 /// The hub's [`Observer`] in cluster mode: queues notes for the bus's sync task.
@@ -36,33 +46,39 @@ impl Observer for ClusterObserver {
     fn interest_changed(&self, topic: &Topic) {
         let _ = self.tx.send(Note::Topic(topic.clone()));
     }
-    fn socket_changed(&self, change: SocketChange) {
+    fn socket_changed(&self, _hub: &Hub, change: SocketChange) {
         let _ = self.tx.send(Note::Socket(change));
     }
 }
 
 impl RedisBus {
-    /// Waits until every note the hub queued so far was applied (subscriptions made,
-    /// registry written), at most [`REQUEST_TIMEOUT`].
-    pub async fn synced(&self) {
+    async fn barrier(&self, kind: Barrier) {
         let (tx, rx) = oneshot::channel();
-        if self.notes.send(Note::Barrier(tx)).is_ok() {
+        if self.notes.send(Note::Barrier(kind, tx)).is_ok() {
             let _ = tokio::time::timeout(REQUEST_TIMEOUT, rx).await;
         }
+    }
+
+    /// Waits until the subscriptions for every note the hub queued so far are made (at
+    /// most [`REQUEST_TIMEOUT`]): a push sent afterwards reaches those sockets.
+    pub async fn subscribed(&self) {
+        self.barrier(Barrier::Subscribed).await
+    }
+
+    /// Waits until every note the hub queued so far is applied: subscriptions made and
+    /// registry written (at most [`REQUEST_TIMEOUT`]).
+    pub async fn synced(&self) {
+        self.barrier(Barrier::Written).await
     }
 
     pub(super) async fn sync(self: Arc<Self>, mut rx: mpsc::UnboundedReceiver<Note>) {
         let mut subscribed: HashSet<String> = HashSet::new();
         let mut full = true;
-        let mut refresh = tokio::time::interval(self.registry.ttl() / 3);
-        refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         let mut notes = Vec::new();
         loop {
-            let mut refresh_due = false;
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
                 _ = self.resync.notified() => full = true,
-                _ = refresh.tick() => refresh_due = true,
                 _ = tokio::time::sleep(RETRY_INTERVAL), if full => {}
                 n = rx.recv_many(&mut notes, 4096) => {
                     if n == 0 { return }
@@ -74,41 +90,43 @@ impl RedisBus {
             }
             let mut topics = HashSet::new();
             let mut changes = Vec::new();
-            let mut barriers = Vec::new();
+            let mut subscribed_barriers = Vec::new();
+            let mut written_barriers = Vec::new();
             for note in notes.drain(..) {
                 match note {
                     Note::Topic(t) => {
                         topics.insert(t);
                     }
                     Note::Socket(c) => changes.push(c),
-                    Note::Barrier(b) => barriers.push(b),
+                    Note::Barrier(Barrier::Subscribed, b) => subscribed_barriers.push(b),
+                    Note::Barrier(Barrier::Written, b) => written_barriers.push(b),
                 }
             }
             if self.is_up() {
                 if full {
                     full = !self.resubscribe(&mut subscribed).await;
                     if !full {
-                        match self.registry.refresh().await {
-                            Ok(n) => tracing::info!(sockets = n, "registered every local socket"),
-                            Err(_) => full = true,
-                        }
+                        // Whatever changed while Redis was away, or before this node
+                        // ever wrote: the registry is made to match the hub.
+                        let _ = self.writer.send(Work::Reconcile);
                     }
                     topics.clear();
-                    refresh_due = false;
                 }
                 if !topics.is_empty() && !self.update(&mut subscribed, topics).await {
-                    full = true;
-                }
-                self.registry.apply(changes).await;
-                if refresh_due && self.registry.refresh().await.is_err() {
                     full = true;
                 }
             } else {
                 full = true;
             }
+            if !changes.is_empty() {
+                let _ = self.writer.send(Work::Changes(changes));
+            }
             self.count_subscriptions(&subscribed);
-            for b in barriers {
+            for b in subscribed_barriers {
                 let _ = b.send(());
+            }
+            for b in written_barriers {
+                let _ = self.writer.send(Work::Barrier(b));
             }
         }
     }

@@ -41,6 +41,7 @@ use crate::delivery::Tracker;
 use crate::hub::{Connection, Hub, Member};
 use crate::id::{Frontend, NodeId, RoomName, SocketId, Target};
 use crate::metrics::Metrics;
+use crate::presence::{is_presence_room, Diff, Meta, Presences};
 use crate::push::Push;
 use crate::transport::heartbeat::{Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer};
@@ -101,6 +102,44 @@ impl PushCodec for PhoenixCodec {
         codec::encode_push(&mut text, topic, &push.event, ack_id, payload);
         vec![Frame::text(text)]
     }
+
+    /// `presence_diff` on the room's topic, as phoenix.js `Presence` syncs it: joins and
+    /// leaves keyed by member, one meta per connection with its `phx_ref`. The join
+    /// ref is null so the one frame fits every member of the room.
+    fn encode_presence(&self, diff: &Diff) -> Vec<Frame> {
+        let payload = json!({
+            "joins": presence_map(diff.joins.iter().map(|c| &c.meta)),
+            "leaves": presence_map(diff.leaves.iter().map(|c| &c.meta)),
+        });
+        let mut text = String::new();
+        codec::encode_message(
+            &mut text,
+            None,
+            None,
+            &diff.room,
+            EVENT_PRESENCE_DIFF,
+            &payload,
+        );
+        vec![Frame::text(text)]
+    }
+}
+
+/// The event of a presence diff and of the state a joining client receives.
+const EVENT_PRESENCE_DIFF: &str = "presence_diff";
+const EVENT_PRESENCE_STATE: &str = "presence_state";
+
+/// Phoenix's presence shape: `{member: {"metas": [{"phx_ref", "online_at"}, …]}}`.
+fn presence_map<'a>(metas: impl IntoIterator<Item = &'a Meta>) -> Value {
+    let mut map = serde_json::Map::new();
+    for m in metas {
+        let entry = map
+            .entry(m.key.clone())
+            .or_insert_with(|| json!({"metas": []}));
+        if let Some(list) = entry["metas"].as_array_mut() {
+            list.push(json!({"phx_ref": m.r#ref, "online_at": m.online_at}));
+        }
+    }
+    Value::Object(map)
 }
 
 /// Settings of the Phoenix endpoint.
@@ -118,6 +157,9 @@ struct Shared {
     hub: Arc<Hub>,
     tracker: Arc<Tracker>,
     auth: Arc<Authenticator>,
+    /// Where presence is kept, for the state a client gets when it joins a
+    /// `presence-*` topic.
+    presences: Arc<dyn Presences>,
     node: NodeId,
     metrics: Arc<Metrics>,
     ws_config: WebSocketConfig,
@@ -143,6 +185,7 @@ impl Phoenix {
         hub: Arc<Hub>,
         tracker: Arc<Tracker>,
         auth: Arc<Authenticator>,
+        presences: Arc<dyn Presences>,
         node: NodeId,
         metrics: Arc<Metrics>,
     ) -> Self {
@@ -153,6 +196,7 @@ impl Phoenix {
                 hub,
                 tracker,
                 auth,
+                presences,
                 node,
                 metrics,
                 ws_config,
@@ -571,7 +615,45 @@ impl Conn {
         }
     }
 
-    fn handle(&self, m: codec::Message) {
+    /// Sends `presence_state` for a presence topic just joined with `join_ref`, once the
+    /// join is in the presence store (in a cluster, after this node's registry write);
+    /// skipped when the channel was left or joined again meanwhile. Diffs that arrive
+    /// before it are held by phoenix.js until the state comes, and deduplicated by
+    /// `phx_ref`.
+    fn send_presence_state(self: &Arc<Self>, topic: &str, join_ref: Option<Box<str>>) {
+        let conn = self.clone();
+        let room = RoomName::from(topic);
+        self.shared.tasks.spawn(async move {
+            let state = conn.shared.presences.state(&room).await;
+            let current = conn
+                .joined
+                .lock()
+                .iter()
+                .any(|(t, r)| **t == *room.as_str() && *r == join_ref);
+            if !current {
+                return;
+            }
+            let metas = match state {
+                Ok(metas) => metas,
+                Err(e) => {
+                    tracing::warn!(socket = %conn.id, room = %room, error = %e, "presence state not sent");
+                    return;
+                }
+            };
+            let mut out = String::new();
+            codec::encode_message(
+                &mut out,
+                join_ref.as_deref(),
+                None,
+                room.as_str(),
+                EVENT_PRESENCE_STATE,
+                &presence_map(&metas),
+            );
+            conn.outbox.push_control(Frame::text(out));
+        });
+    }
+
+    fn handle(self: &Arc<Self>, m: codec::Message) {
         if m.topic == codec::TOPIC_PHOENIX && m.event == codec::EVENT_HEARTBEAT {
             return self.reply(&m, "ok", json!({}));
         }
@@ -620,6 +702,9 @@ impl Conn {
                     json!({})
                 };
                 self.reply(&m, "ok", response);
+                if is_presence_room(&m.topic) {
+                    self.send_presence_state(&m.topic, m.r#ref.as_deref().map(Box::from));
+                }
             }
             _ if position.is_none() => self.error(&m, "unmatched topic"),
             codec::EVENT_LEAVE => {

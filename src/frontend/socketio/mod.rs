@@ -170,7 +170,7 @@ impl Socket<'_> {
         let mut frames = Vec::with_capacity(1 + attachments.len());
         frames.push(Frame::text(text));
         frames.extend(attachments.iter().cloned().map(Frame::Binary));
-        self.outbox.push(&frames, Instant::now());
+        self.outbox.push(&frames, Some(Instant::now()));
     }
 
     /// Joins a room; false when already a member.
