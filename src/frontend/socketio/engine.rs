@@ -87,6 +87,8 @@ pub trait Handler: Send + Sync + Sized + 'static {
         state: &mut Self::State,
         socket: &crate::id::SocketId,
     );
+    /// The session moved from polling to WebSocket.
+    fn upgraded(&self, _session: &Session<Self>, _state: &mut Self::State) {}
 }
 
 const POLLING: u8 = 0;
@@ -400,6 +402,7 @@ impl<H: Handler> Engine<H> {
         }
         session.transport.store(WEBSOCKET, Ordering::Release);
         session.upgrading.store(false, Ordering::Release);
+        session.with_state(|state| self.shared.handler.upgraded(&session, state));
         tracing::debug!("engine.io session upgraded to websocket");
         Some((session, ws))
     }

@@ -426,6 +426,13 @@ impl<B: Behaviour> Handler for SocketIo<B> {
             tracing::debug!(socket = %s.id, "socket.io socket disconnected by the server");
         }
     }
+
+    /// The registry keeps each socket's transport: tell it about the new one.
+    fn upgraded(&self, _session: &Session<Self>, state: &mut State) {
+        for s in &state.sockets {
+            self.hub.transport_changed(&s.id);
+        }
+    }
 }
 
 #[cfg(test)]
