@@ -105,16 +105,17 @@ impl Registry {
                 p.all().await.map_err(|e| self.read_error(e))?
             }
         };
-        let mut live = 1;
+        let mut peers = Vec::new();
         let mut dead = Vec::new();
         for (n, alive) in others.into_iter().zip(alive) {
             if alive {
-                live += 1;
+                peers.push(NodeId::from(n));
             } else {
                 dead.push(NodeId::from(n));
             }
         }
-        self.metrics.cluster_nodes.set(live);
+        self.metrics.cluster_nodes.set(peers.len() as i64 + 1);
+        *self.peers.write() = peers;
         *self.dead.write() = dead.iter().cloned().collect::<HashSet<_>>();
         Ok(dead)
     }

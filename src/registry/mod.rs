@@ -25,6 +25,7 @@
 //!   (a replayed join or leave changes nothing) and a Redis Cluster keeps it on one
 //!   shard.
 //! - `{p}:cleanup:{node}` — the lock a node holds while it removes `node`'s entries.
+//! - `{p}:resubscribed` — hash: node → when it last re-subscribed after losing Redis.
 //! - `{p}:push:{id}` — a final report (JSON), kept for [`crate::delivery::RETENTION`].
 //!
 //! Writes come from the bus's *writer* task (in the hub's order) and *lease* task;
@@ -109,6 +110,10 @@ impl Keys {
     pub fn report(&self, push: &str) -> String {
         format!("{}:push:{push}", self.prefix)
     }
+    /// Hash: node → when it last re-subscribed everything (ms since the epoch).
+    pub fn resubscribed(&self) -> String {
+        format!("{}:resubscribed", self.prefix)
+    }
 }
 
 /// The prefix of a room field in a socket's hash.
@@ -143,6 +148,9 @@ pub struct Registry {
     /// removed its entries. (A set of the dead rather than of the living, so a node
     /// that just started is seen before the next scan.)
     dead: RwLock<HashSet<NodeId>>,
+    /// The other nodes that had a live lease at the last scan: whose re-subscription
+    /// a node that lost Redis waits for (see `bus::redis::health`).
+    peers: RwLock<Vec<NodeId>>,
 }
 
 impl Registry {
@@ -162,6 +170,7 @@ impl Registry {
             started_at,
             metrics,
             dead: RwLock::new(HashSet::new()),
+            peers: RwLock::new(Vec::new()),
         }
     }
 
@@ -389,6 +398,37 @@ impl Registry {
         Ok(text
             .and_then(|t| serde_json::from_str::<Report>(&t).ok())
             .map(|r| (State::Final, r)))
+    }
+
+    /// The other nodes that were alive at the last scan.
+    pub fn peers(&self) -> Vec<NodeId> {
+        self.peers.read().clone()
+    }
+
+    /// Records that this node re-subscribed every channel it needs just now.
+    pub async fn mark_resubscribed(&self) -> Result<(), RegistryError> {
+        let now = crate::id::now_ms().to_string();
+        self.client
+            .hset::<(), _, _>(self.keys.resubscribed(), (self.node.as_str(), now))
+            .await
+            .map_err(|e| {
+                self.error("write", &e);
+                RegistryError::Redis(e)
+            })
+    }
+
+    /// When each of `nodes` last re-subscribed (ms since the epoch; 0 for never).
+    pub async fn resubscribed_at(&self, nodes: &[NodeId]) -> Result<Vec<u64>, RegistryError> {
+        if nodes.is_empty() {
+            return Ok(Vec::new());
+        }
+        let fields: Vec<&str> = nodes.iter().map(NodeId::as_str).collect();
+        let marks: Vec<Option<u64>> = self
+            .client
+            .hmget(self.keys.resubscribed(), fields)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok(marks.into_iter().map(Option::unwrap_or_default).collect())
     }
 
     /// This node's entry in `{p}:nodes`.

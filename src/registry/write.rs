@@ -132,12 +132,13 @@ impl Registry {
         if presence.is_empty() {
             return Ok(());
         }
-        // EVAL by hand: fred pipelines no scripts. Its arguments are the script, the key
-        // count, then the key, which is what a Redis Cluster routes by.
-        let eval = CustomCommand::new_static("EVAL", ClusterHash::Offset(2), false);
         let p = self.client.pipeline();
         for op in &presence {
             let key = self.keys.presence(op.room.as_str());
+            // EVAL by hand: fred pipelines no scripts, and routes a custom command on a
+            // Redis Cluster only by an explicit slot (the script's one key's).
+            let slot = fred::types::Key::from(key.as_str()).cluster_hash();
+            let eval = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
             let member = format!("u:{}", op.meta.key);
             let args: Vec<String> = if op.join {
                 let meta = serde_json::to_string(&op.meta).unwrap_or_default();

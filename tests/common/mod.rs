@@ -333,3 +333,161 @@ where
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A Redis Cluster of its own: 3 primaries and 3 replicas on free ports, in a
+/// temporary directory, killed and removed when dropped.
+pub struct RedisCluster {
+    pub nodes: Vec<Redis>,
+    dir: std::path::PathBuf,
+}
+
+/// A port that is free, and whose cluster bus port (+10000) is free too.
+fn cluster_port(taken: &[u16]) -> u16 {
+    loop {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if port < 55_000
+            && !taken.contains(&port)
+            && std::net::TcpListener::bind(("127.0.0.1", port + 10_000)).is_ok()
+        {
+            return port;
+        }
+    }
+}
+
+impl RedisCluster {
+    pub fn start() -> RedisCluster {
+        let dir = std::env::temp_dir().join(format!(
+            "pushgate-cluster-{}-{}",
+            std::process::id(),
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos()
+        ));
+        std::fs::create_dir_all(&dir).unwrap();
+        let mut ports = Vec::new();
+        for _ in 0..6 {
+            ports.push(cluster_port(&ports));
+        }
+        let nodes: Vec<Redis> = ports
+            .iter()
+            .map(|&port| {
+                let child = Command::new("redis-server")
+                    .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+                    .args(["--save", "", "--appendonly", "no"])
+                    .args(["--cluster-enabled", "yes"])
+                    .args(["--cluster-config-file", &format!("nodes-{port}.conf")])
+                    .args(["--cluster-node-timeout", "2000"])
+                    // Replicas sync at once, so a failover can happen right away.
+                    .args(["--repl-diskless-sync-delay", "0"])
+                    .arg("--dir")
+                    .arg(&dir)
+                    .stdout(Stdio::null())
+                    .stderr(Stdio::null())
+                    .spawn()
+                    .expect("start redis-server (is it installed?)");
+                let deadline = Instant::now() + Duration::from_secs(10);
+                while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                    assert!(Instant::now() < deadline, "redis-server did not start");
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Redis {
+                    child: Some(child),
+                    port,
+                }
+            })
+            .collect();
+        let addrs: Vec<String> = ports.iter().map(|p| format!("127.0.0.1:{p}")).collect();
+        let out = Command::new("redis-cli")
+            .args(["--cluster", "create"])
+            .args(&addrs)
+            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .output()
+            .expect("redis-cli --cluster create");
+        assert!(
+            out.status.success(),
+            "cluster create failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let cluster = RedisCluster { nodes, dir };
+        cluster.wait_healthy(&[]);
+        cluster
+    }
+
+    /// `redis-cluster://` URL naming every node (fred's form).
+    pub fn url(&self) -> String {
+        let mut url = format!("redis-cluster://127.0.0.1:{}", self.nodes[0].port);
+        for (i, n) in self.nodes[1..].iter().enumerate() {
+            url.push(if i == 0 { '?' } else { '&' });
+            url.push_str(&format!("node=127.0.0.1:{}", n.port));
+        }
+        url
+    }
+
+    /// Waits until every running node says the cluster is ok and every replica's link
+    /// to its primary is up.
+    pub fn wait_healthy(&self, dead: &[u16]) {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let ok = self
+                .nodes
+                .iter()
+                .filter(|n| !dead.contains(&n.port) && n.child.is_some())
+                .all(|n| {
+                    let info = n.cmd(&[b"CLUSTER", b"INFO"]);
+                    let repl = n.cmd(&[b"INFO", b"replication"]);
+                    info.contains("cluster_state:ok")
+                        && (!repl.contains("role:slave") || repl.contains("master_link_status:up"))
+                });
+            if ok {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the Redis Cluster is not healthy"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// The node that serves `key`'s slot as primary.
+    pub fn primary_of(&self, key: &str) -> usize {
+        let slot = self.nodes[0].cmd(&[b"CLUSTER", b"KEYSLOT", key.as_bytes()]);
+        let slot: u16 = slot.trim().trim_start_matches(':').parse().unwrap();
+        let shards = self.nodes[0].cmd(&[b"CLUSTER", b"NODES"]);
+        for line in shards.lines() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() < 9 || !f[2].contains("master") || f[2].contains("fail") {
+                continue;
+            }
+            for range in &f[8..] {
+                let (a, b) = range.split_once('-').unwrap_or((range, range));
+                if let (Ok(a), Ok(b)) = (a.parse::<u16>(), b.parse::<u16>()) {
+                    if (a..=b).contains(&slot) {
+                        let port: u16 = f[1]
+                            .split('@')
+                            .next()
+                            .and_then(|h| h.rsplit(':').next())
+                            .and_then(|p| p.parse().ok())
+                            .unwrap();
+                        return self.nodes.iter().position(|n| n.port == port).unwrap();
+                    }
+                }
+            }
+        }
+        panic!("no primary serves slot {slot}:\n{shards}");
+    }
+}
+
+impl Drop for RedisCluster {
+    fn drop(&mut self) {
+        for n in &mut self.nodes {
+            n.kill();
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}

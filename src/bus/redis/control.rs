@@ -22,8 +22,11 @@ impl RedisBus {
             from: self.node.to_string(),
         });
         let sent: Result<i64, _> = self
-            .publisher
-            .publish(self.inbox(node), Envelope::new(message).encode())
+            .publish_on(
+                &self.publisher,
+                self.inbox(node),
+                Envelope::new(message).encode(),
+            )
             .await;
         let answer = match sent {
             Ok(0) => Ok(0),

@@ -2,6 +2,14 @@
 //! `/readyz` answers 503 and publishing fails fast with `BusError::Unavailable`; a
 //! reconnect wakes the sync task to re-subscribe everything and the writer to
 //! reconcile the registry.
+//!
+//! Readiness comes back only when pushes would reach every socket again: this node's
+//! subscriptions are in place, and so are its peers'. A loss of Redis (a restart, a
+//! Redis Cluster failover) drops every node's subscriptions at once, and a node that
+//! re-subscribed first would otherwise accept pushes for a user whose node is still
+//! re-subscribing — answered, and delivered nowhere. So each node records in the
+//! registry when it re-subscribed, and a node that saw a loss waits until every peer
+//! alive before it re-subscribed after the loss, or [`RECOVERY_WAIT`] passed.
 
 use super::*;
 
@@ -12,6 +20,16 @@ impl RedisBus {
             && self.registry_client.is_connected();
         let was = self.up.swap(up, Ordering::AcqRel);
         self.metrics.bus_up.set(up as i64);
+        if !up {
+            self.subscribed.store(false, Ordering::Release);
+            self.caught_up.store(false, Ordering::Release);
+            let mut r = self.recovery.lock();
+            if r.lost_at.is_none() {
+                r.lost_at = Some(crate::id::now_ms());
+                r.peers = self.registry.peers();
+                r.resubscribed_at = None;
+            }
+        }
         if up != was {
             if up {
                 tracing::info!("Redis is reachable: re-subscribing and re-registering");
@@ -33,7 +51,11 @@ impl RedisBus {
         loop {
             tokio::select! {
                 _ = self.cancel.cancelled() => return,
-                _ = tick.tick() => { self.check_health(); }
+                _ = tick.tick() => {
+                    if self.check_health() {
+                        self.catch_up().await;
+                    }
+                }
                 r = publisher.recv() => self.reconnected(r.is_ok(), "publisher"),
                 r = subscriber.recv() => self.reconnected(r.is_ok(), "subscriber"),
                 r = registry.recv() => self.reconnected(r.is_ok(), "registry"),
@@ -53,5 +75,62 @@ impl RedisBus {
             return;
         }
         self.resync.notify_one();
+    }
+}
+
+impl RedisBus {
+    /// Called by the sync task once every needed channel is subscribed.
+    pub(super) async fn resubscribed(&self) {
+        if self.registry.mark_resubscribed().await.is_err() {
+            // Peers waiting for this node give up after RECOVERY_WAIT.
+            tracing::warn!("could not record this node's re-subscription");
+        }
+        self.recovery.lock().resubscribed_at = Some(Instant::now());
+        self.subscribed.store(true, Ordering::Release);
+    }
+
+    /// Marks the node caught up once every peer re-subscribed after the loss.
+    async fn catch_up(&self) {
+        if !self.subscribed.load(Ordering::Acquire) || self.caught_up.load(Ordering::Acquire) {
+            return;
+        }
+        let (lost_at, peers, since) = {
+            let r = self.recovery.lock();
+            (r.lost_at, r.peers.clone(), r.resubscribed_at)
+        };
+        let waiting: Vec<NodeId> = match lost_at {
+            None => Vec::new(),
+            Some(lost_at) => match self.registry.resubscribed_at(&peers).await {
+                Ok(marks) => peers
+                    .into_iter()
+                    .zip(marks)
+                    .filter(|(_, at)| *at < lost_at)
+                    .map(|(n, _)| n)
+                    .collect(),
+                Err(_) => return,
+            },
+        };
+        let gave_up = since.is_some_and(|s| s.elapsed() >= RECOVERY_WAIT);
+        if !waiting.is_empty() && !gave_up {
+            return;
+        }
+        if !waiting.is_empty() {
+            tracing::warn!(nodes = ?waiting, "peers did not confirm their re-subscription; taking pushes again");
+        } else if lost_at.is_some() {
+            tracing::info!("every peer re-subscribed: taking pushes again");
+        }
+        {
+            let mut r = self.recovery.lock();
+            r.lost_at = None;
+            r.peers.clear();
+            r.quiet_until = Some(Instant::now() + self.registry.scan_interval() * 2);
+        }
+        self.caught_up.store(true, Ordering::Release);
+    }
+
+    /// Whether dead-node cleanups should wait (just after a loss of Redis).
+    pub(super) fn quiet(&self) -> bool {
+        let r = self.recovery.lock();
+        r.lost_at.is_some() || r.quiet_until.is_some_and(|t| Instant::now() < t)
     }
 }

@@ -16,7 +16,7 @@ impl RedisBus {
                 _ = self.cancel.cancelled() => return,
                 _ = tick.tick() => {}
             }
-            if !self.is_up() {
+            if !self.connected() {
                 continue;
             }
             match self.registry.refresh_lease().await {
@@ -30,6 +30,9 @@ impl RedisBus {
             let Ok(dead) = self.registry.scan().await else {
                 continue;
             };
+            if self.quiet() {
+                continue;
+            }
             for node in dead {
                 match self.registry.clean_up(&node).await {
                     Ok(diffs) => self.publish_presence(diffs).await,

@@ -57,7 +57,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use fred::interfaces::PubsubInterface;
 use fred::prelude::*;
+use fred::types::FromValue;
 use parking_lot::Mutex;
 use tokio::sync::{mpsc, oneshot, Notify};
 use tokio::task::JoinHandle;
@@ -94,6 +96,11 @@ const RETRY_INTERVAL: Duration = Duration::from_millis(500);
 const RECEIVE_CAPACITY: usize = 8_192;
 /// Channels per SUBSCRIBE command when re-subscribing everything.
 const SUBSCRIBE_CHUNK: usize = 1000;
+/// After losing Redis, how long a node that has re-subscribed waits for its peers to
+/// re-subscribe too before it takes pushes again anyway (a peer that never confirms is
+/// probably dead, and its lease will say so). Covers the reconnect backoff (2 s at
+/// most) and a large re-subscription.
+const RECOVERY_WAIT: Duration = Duration::from_secs(5);
 
 /// How the Redis bus connects.
 #[derive(Debug, Clone)]
@@ -102,6 +109,20 @@ pub struct RedisSettings {
     pub prefix: String,
     /// TTL of registry entries; refreshed every third of it.
     pub registry_ttl: Duration,
+}
+
+/// A node's way back after it lost Redis: its own subscriptions, then its peers'.
+#[derive(Default)]
+struct Recovery {
+    /// When the loss was seen (ms since the epoch); `None` when nothing is pending.
+    lost_at: Option<u64>,
+    /// The nodes alive before the loss, whose re-subscription this node waits for.
+    peers: Vec<NodeId>,
+    /// When this node had re-subscribed everything after the loss.
+    resubscribed_at: Option<Instant>,
+    /// Until when dead-node cleanups wait: after a loss every node's lease may have
+    /// lapsed, and the others need a scan interval to refresh theirs.
+    quiet_until: Option<Instant>,
 }
 
 /// The `kind` label of bus metrics for a channel.
@@ -123,12 +144,23 @@ pub struct RedisBus {
     subscriber: Client,
     /// The registry's own connection (held by `registry`).
     registry_client: Client,
+    /// On a Redis Cluster every channel is sharded (SSUBSCRIBE/SPUBLISH): all of a
+    /// channel's subscribers are on the one shard that owns its slot, so a SPUBLISH's
+    /// answer counts every node that will deliver — where a plain PUBLISH in a cluster
+    /// counts only the receivers connected to the Redis node that took it.
+    sharded: bool,
     hub: Arc<Hub>,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
     registry: Arc<Registry>,
-    /// Both connections are up (as last seen by the health task).
+    /// Every connection is up (as last seen by the health task).
     up: AtomicBool,
+    /// This node's subscriptions are in place since the connections last came up.
+    subscribed: AtomicBool,
+    /// No peer is still re-subscribing after a loss of Redis this node saw too (see
+    /// `health.rs`): pushes would reach none of that peer's sockets.
+    caught_up: AtomicBool,
+    recovery: Mutex<Recovery>,
     notes: mpsc::UnboundedSender<Note>,
     /// Wakes the sync task to re-subscribe everything (and the writer to reconcile).
     resync: Notify,
@@ -175,6 +207,7 @@ impl RedisBus {
                 .with_config(|c| c.fail_fast = false)
                 .build()
         };
+        let sharded = config.server.is_clustered();
         let publisher = build(None).map_err(BusError::Redis)?;
         let subscriber = build(Some(RECEIVE_CAPACITY)).map_err(BusError::Redis)?;
         let registry_client = build(None).map_err(BusError::Redis)?;
@@ -196,11 +229,15 @@ impl RedisBus {
             publisher,
             subscriber,
             registry_client,
+            sharded,
             hub,
             tracker,
             metrics,
             registry,
             up: AtomicBool::new(false),
+            subscribed: AtomicBool::new(false),
+            caught_up: AtomicBool::new(true),
+            recovery: Mutex::new(Recovery::default()),
             notes: notes_tx,
             resync: Notify::new(),
             writer: writer_tx,
@@ -250,8 +287,17 @@ impl RedisBus {
         &self.node
     }
 
-    /// Whether every Redis connection is up.
+    /// Whether the node takes pushes: every Redis connection is up, its subscriptions
+    /// are in place, and its peers re-subscribed after a loss they saw too. `/readyz`
+    /// answers from this.
     pub fn is_up(&self) -> bool {
+        self.connected()
+            && self.subscribed.load(Ordering::Acquire)
+            && self.caught_up.load(Ordering::Acquire)
+    }
+
+    /// Whether every Redis connection is up (enough for the registry and reports).
+    pub fn connected(&self) -> bool {
         self.up.load(Ordering::Acquire)
     }
 
@@ -308,12 +354,54 @@ impl RedisBus {
         for t in tasks {
             let _ = tokio::time::timeout(Duration::from_secs(1), t).await;
         }
-        if self.is_up() {
+        if self.connected() {
             self.registry.leave().await;
         }
         let _ = tokio::time::timeout(Duration::from_secs(1), self.subscriber.quit()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.publisher.quit()).await;
         let _ = tokio::time::timeout(Duration::from_secs(1), self.registry_client.quit()).await;
+    }
+
+    /// PUBLISH `bytes` on `channel` through `client` (a client or a pipeline), or
+    /// SPUBLISH on a Redis Cluster (see [`RedisBus::sharded`]).
+    async fn publish_on<C, R>(&self, client: &C, channel: String, bytes: Bytes) -> FredResult<R>
+    where
+        C: PubsubInterface + Sync,
+        R: FromValue,
+    {
+        if self.sharded {
+            client.spublish(channel, bytes).await
+        } else {
+            client.publish(channel, bytes).await
+        }
+    }
+
+    /// SUBSCRIBE to `channels`; on a Redis Cluster SSUBSCRIBE, one command per hash
+    /// slot (a sharded subscription names channels of one slot), sent concurrently.
+    async fn subscribe_all(&self, channels: Vec<String>) -> FredResult<()> {
+        if !self.sharded {
+            return self.subscriber.subscribe(channels).await;
+        }
+        let by_slot = by_slot(channels);
+        futures_util::future::try_join_all(
+            by_slot.into_values().map(|c| self.subscriber.ssubscribe(c)),
+        )
+        .await
+        .map(|_| ())
+    }
+
+    /// UNSUBSCRIBE, or SUNSUBSCRIBE per hash slot on a Redis Cluster.
+    async fn unsubscribe_all(&self, channels: Vec<String>) -> FredResult<()> {
+        if !self.sharded {
+            return self.subscriber.unsubscribe(channels).await;
+        }
+        futures_util::future::try_join_all(
+            by_slot(channels)
+                .into_values()
+                .map(|c| self.subscriber.sunsubscribe(c)),
+        )
+        .await
+        .map(|_| ())
     }
 
     fn send(&self, node: &str, message: Message) {
@@ -335,8 +423,7 @@ impl Bus for RedisBus {
                 let channel = self.channel(&target);
                 let bytes = Envelope::new(Message::Push(env)).encode();
                 let n: i64 = self
-                    .publisher
-                    .publish(channel, bytes)
+                    .publish_on(&self.publisher, channel, bytes)
                     .await
                     .map_err(BusError::Redis)?;
                 nodes += n.max(0) as usize;
@@ -356,6 +443,16 @@ impl Bus for RedisBus {
     fn is_cluster(&self) -> bool {
         true
     }
+}
+
+/// Channels grouped by their Redis Cluster hash slot.
+fn by_slot(channels: Vec<String>) -> HashMap<u16, Vec<String>> {
+    let mut out: HashMap<u16, Vec<String>> = HashMap::new();
+    for c in channels {
+        let slot = fred::types::Key::from(c.as_str()).cluster_hash();
+        out.entry(slot).or_default().push(c);
+    }
+    out
 }
 
 /// The URL without its password, for logs.

@@ -14,7 +14,7 @@ impl RedisBus {
                 _ = self.cancel.cancelled() => return,
                 n = rx.recv_many(&mut batch, 512) => if n == 0 { return },
             }
-            if !self.is_up() {
+            if !self.connected() {
                 // Reports and acks for pushes in flight are lost with the connection;
                 // their origins make the reports final at the deadline.
                 batch.clear();
@@ -22,7 +22,7 @@ impl RedisBus {
             }
             let p = self.publisher.pipeline();
             for (channel, bytes) in batch.drain(..) {
-                let _: FredResult<()> = p.publish(channel, bytes).await;
+                let _: FredResult<()> = self.publish_on(&p, channel, bytes).await;
                 self.metrics
                     .bus_messages
                     .with_label_values(&["out", "inbox"])
@@ -74,7 +74,7 @@ impl RedisBus {
                 _ = self.cancel.cancelled() => return,
                 r = rx.recv() => match r { Some(r) => r, None => return },
             };
-            if self.is_up() {
+            if self.connected() {
                 // Not awaited in turn: fred pipelines concurrent commands.
                 let registry = self.registry.clone();
                 tokio::spawn(async move { registry.put_report(id.as_str(), &report).await });

@@ -102,7 +102,7 @@ impl RedisBus {
                     Note::Barrier(Barrier::Written, b) => written_barriers.push(b),
                 }
             }
-            if self.is_up() {
+            if self.connected() {
                 if full {
                     full = !self.resubscribe(&mut subscribed).await;
                     if !full {
@@ -142,17 +142,18 @@ impl RedisBus {
         want.insert(self.inbox(self.node.as_str()));
         let all: Vec<String> = want.iter().cloned().collect();
         for chunk in all.chunks(SUBSCRIBE_CHUNK) {
-            if let Err(e) = self.subscriber.subscribe(chunk.to_vec()).await {
+            if let Err(e) = self.subscribe_all(chunk.to_vec()).await {
                 tracing::warn!(error = %e, "re-subscribing failed; will retry");
                 return false;
             }
         }
         let stale: Vec<String> = subscribed.difference(&want).cloned().collect();
         if !stale.is_empty() {
-            let _ = self.subscriber.unsubscribe(stale).await;
+            let _ = self.unsubscribe_all(stale).await;
         }
         tracing::info!(channels = want.len(), "subscribed to every needed channel");
         *subscribed = want;
+        self.resubscribed().await;
         true
     }
 
@@ -174,7 +175,7 @@ impl RedisBus {
             }
         }
         if !add.is_empty() {
-            match self.subscriber.subscribe(add.clone()).await {
+            match self.subscribe_all(add.clone()).await {
                 Ok(()) => subscribed.extend(add),
                 Err(e) => {
                     tracing::warn!(error = %e, "SUBSCRIBE failed");
@@ -183,7 +184,7 @@ impl RedisBus {
             }
         }
         if !remove.is_empty() {
-            match self.subscriber.unsubscribe(remove.clone()).await {
+            match self.unsubscribe_all(remove.clone()).await {
                 Ok(()) => {
                     for c in &remove {
                         subscribed.remove(c);

@@ -39,7 +39,7 @@ impl RedisBus {
                     Work::Barrier(b) => barriers.push(b),
                 }
             }
-            if !self.is_up() {
+            if !self.connected() {
                 // What changed meanwhile is reconciled once Redis is back.
                 reconcile |= !ops.is_empty();
             } else if reconcile {
@@ -57,7 +57,7 @@ impl RedisBus {
                 match self.registry.apply(ops).await {
                     Ok(diffs) => self.publish_presence(diffs).await,
                     Err(e) => {
-                        tracing::warn!(error = %e, "registry write failed; reconciling");
+                        tracing::warn!(error = ?e, "registry write failed; reconciling");
                         reconcile = true;
                     }
                 }
@@ -122,7 +122,7 @@ impl RedisBus {
         for diff in diffs {
             let channel = format!("{}:r:{}", self.prefix, diff.room);
             let bytes = Envelope::new(Message::Presence(diff)).encode();
-            let _: FredResult<()> = p.publish(channel, bytes).await;
+            let _: FredResult<()> = self.publish_on(&p, channel, bytes).await;
             self.metrics
                 .bus_messages
                 .with_label_values(&["out", "room"])
