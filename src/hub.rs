@@ -20,7 +20,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::Codecs;
-use crate::connection::{Enqueued, Frame, Outbox};
+use crate::connection::{CloseReason, Enqueued, Frame, Outbox};
+use crate::events::{Event, Events};
 use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
 use crate::push::{Push, DEFAULT_SCOPE};
@@ -172,6 +173,9 @@ pub struct Hub {
     metrics: Arc<Metrics>,
     /// Interest counts and the observer to tell; `None` on a single node.
     interest: Option<Interest>,
+    /// The event stream, told of connects, disconnects, joins and leaves (outside the
+    /// shard locks, and only built while someone reads).
+    events: Option<Arc<Events>>,
 }
 
 impl Hub {
@@ -182,6 +186,19 @@ impl Hub {
             codecs,
             metrics,
             interest: None,
+            events: None,
+        }
+    }
+
+    /// The same hub, telling `events` what happens to its sockets.
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, make: impl FnOnce() -> Event) {
+        if let Some(e) = &self.events {
+            e.emit(make);
         }
     }
 
@@ -250,7 +267,22 @@ impl Hub {
             t
         });
         let id = topics.as_ref().map(|_| socket.clone());
+        let connected = self
+            .events
+            .as_ref()
+            .filter(|e| e.is_watched())
+            .map(|_| Event::Connected {
+                socket: socket.clone(),
+                user: member.user.clone(),
+                frontend: member.frontend,
+                transport: member.connection.transport(),
+                namespace: member.scope.as_deref().unwrap_or(DEFAULT_SCOPE).to_owned(),
+                rooms: member.rooms.clone(),
+            });
         self.register_locked(socket, member);
+        if let Some(event) = connected {
+            self.emit(|| event);
+        }
         if let (Some(topics), Some(id)) = (topics, id) {
             for t in topics {
                 self.topic_added(t);
@@ -280,8 +312,19 @@ impl Hub {
     }
 
     /// Removes a socket from every index; the last member of a room or user removes
-    /// the room or user entry.
+    /// the room or user entry. The reason (for the event stream) is the connection's
+    /// close reason, or `client` while it stays open (the client left a namespace).
     pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
+        self.unregister_because(socket, None)
+    }
+
+    /// [`Hub::unregister`] with a known reason (a server-side disconnect of one
+    /// namespace socket, whose connection stays open).
+    pub fn unregister_because(
+        &self,
+        socket: &SocketId,
+        reason: Option<CloseReason>,
+    ) -> Option<Member> {
         let member = {
             let mut shard = self.shard(socket.as_str()).write();
             let shard = &mut *shard;
@@ -308,6 +351,15 @@ impl Hub {
                 rooms: member.rooms.clone(),
             });
         }
+        self.emit(|| Event::Disconnected {
+            socket: socket.clone(),
+            user: member.user.clone(),
+            frontend: member.frontend,
+            reason: reason
+                .or_else(|| member.connection.outbox().closing())
+                .unwrap_or(CloseReason::Client)
+                .as_str(),
+        });
         Some(member)
     }
 
@@ -317,6 +369,13 @@ impl Hub {
         if joined && self.interest.is_some() {
             self.topic_added(Topic::Room(room.clone()));
             self.socket_changed(SocketChange::Joined(socket.clone(), room.clone()));
+        }
+        if joined {
+            self.emit(|| Event::Joined {
+                socket: socket.clone(),
+                user: self.user_of(socket),
+                room: room.clone(),
+            });
         }
         joined
     }
@@ -345,6 +404,13 @@ impl Hub {
         if left && self.interest.is_some() {
             self.topic_removed(Topic::Room(room.clone()));
             self.socket_changed(SocketChange::Left(socket.clone(), room.clone()));
+        }
+        if left {
+            self.emit(|| Event::Left {
+                socket: socket.clone(),
+                user: self.user_of(socket),
+                room: room.clone(),
+            });
         }
         left
     }
@@ -498,6 +564,11 @@ impl Hub {
     pub fn connection(&self, socket: &SocketId) -> Option<Arc<dyn Connection>> {
         let shard = self.shard(socket.as_str()).read();
         shard.members.get(socket).map(|m| m.connection.clone())
+    }
+
+    fn user_of(&self, socket: &SocketId) -> Option<UserId> {
+        let shard = self.shard(socket.as_str()).read();
+        shard.members.get(socket).and_then(|m| m.user.clone())
     }
 
     pub fn socket(&self, socket: &SocketId) -> Option<SocketInfo> {
@@ -823,6 +894,50 @@ mod tests {
             1
         );
         assert_eq!(received(&conn), 2);
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_hears_connects_joins_leaves_and_disconnects_with_their_reason() {
+        use crate::events::{Events, Item};
+        let metrics = Arc::new(Metrics::new());
+        let events = Events::new(NodeId::from("n1"), metrics.clone());
+        let hub = Hub::new(codecs().0, metrics).with_events(events.clone());
+        let (quiet, _) = add(&hub, Some("nobody-reads"), &[], 8);
+        let reader = events.reader();
+        let (id, conn) = add(&hub, Some("alice"), &["r"], 8);
+        assert!(hub.join(&id, &RoomName::from("s")));
+        assert!(hub.leave(&id, &RoomName::from("r")));
+        hub.unregister_because(&quiet, Some(CloseReason::Kicked));
+        conn.0.close(CloseReason::PingTimeout);
+        hub.unregister(&id);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let Item::Frame(f) = reader.next().await else {
+                panic!("dropped");
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(f.strip_prefix(b"data: ").unwrap().trim_ascii()).unwrap();
+            seen.push(format!(
+                "{} {} {}",
+                v["type"].as_str().unwrap(),
+                v["user"].as_str().unwrap_or("-"),
+                v["room"]
+                    .as_str()
+                    .or(v["reason"].as_str())
+                    .or(v["transport"].as_str())
+                    .unwrap()
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                "connected alice test",
+                "joined alice s",
+                "left alice r",
+                "disconnected nobody-reads kicked",
+                "disconnected alice ping_timeout",
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! - [`push_service`] — checks a push against every frontend and hands it to the bus.
 //! - [`codec`] — the frontend seam: how each frontend encodes a push.
 //! - [`delivery`] — the delivery tracker: reports and acks.
+//! - [`events`] — the event stream (`GET /v1/events`): connects, disconnects, joins,
+//!   pushes and reports, for the dev console and apps.
 //! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
 //! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
 //! - [`hub`] — this node's connections by socket, user and room; the fan-out.
@@ -27,6 +29,7 @@ pub mod codec;
 pub mod config;
 pub mod connection;
 pub mod delivery;
+pub mod events;
 pub mod frontend;
 pub mod hub;
 pub mod id;

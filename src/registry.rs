@@ -9,7 +9,8 @@
 //! - `{p}:us:{user}` — set of the user's socket ids, on every node.
 //! - `{p}:rs:{room}` — set of the room's socket ids, on every node (the room index that
 //!   `GET /v1/rooms/{room}` reads).
-//! - `{p}:nodes` — hash: node id → JSON `{id, connections, started_at, heartbeat_at}`.
+//! - `{p}:nodes` — hash: node id → JSON `{id, connections, frontends, started_at,
+//!   heartbeat_at}` (`frontends`: connections per frontend).
 //! - `{p}:push:{id}` — a final report (JSON), kept for [`crate::delivery::RETENTION`].
 //!
 //! Every key of a socket has a TTL that its owner refreshes every third of the TTL
@@ -238,6 +239,7 @@ impl Registry {
         let heartbeat = json!({
             "id": self.node,
             "connections": self.metrics.connections_total(),
+            "frontends": self.metrics.connections_by_frontend(),
             "started_at": self.started_at,
             "heartbeat_at": now,
         })
