@@ -178,6 +178,7 @@ pub fn router(api: Arc<Api>) -> Router {
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .merge(v1)
+        .merge(crate::console::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))

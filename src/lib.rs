@@ -12,6 +12,7 @@
 //! - [`delivery`] — the delivery tracker: reports and acks.
 //! - [`events`] — the event stream (`GET /v1/events`): connects, disconnects, joins,
 //!   pushes and reports, for the dev console and apps.
+//! - [`console`] — the dev console's static pages (`/console`).
 //! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
 //! - [`registry`] — the cluster's sockets, users, rooms and nodes in Redis, with TTLs.
 //! - [`hub`] — this node's connections by socket, user and room; the fan-out.
@@ -28,6 +29,7 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod delivery;
 pub mod events;
 pub mod frontend;
