@@ -315,16 +315,16 @@ impl Hub {
     /// the room or user entry. The reason (for the event stream) is the connection's
     /// close reason, or `client` while it stays open (the client left a namespace).
     pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
-        self.unregister_because(socket, None)
+        self.remove(socket, None)
     }
 
     /// [`Hub::unregister`] with a known reason (a server-side disconnect of one
     /// namespace socket, whose connection stays open).
-    pub fn unregister_because(
-        &self,
-        socket: &SocketId,
-        reason: Option<CloseReason>,
-    ) -> Option<Member> {
+    pub fn unregister_because(&self, socket: &SocketId, reason: CloseReason) -> Option<Member> {
+        self.remove(socket, Some(reason))
+    }
+
+    fn remove(&self, socket: &SocketId, reason: Option<CloseReason>) -> Option<Member> {
         let member = {
             let mut shard = self.shard(socket.as_str()).write();
             let shard = &mut *shard;
@@ -907,7 +907,7 @@ mod tests {
         let (id, conn) = add(&hub, Some("alice"), &["r"], 8);
         assert!(hub.join(&id, &RoomName::from("s")));
         assert!(hub.leave(&id, &RoomName::from("r")));
-        hub.unregister_because(&quiet, Some(CloseReason::Kicked));
+        hub.unregister_because(&quiet, CloseReason::Kicked);
         conn.0.close(CloseReason::PingTimeout);
         hub.unregister(&id);
         let mut seen = Vec::new();

@@ -223,6 +223,16 @@ describe("event stream across a cluster", () => {
     assert.equal(left.reason, "client");
     assert.equal(reader.events.filter((e) => e.type === "connected" && e.socket === carol.id).length, 1);
 
+    // Joins through the API and a kick from node A of a socket on node B, with its reason.
+    const joined = await h.api(a, "POST", "/v1/rooms/ops/join", { sockets: [early.id] });
+    assert.equal(joined.body.sockets, 1);
+    const join = await reader.next((e) => e.type === "joined" && e.socket === early.id);
+    assert.deepEqual([join.node, join.room, join.user], ["eb", "ops", "early"]);
+    const earlyId = early.id;
+    assert.equal((await h.api(a, "DELETE", `/v1/sockets/${earlyId}`)).status, 200);
+    const kicked = await reader.next((e) => e.type === "disconnected" && e.socket === earlyId);
+    assert.equal(kicked.reason, "kicked");
+
     await h.metricAtLeast(b, "pushgate_bus_messages_total", { direction: "out", kind: "events" }, 1);
     // The console's cluster table: every node, with its connections per frontend.
     const nodes = (await h.api(a, "GET", "/v1/nodes")).body.nodes;
