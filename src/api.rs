@@ -23,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::ApiKeys;
 use crate::bus::RedisBus;
 use crate::delivery::Tracker;
+use crate::events::{Events, Item};
 use crate::hub::{Hub, SocketInfo};
 use crate::id::{Frontend, NodeId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
@@ -152,6 +153,8 @@ pub struct Api {
     pub hub: Arc<Hub>,
     pub tracker: Arc<Tracker>,
     pub metrics: Arc<Metrics>,
+    /// The event stream that `GET /v1/events` reads.
+    pub events: Arc<Events>,
     pub keys: ApiKeys,
     pub node: NodeId,
     /// Milliseconds since the epoch when this node started.
@@ -192,9 +195,11 @@ pub fn router(api: Arc<Api>) -> Router {
         .route("/v1/rooms/{room}/join", post(join_room))
         .route("/v1/rooms/{room}/leave", post(leave_room))
         .route("/v1/nodes", get(nodes))
+        .route("/v1/events", get(events))
         .route_layer(middleware::from_fn_with_state(api.clone(), authorize));
     Router::new()
         .merge(v1)
+        .merge(crate::console::routes())
         .route("/healthz", get(|| async { Json(json!({"status": "ok"})) }))
         .route("/readyz", get(readyz))
         .route("/metrics", get(metrics))
@@ -565,6 +570,80 @@ fn this_node(api: &Api) -> NodeInfo {
         connections: frontends.values().sum(),
         frontends,
         started_at: api.started_at,
+    }
+}
+
+/// How often an idle event stream gets a comment line, so that proxies and balancers
+/// (HAProxy's `timeout server`, often 30 s or more) do not close it as idle.
+const EVENTS_KEEPALIVE: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// `GET /v1/events`: Server-Sent Events, one `data: {json}` frame per event of any
+/// node, starting with `ready` once every event after it will be seen. Ends when the
+/// node drains, or after a last `dropped` frame when the reader fell behind.
+async fn events(State(api): Shared) -> Result<Response, ApiError> {
+    refuse_while_draining(&api)?;
+    let reader = api.events.reader();
+    if let Some(c) = &api.cluster {
+        // Subscribed to other nodes' events, and they were told to send them.
+        c.events_followed().await;
+    }
+    let ready = api.events.ready_frame(api.cluster.is_some());
+    tracing::info!("event stream opened");
+    let state = EventStream {
+        first: Some(ready),
+        reader: Some(reader),
+        keepalive: tokio::time::interval_at(
+            tokio::time::Instant::now() + EVENTS_KEEPALIVE,
+            EVENTS_KEEPALIVE,
+        ),
+        draining: api.draining.clone(),
+    };
+    let stream = futures_util::stream::unfold(state, |mut st| async move {
+        let frame = st.next().await?;
+        Some((Ok::<_, std::convert::Infallible>(frame), st))
+    });
+    Ok((
+        [
+            (header::CONTENT_TYPE, "text/event-stream"),
+            (header::CACHE_CONTROL, "no-cache"),
+            // Tells nginx-style proxies not to buffer the stream.
+            (header::HeaderName::from_static("x-accel-buffering"), "no"),
+        ],
+        axum::body::Body::from_stream(stream),
+    )
+        .into_response())
+}
+
+/// One `GET /v1/events` response body in progress.
+struct EventStream {
+    /// The `ready` frame, sent first.
+    first: Option<Bytes>,
+    /// `None` once the reader was dropped and its last frame sent.
+    reader: Option<crate::events::Reader>,
+    keepalive: tokio::time::Interval,
+    draining: CancellationToken,
+}
+
+impl EventStream {
+    /// The next chunk of the body; `None` ends it.
+    async fn next(&mut self) -> Option<Bytes> {
+        if let Some(f) = self.first.take() {
+            return Some(f);
+        }
+        let reader = self.reader.as_ref()?;
+        let next = tokio::select! {
+            next = reader.next() => next,
+            _ = self.keepalive.tick() => return Some(Bytes::from_static(b": keep-alive\n\n")),
+            _ = self.draining.cancelled() => return None,
+        };
+        match next {
+            Item::Frame(f) => Some(f),
+            Item::Dropped => {
+                let last = reader.dropped_frame();
+                self.reader = None;
+                Some(last)
+            }
+        }
     }
 }
 

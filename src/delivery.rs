@@ -25,6 +25,7 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::events::{Event, Events};
 use crate::hub::FanOut;
 use crate::id::{NodeId, PushId, SocketId};
 use crate::metrics::Metrics;
@@ -132,6 +133,8 @@ pub struct Tracker {
     /// Cluster mode: where final reports of cluster pushes go (the bus stores them in
     /// Redis, readable from any node).
     finals: OnceLock<mpsc::UnboundedSender<(PushId, Report)>>,
+    /// The event stream, told of every final report (see [`Tracker::report_events`]).
+    events: OnceLock<Arc<Events>>,
 }
 
 impl Tracker {
@@ -143,7 +146,14 @@ impl Tracker {
             this: this.clone(),
             forward: OnceLock::new(),
             finals: OnceLock::new(),
+            events: OnceLock::new(),
         })
+    }
+
+    /// Tells `events` of every final report from now on (the tracker is built before
+    /// the event stream's other parts, hence a setter). Call once.
+    pub fn report_events(&self, events: Arc<Events>) {
+        let _ = self.events.set(events);
     }
 
     /// Cluster mode: the stream of acks that relays accepted for pushes of other nodes
@@ -253,7 +263,7 @@ impl Tracker {
         let all_reported = n.expected.is_some_and(|e| n.reported >= e);
         let all_acked = !n.acks || rec.report.acked >= rec.report.delivered;
         if all_reported && all_acked {
-            finish(r, id, &self.metrics, self.finals.get());
+            self.finish(r, id);
             return true;
         }
         false
@@ -265,7 +275,7 @@ impl Tracker {
             tokio::time::sleep(timeout).await;
             if let Some(t) = tracker.upgrade() {
                 let mut r = t.records.lock();
-                finish(&mut r, &id, &t.metrics, t.finals.get());
+                t.finish(&mut r, &id);
             }
         });
     }
@@ -380,7 +390,7 @@ impl Tracker {
                 .with_label_values(&["acked"])
                 .inc_by(rec.report.acked as u64);
             if rec.awaiting.is_empty() {
-                finish(&mut r, id, &self.metrics, None);
+                self.finish(&mut r, id);
                 return;
             }
         }
@@ -403,7 +413,7 @@ impl Tracker {
                 waiters: Vec::new(),
             },
         );
-        finish(&mut r, id, &self.metrics, None);
+        self.finish(&mut r, id);
     }
 
     /// A client acknowledged ack id `ack_id`. Returns whether it counted: an ack for an
@@ -439,7 +449,7 @@ impl Tracker {
         rec.report.acked += 1;
         self.metrics.acks.with_label_values(&["acked"]).inc();
         if rec.awaiting.is_empty() {
-            finish(&mut r, &id, &self.metrics, None);
+            self.finish(&mut r, &id);
         }
         true
     }
@@ -464,56 +474,58 @@ impl Tracker {
         };
         rx.await.ok()
     }
-}
 
-/// Makes a record final: what is still awaited timed out; waiters are answered; old
-/// final reports expire.
-fn finish(
-    r: &mut Records,
-    id: &PushId,
-    metrics: &Metrics,
-    finals: Option<&mpsc::UnboundedSender<(PushId, Report)>>,
-) {
-    let Some(rec) = r.by_id.get_mut(id) else {
-        return;
-    };
-    if rec.state == State::Final {
-        return;
-    }
-    rec.state = State::Final;
-    rec.report.timed_out = match &rec.nodes {
-        // Deliveries whose ack never came, including those of a node that died after
-        // reporting. A node that never reported is not counted: nothing says it
-        // delivered anything.
-        Some(n) if n.acks => rec.report.delivered.saturating_sub(rec.report.acked),
-        Some(_) => 0,
-        None => rec.awaiting.len(),
-    };
-    if let (Some(_), Some(tx)) = (&rec.nodes, finals) {
-        let _ = tx.send((id.clone(), rec.report));
-    }
-    if rec.report.timed_out > 0 {
-        metrics
-            .acks
-            .with_label_values(&["timed_out"])
-            .inc_by(rec.report.timed_out as u64);
-    }
-    rec.awaiting = HashSet::new();
-    for w in rec.waiters.drain(..) {
-        let _ = w.send(rec.report);
-    }
-    if let Some(a) = rec.ack_id.take() {
-        r.by_ack.remove(&a);
-    }
-    let now = Instant::now();
-    r.finished.push_back((now, id.clone()));
-    while let Some((at, old)) = r.finished.front() {
-        if now.duration_since(*at) < RETENTION && r.finished.len() <= MAX_REPORTS {
-            break;
+    /// Makes a record final: what is still awaited timed out; waiters are answered;
+    /// the event stream hears of it; old final reports expire.
+    fn finish(&self, r: &mut Records, id: &PushId) {
+        let Some(rec) = r.by_id.get_mut(id) else {
+            return;
+        };
+        if rec.state == State::Final {
+            return;
         }
-        let old = old.clone();
-        r.finished.pop_front();
-        r.by_id.remove(&old);
+        rec.state = State::Final;
+        rec.report.timed_out = match &rec.nodes {
+            // Deliveries whose ack never came, including those of a node that died after
+            // reporting. A node that never reported is not counted: nothing says it
+            // delivered anything.
+            Some(n) if n.acks => rec.report.delivered.saturating_sub(rec.report.acked),
+            Some(_) => 0,
+            None => rec.awaiting.len(),
+        };
+        if let (Some(_), Some(tx)) = (&rec.nodes, self.finals.get()) {
+            let _ = tx.send((id.clone(), rec.report));
+        }
+        if rec.report.timed_out > 0 {
+            self.metrics
+                .acks
+                .with_label_values(&["timed_out"])
+                .inc_by(rec.report.timed_out as u64);
+        }
+        if let Some(events) = self.events.get() {
+            let report = rec.report;
+            events.emit(|| Event::Report {
+                id: id.clone(),
+                report,
+            });
+        }
+        rec.awaiting = HashSet::new();
+        for w in rec.waiters.drain(..) {
+            let _ = w.send(rec.report);
+        }
+        if let Some(a) = rec.ack_id.take() {
+            r.by_ack.remove(&a);
+        }
+        let now = Instant::now();
+        r.finished.push_back((now, id.clone()));
+        while let Some((at, old)) = r.finished.front() {
+            if now.duration_since(*at) < RETENTION && r.finished.len() <= MAX_REPORTS {
+                break;
+            }
+            let old = old.clone();
+            r.finished.pop_front();
+            r.by_id.remove(&old);
+        }
     }
 }
 
@@ -532,6 +544,32 @@ mod tests {
             failed: 0,
             delivered_to: to.iter().map(|s| (*s).clone()).collect(),
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_event_stream_hears_each_report_once_when_it_becomes_final() {
+        let metrics = Arc::new(Metrics::new());
+        let t = Tracker::new(metrics.clone());
+        let events = crate::events::Events::new(NodeId::from("n1"), metrics);
+        t.report_events(events.clone());
+        let reader = events.reader();
+        let s1 = SocketId::from("n1.a");
+        let id = PushId::from("p1");
+        let ack_id = t.begin(&id);
+        t.delivered(&id, fan(&[&s1]), Duration::from_secs(5));
+        assert!(t.ack(ack_id, &s1));
+        assert!(!t.ack(ack_id, &s1), "a second ack changes nothing");
+        let crate::events::Item::Frame(f) = reader.next().await else {
+            panic!("dropped");
+        };
+        let text = std::str::from_utf8(&f).unwrap();
+        assert!(text.contains(r#""type":"report","id":"p1""#), "{text}");
+        assert!(text.contains(r#""acked":1"#), "{text}");
+        t.complete(&PushId::from("p2"), Report::default());
+        let crate::events::Item::Frame(f) = reader.next().await else {
+            panic!("dropped");
+        };
+        assert!(std::str::from_utf8(&f).unwrap().contains(r#""id":"p2""#));
     }
 
     #[tokio::test(start_paused = true)]

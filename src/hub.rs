@@ -22,7 +22,8 @@ use std::sync::Arc;
 use parking_lot::{Mutex, RwLock};
 
 use crate::codec::Codecs;
-use crate::connection::{Enqueued, Frame, Outbox};
+use crate::connection::{CloseReason, Enqueued, Frame, Outbox};
+use crate::events::{Event, Events};
 use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
 use crate::presence::Diff;
@@ -200,6 +201,9 @@ pub struct Hub {
     observer: Option<Arc<dyn Observer>>,
     /// Member counts per topic; `None` unless the observer tracks interest.
     interest: Option<Interest>,
+    /// The event stream, told of connects, disconnects, joins and leaves (outside the
+    /// shard locks, and only built while someone reads).
+    events: Option<Arc<Events>>,
 }
 
 impl Hub {
@@ -211,6 +215,19 @@ impl Hub {
             metrics,
             observer: None,
             interest: None,
+            events: None,
+        }
+    }
+
+    /// The same hub, telling `events` what happens to its sockets.
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = Some(events);
+        self
+    }
+
+    fn emit(&self, make: impl FnOnce() -> Event) {
+        if let Some(e) = &self.events {
+            e.emit(make);
         }
     }
 
@@ -280,7 +297,22 @@ impl Hub {
             t
         });
         let registered = self.observer.as_ref().map(|_| info(&socket, &member));
+        let connected = self
+            .events
+            .as_ref()
+            .filter(|e| e.is_watched())
+            .map(|_| Event::Connected {
+                socket: socket.clone(),
+                user: member.user.clone(),
+                frontend: member.frontend,
+                transport: member.connection.transport(),
+                namespace: member.scope.as_deref().unwrap_or(DEFAULT_SCOPE).to_owned(),
+                rooms: member.rooms.clone(),
+            });
         self.register_locked(socket, member);
+        if let Some(event) = connected {
+            self.emit(|| event);
+        }
         for t in topics.into_iter().flatten() {
             self.topic_added(t);
         }
@@ -310,8 +342,19 @@ impl Hub {
     }
 
     /// Removes a socket from every index; the last member of a room or user removes
-    /// the room or user entry.
+    /// the room or user entry. The reason (for the event stream) is the connection's
+    /// close reason, or `client` while it stays open (the client left a namespace).
     pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
+        self.remove(socket, None)
+    }
+
+    /// [`Hub::unregister`] with a known reason (a server-side disconnect of one
+    /// namespace socket, whose connection stays open).
+    pub fn unregister_because(&self, socket: &SocketId, reason: CloseReason) -> Option<Member> {
+        self.remove(socket, Some(reason))
+    }
+
+    fn remove(&self, socket: &SocketId, reason: Option<CloseReason>) -> Option<Member> {
         let member = {
             let mut shard = self.shard(socket.as_str()).write();
             let shard = &mut *shard;
@@ -341,6 +384,15 @@ impl Hub {
                 rooms: member.rooms.clone(),
             });
         }
+        self.emit(|| Event::Disconnected {
+            socket: socket.clone(),
+            user: member.user.clone(),
+            frontend: member.frontend,
+            reason: reason
+                .or_else(|| member.connection.outbox().closing())
+                .unwrap_or(CloseReason::Client)
+                .as_str(),
+        });
         Some(member)
     }
 
@@ -349,6 +401,11 @@ impl Hub {
         let Some(user) = self.join_locked(socket, room) else {
             return false;
         };
+        self.emit(|| Event::Joined {
+            socket: socket.clone(),
+            user: user.clone(),
+            room: room.clone(),
+        });
         self.topic_added(Topic::Room(room.clone()));
         if self.observer.is_some() {
             self.socket_changed(SocketChange::Joined {
@@ -384,6 +441,11 @@ impl Hub {
         let Some(user) = self.leave_locked(socket, room) else {
             return false;
         };
+        self.emit(|| Event::Left {
+            socket: socket.clone(),
+            user: user.clone(),
+            room: room.clone(),
+        });
         self.topic_removed(Topic::Room(room.clone()));
         if self.observer.is_some() {
             self.socket_changed(SocketChange::Left {
@@ -926,6 +988,50 @@ mod tests {
             1
         );
         assert_eq!(received(&conn), 2);
+    }
+
+    #[tokio::test]
+    async fn the_event_stream_hears_connects_joins_leaves_and_disconnects_with_their_reason() {
+        use crate::events::{Events, Item};
+        let metrics = Arc::new(Metrics::new());
+        let events = Events::new(NodeId::from("n1"), metrics.clone());
+        let hub = Hub::new(codecs().0, metrics).with_events(events.clone());
+        let (quiet, _) = add(&hub, Some("nobody-reads"), &[], 8);
+        let reader = events.reader();
+        let (id, conn) = add(&hub, Some("alice"), &["r"], 8);
+        assert!(hub.join(&id, &RoomName::from("s")));
+        assert!(hub.leave(&id, &RoomName::from("r")));
+        hub.unregister_because(&quiet, CloseReason::Kicked);
+        conn.0.close(CloseReason::PingTimeout);
+        hub.unregister(&id);
+        let mut seen = Vec::new();
+        for _ in 0..5 {
+            let Item::Frame(f) = reader.next().await else {
+                panic!("dropped");
+            };
+            let v: serde_json::Value =
+                serde_json::from_slice(f.strip_prefix(b"data: ").unwrap().trim_ascii()).unwrap();
+            seen.push(format!(
+                "{} {} {}",
+                v["type"].as_str().unwrap(),
+                v["user"].as_str().unwrap_or("-"),
+                v["room"]
+                    .as_str()
+                    .or(v["reason"].as_str())
+                    .or(v["transport"].as_str())
+                    .unwrap()
+            ));
+        }
+        assert_eq!(
+            seen,
+            [
+                "connected alice test",
+                "joined alice s",
+                "left alice r",
+                "disconnected nobody-reads kicked",
+                "disconnected alice ping_timeout",
+            ]
+        );
     }
 
     #[test]

@@ -10,6 +10,9 @@
 //! - [`push_service`] — checks a push against every frontend and hands it to the bus.
 //! - [`codec`] — the frontend seam: how each frontend encodes a push.
 //! - [`delivery`] — the delivery tracker: reports and acks.
+//! - [`events`] — the event stream (`GET /v1/events`): connects, disconnects, joins,
+//!   pushes and reports, for the dev console and apps.
+//! - [`console`] — the dev console's static pages (`/console`).
 //! - [`bus`] — routes pushes to the nodes that hold their targets (local or Redis).
 //! - [`registry`] — the cluster's nodes, sockets, users, rooms and presence in Redis.
 //! - [`presence`] — who is in `presence-*` rooms, by user, whatever the protocol.
@@ -27,7 +30,9 @@ pub mod bus;
 pub mod codec;
 pub mod config;
 pub mod connection;
+pub mod console;
 pub mod delivery;
+pub mod events;
 pub mod frontend;
 pub mod hub;
 pub mod id;

@@ -58,6 +58,16 @@ pub struct Metrics {
     pub presence_changes: IntCounterVec,
     /// Presence diffs handed to connections (once per member per diff).
     pub presence_deliveries: IntCounter,
+    /// Events this node published to the event stream, by `type` (built only while
+    /// someone reads: see `crate::events`).
+    pub events: IntCounterVec,
+    /// Open `GET /v1/events` streams on this node.
+    pub events_readers: IntGauge,
+    /// Event stream readers dropped, by `reason` (`slow`: a full queue).
+    pub events_readers_dropped: IntCounterVec,
+    /// Events not sent to readers on other nodes, by `reason` (`queue_full`,
+    /// `unavailable`).
+    pub events_dropped: IntCounterVec,
     /// Resolved series for each frontend's hot path, by [`Frontend::index`].
     frontends: [FrontendSeries; Frontend::COUNT],
 }
@@ -216,6 +226,25 @@ impl Metrics {
                 "pushgate_presence_deliveries_total",
                 "Presence diffs handed to connections."
             )),
+            events: reg!(counter(
+                "pushgate_events_total",
+                "Events published to the event stream (GET /v1/events), by type.",
+                &["type"]
+            )),
+            events_readers: reg!(IntGauge::new(
+                "pushgate_events_readers",
+                "Open event streams (GET /v1/events) on this node."
+            )),
+            events_readers_dropped: reg!(counter(
+                "pushgate_events_readers_dropped_total",
+                "Event stream readers dropped because they fell behind, by reason.",
+                &["reason"]
+            )),
+            events_dropped: reg!(counter(
+                "pushgate_events_dropped_total",
+                "Events not sent to readers on other nodes, by reason.",
+                &["reason"]
+            )),
             connections,
             deliveries,
             frontends,
@@ -243,6 +272,15 @@ impl Metrics {
     /// Open connections over every frontend.
     pub fn connections_total(&self) -> i64 {
         self.frontends.iter().map(|f| f.connections.get()).sum()
+    }
+
+    /// Open connections per frontend (every frontend, 0 included), as `GET /v1/nodes`
+    /// shows them.
+    pub fn connections_by_frontend(&self) -> std::collections::BTreeMap<&'static str, i64> {
+        Frontend::ALL
+            .into_iter()
+            .map(|f| (f.as_str(), self.frontend(f).connections.get()))
+            .collect()
     }
 
     pub fn render(&self) -> String {
@@ -316,6 +354,13 @@ impl Metrics {
         for change in ["join", "leave"] {
             self.presence_changes.with_label_values(&[change]);
         }
+        for kind in EVENT_TYPES {
+            self.events.with_label_values(&[kind]);
+        }
+        self.events_readers_dropped.with_label_values(&["slow"]);
+        for reason in EVENTS_DROP_REASONS {
+            self.events_dropped.with_label_values(&[reason]);
+        }
     }
 }
 
@@ -356,7 +401,18 @@ const ACK_OUTCOMES: &[&str] = &["acked", "timed_out"];
 /// The gateway behaviour's client events.
 const CLIENT_EVENT_KINDS: &[&str] = &["join", "leave", "ack", "unknown"];
 /// The Redis bus's channel kinds.
-const BUS_CHANNEL_KINDS: &[&str] = &["broadcast", "user", "room", "inbox"];
+const BUS_CHANNEL_KINDS: &[&str] = &["broadcast", "user", "room", "inbox", "events"];
+/// `crate::events::Event::kind`.
+const EVENT_TYPES: &[&str] = &[
+    "connected",
+    "disconnected",
+    "joined",
+    "left",
+    "pushed",
+    "report",
+];
+/// Why the event stream's bus path dropped events (`crate::events`, `bus/redis/events.rs`).
+const EVENTS_DROP_REASONS: &[&str] = &["queue_full", "unavailable"];
 /// `crate::bus::envelope::DecodeError::reason`, and `lagged`.
 const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
 /// The registry's failing operations.
@@ -391,6 +447,12 @@ mod tests {
             r#"pushgate_registry_errors_total{op="refresh"} 0"#,
             r#"pushgate_disconnects_total{frontend="phoenix",reason="too_large"} 0"#,
             r#"pushgate_presence_changes_total{change="leave"} 0"#,
+            r#"pushgate_events_total{type="connected"} 0"#,
+            r#"pushgate_events_total{type="report"} 0"#,
+            r#"pushgate_events_readers 0"#,
+            r#"pushgate_events_readers_dropped_total{reason="slow"} 0"#,
+            r#"pushgate_events_dropped_total{reason="queue_full"} 0"#,
+            r#"pushgate_bus_messages_total{direction="out",kind="events"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }
@@ -488,6 +550,10 @@ mod tests {
             "pushgate_bus_reconnects_total",
             "pushgate_bus_up",
             "pushgate_registry_errors_total",
+            "pushgate_events_total",
+            "pushgate_events_readers",
+            "pushgate_events_readers_dropped_total",
+            "pushgate_events_dropped_total",
         ] {
             assert!(text.contains(name), "missing {name}");
         }

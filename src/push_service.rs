@@ -7,6 +7,7 @@ use std::sync::Arc;
 use crate::bus::{Bus, BusError, Published};
 use crate::codec::{Codecs, Refused};
 use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
+use crate::events::{Event, Events};
 use crate::id::PushId;
 use crate::metrics::Metrics;
 use crate::push::Push;
@@ -37,6 +38,8 @@ pub struct PushService {
     codecs: Codecs,
     tracker: Arc<Tracker>,
     metrics: Arc<Metrics>,
+    /// The event stream, told of every accepted push.
+    events: Option<Arc<Events>>,
 }
 
 impl PushService {
@@ -51,7 +54,14 @@ impl PushService {
             codecs,
             tracker,
             metrics,
+            events: None,
         }
+    }
+
+    /// The same service, telling `events` of every push it accepts.
+    pub fn with_events(mut self, events: Arc<Events>) -> Self {
+        self.events = Some(events);
+        self
     }
 
     pub fn tracker(&self) -> &Arc<Tracker> {
@@ -90,6 +100,25 @@ impl PushService {
             .pushes
             .with_label_values(&[push.target.kind()])
             .inc();
+        // Before the tracker hears of the fan-out, which may make the report final
+        // (and emit it) at once.
+        if let Some(events) = &self.events {
+            events.emit(|| Event::Pushed {
+                id: push.id.clone(),
+                target: push.target.kind(),
+                to: push.target.clone(),
+                event: push.event.clone(),
+                ack_timeout_ms: push.ack.map(|t| t.as_millis() as u64),
+                report: match &published {
+                    Published::Local(fan) => Some(Report::from_fan_out(fan)),
+                    Published::Cluster { .. } => None,
+                },
+                nodes: match published {
+                    Published::Cluster { nodes } => Some(nodes),
+                    Published::Local(_) => None,
+                },
+            });
+        }
         match published {
             Published::Local(fan) => {
                 tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");

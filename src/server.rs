@@ -26,6 +26,7 @@ use crate::codec::Codecs;
 use crate::config::Config;
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
+use crate::events::Events;
 use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
 use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
@@ -68,6 +69,9 @@ pub async fn run(
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
     let tracker = Tracker::new(metrics.clone());
+    // What happens on this node, for `GET /v1/events` (free while nobody reads).
+    let events = Events::new(config.node_id.clone(), metrics.clone());
+    tracker.report_events(events.clone());
     let started_at = crate::id::now_ms();
     // The frontends this node serves register their push codecs: the one place the
     // core learns which protocols exist.
@@ -84,11 +88,10 @@ pub async fn run(
     } = match &config.redis_url {
         Some(url) => {
             let (observer, notes) = ClusterObserver::new();
-            let hub = Arc::new(Hub::with_observer(
-                codecs.clone(),
-                metrics.clone(),
-                observer,
-            ));
+            let hub = Arc::new(
+                Hub::with_observer(codecs.clone(), metrics.clone(), observer)
+                    .with_events(events.clone()),
+            );
             let redis = RedisBus::connect(
                 RedisSettings {
                     url: url.clone(),
@@ -113,11 +116,10 @@ pub async fn run(
         }
         None => {
             let presence = Arc::new(LocalPresence::new(metrics.clone()));
-            let hub = Arc::new(Hub::with_observer(
-                codecs.clone(),
-                metrics.clone(),
-                presence.clone(),
-            ));
+            let hub = Arc::new(
+                Hub::with_observer(codecs.clone(), metrics.clone(), presence.clone())
+                    .with_events(events.clone()),
+            );
             Layers {
                 hub: hub.clone(),
                 bus: Arc::new(LocalBus::new(hub)),
@@ -126,12 +128,12 @@ pub async fn run(
             }
         }
     };
-    let push = Arc::new(PushService::new(
-        bus,
-        codecs,
-        tracker.clone(),
-        metrics.clone(),
-    ));
+    if let Some(redis) = &cluster {
+        redis.carry_events(events.clone());
+    }
+    let push = Arc::new(
+        PushService::new(bus, codecs, tracker.clone(), metrics.clone()).with_events(events.clone()),
+    );
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
     let draining = CancellationToken::new();
 
@@ -174,6 +176,7 @@ pub async fn run(
         hub,
         tracker,
         metrics,
+        events,
         keys: ApiKeys::new(&config.api_keys),
         node: config.node_id.clone(),
         started_at,

@@ -2,8 +2,8 @@
 # Runs every test of the project: Rust unit and integration tests (the workspace,
 # loadtest included), then the Node suite that drives the real gateway binary with
 # the real socket.io-client and phoenix clients. Needs cargo, Node 20+, npm,
-# redis-server (the cluster tests start their own on free ports) and haproxy (the
-# failover test).
+# redis-server (the cluster tests start their own on free ports), haproxy (the
+# failover test) and Debian's chromium (the dev console test).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 

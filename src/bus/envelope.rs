@@ -66,6 +66,14 @@ pub enum Message {
     /// the node whose registry write made the change, for every node with members to
     /// render.
     Presence(crate::presence::Diff),
+    /// A batch of one node's events for readers of `GET /v1/events` on other nodes
+    /// (channel `{p}:e`): each event's JSON as that node's own readers got it, so it
+    /// is serialised once, where it happened.
+    Events { node: String, events: Vec<String> },
+    /// A node got readers of the event stream (channel `{p}:ew`, which every node
+    /// follows): send your events to `{p}:e` from now on, and answer with `Done`.
+    /// Added within version 2: a node without it counts it `undecodable` and skips it.
+    Watch { request: Request },
 }
 
 /// Who asked, so the answer finds its way back.
@@ -280,6 +288,16 @@ mod tests {
                 }],
                 leaves: Vec::new(),
             }),
+            Message::Events {
+                node: "n1".into(),
+                events: vec![r#"{"type":"joined"}"#.into(), "{}".into()],
+            },
+            Message::Watch {
+                request: Request {
+                    id: 8,
+                    from: "n3".into(),
+                },
+            },
         ] {
             let e = Envelope::new(m);
             assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);

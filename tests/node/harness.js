@@ -939,3 +939,132 @@ Object.assign(module.exports, {
   phoenixLongpollGet,
   phoenixCleanup,
 });
+
+// ---------------------------------------------------------------- event stream (GET /v1/events)
+
+const eventStreams = new Set();
+
+/**
+ * Reads `GET /v1/events` of `gw` (with `gw.key`, or `key`) as a test would: resolves once
+ * the `ready` event arrived. `s.events` holds every parsed event (ready included),
+ * `s.next(pred, timeout)` takes the next matching one (others stay queued and in
+ * `s.events`), `s.ended` resolves when the stream ends, `s.close()` aborts it.
+ */
+async function eventStream(gw, { key } = {}) {
+  const ctrl = new AbortController();
+  const k = key === undefined ? gw.key : key;
+  const res = await fetch(gw.url + "/v1/events", {
+    headers: k ? { authorization: `Bearer ${k}` } : {},
+    signal: ctrl.signal,
+  });
+  if (res.status !== 200) {
+    const text = await res.text();
+    const e = new Error(`GET /v1/events -> ${res.status} ${text}`);
+    e.status = res.status;
+    e.text = text;
+    throw e;
+  }
+  const s = { events: [], queue: [], gateway: gw, contentType: res.headers.get("content-type") };
+  const waiters = [];
+  const offer = () => {
+    for (const w of [...waiters]) {
+      const i = s.queue.findIndex(w.pred);
+      if (i >= 0) {
+        waiters.splice(waiters.indexOf(w), 1);
+        w.resolve(s.queue.splice(i, 1)[0]);
+      }
+    }
+  };
+  s.next = (pred = () => true, timeout = 8000) => {
+    const i = s.queue.findIndex(pred);
+    if (i >= 0) return Promise.resolve(s.queue.splice(i, 1)[0]);
+    return new Promise((resolve, reject) => {
+      const w = { pred, resolve: (e) => (clearTimeout(t), resolve(e)) };
+      const t = setTimeout(() => {
+        waiters.splice(waiters.indexOf(w), 1);
+        reject(new Error(`no matching event within ${timeout} ms; seen: ${JSON.stringify(s.events.slice(-8))}`));
+      }, timeout);
+      waiters.push(w);
+    });
+  };
+  s.close = () => ctrl.abort();
+  s.ended = (async () => {
+    const reader = res.body.pipeThrough(new TextDecoderStream()).getReader();
+    let buf = "";
+    try {
+      for (;;) {
+        const { value, done } = await reader.read();
+        if (done) return "end";
+        buf += value;
+        let end;
+        while ((end = buf.indexOf("\n\n")) >= 0) {
+          const frame = buf.slice(0, end);
+          buf = buf.slice(end + 2);
+          if (!frame.startsWith("data: ")) continue;
+          const e = JSON.parse(frame.slice(6));
+          s.events.push(e);
+          s.queue.push(e);
+          offer();
+        }
+      }
+    } catch (e) {
+      return ctrl.signal.aborted ? "aborted" : `error: ${e.message}`;
+    } finally {
+      eventStreams.delete(s);
+    }
+  })();
+  eventStreams.add(s);
+  await s.next((e) => e.type === "ready");
+  return s;
+}
+
+/** Aborts every event stream opened with `eventStream`. */
+function closeEventStreams() {
+  for (const s of eventStreams) s.close();
+  eventStreams.clear();
+}
+
+// ---------------------------------------------------------------- headless Chromium (puppeteer-core)
+
+/** Debian's chromium; never a downloaded browser. */
+const CHROMIUM = process.env.PUSHGATE_CHROMIUM || "/usr/bin/chromium";
+
+/**
+ * Launches Debian's Chromium headless with a fresh profile. The background-networking
+ * flags matter: without them Chromium's own connections are refused in a closed network
+ * and slow everything down. `browser.cleanup()` closes it and removes the profile.
+ */
+async function launchBrowser() {
+  const fs = require("node:fs");
+  const os = require("node:os");
+  const puppeteer = require("puppeteer-core");
+  if (!fs.existsSync(CHROMIUM)) {
+    throw new Error(`${CHROMIUM} not found: apt-get install -y chromium (or set PUSHGATE_CHROMIUM)`);
+  }
+  const profile = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-chromium-"));
+  const browser = await puppeteer.launch({
+    executablePath: CHROMIUM,
+    headless: true,
+    args: [
+      "--headless",
+      "--no-sandbox",
+      "--disable-gpu",
+      "--disable-quic",
+      "--no-first-run",
+      "--disable-background-networking",
+      "--disable-component-update",
+      "--disable-sync",
+      `--user-data-dir=${profile}`,
+    ],
+  });
+  browser.cleanup = async () => {
+    try {
+      await browser.close();
+    } finally {
+      fs.rmSync(profile, { recursive: true, force: true });
+    }
+  };
+  return browser;
+}
+
+Object.assign(module.exports, { eventStream, closeEventStreams, launchBrowser, CHROMIUM });

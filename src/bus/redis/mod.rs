@@ -9,6 +9,8 @@
 //! - `{p}:n:{node}` — the node's inbox: pushes to one of its sockets (the socket id
 //!   names its node), delivery reports and acks for pushes it accepted, control
 //!   requests (kick, join, leave) and their answers.
+//! - `{p}:e`, `{p}:ew` — the event stream's batches and watch announcements
+//!   (`events.rs`).
 //!
 //! PUBLISH answers how many nodes received a push; the origin's tracker expects that
 //! many `Delivered` reports. Every delivering node — the origin included, through its
@@ -19,7 +21,8 @@
 //! Files: `sync.rs` (interest → subscriptions), `writer.rs` (socket changes →
 //! registry, presence diffs out), `lease.rs` (lease, liveness, dead nodes),
 //! `receive.rs` (what arrives), `outbox.rs` (what is sent to other nodes),
-//! `control.rs` (kick, join and leave requests), `health.rs` (the connections' state).
+//! `control.rs` (kick, join and leave requests), `health.rs` (the connections' state),
+//! `events.rs` (the event stream across nodes).
 //!
 //! Three connections: the *publisher* (pushes, reports, control), the *subscriber*,
 //! and the registry's own, so registry work never delays a publish or a subscription.
@@ -39,8 +42,11 @@
 //!   and publishing fails fast with [`BusError::Unavailable`].
 //! - *outbox*: sends reports, acks and control messages in order, pipelined.
 //! - *acks* and *finals*: forward relayed acks; store final reports.
+//! - *events* (once [`RedisBus::carry_events`] is called): the event stream's
+//!   subscriptions and batches.
 
 mod control;
+mod events;
 mod health;
 mod lease;
 mod outbox;
@@ -53,7 +59,7 @@ pub use sync::{ClusterObserver, Notes};
 
 use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -172,6 +178,8 @@ pub struct RedisBus {
     next_request: AtomicU64,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// The event stream's cluster path, once carried (`events.rs`).
+    events: OnceLock<events::Link>,
 }
 
 impl RedisBus {
@@ -246,6 +254,7 @@ impl RedisBus {
             next_request: AtomicU64::new(1),
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
+            events: OnceLock::new(),
         });
         // The receive queue must exist before the first SUBSCRIBE.
         let messages = bus.subscriber.message_rx();
@@ -332,6 +341,8 @@ impl RedisBus {
             .unwrap_or("");
         if rest == "b" {
             "broadcast"
+        } else if rest == "e" || rest == "ew" {
+            "events"
         } else if rest.starts_with("u:") {
             "user"
         } else if rest.starts_with("r:") {

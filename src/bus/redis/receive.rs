@@ -95,8 +95,11 @@ impl RedisBus {
                 sockets,
             } => self.rooms(request, room, sockets, false),
             Message::Done { request, n } => {
-                if let Some(tx) = self.requests.lock().remove(&request) {
+                let waiting = self.requests.lock().remove(&request);
+                if let Some(tx) = waiting {
                     let _ = tx.send(n);
+                } else {
+                    self.on_watch_answer(request);
                 }
             }
             Message::Presence(diff) => {
@@ -104,6 +107,8 @@ impl RedisBus {
                 self.metrics.presence_deliveries.inc_by(n as u64);
                 tracing::trace!(room = %diff.room, members = n, "presence diff delivered");
             }
+            Message::Events { node, events } => self.on_events(&node, events),
+            Message::Watch { request } => self.on_watch(request),
         }
     }
 

@@ -419,7 +419,7 @@ impl<B: Behaviour> Handler for SocketIo<B> {
     fn disconnect(&self, session: &Session<Self>, state: &mut State, socket: &SocketId) {
         if let Some(pos) = state.sockets.iter().position(|s| &s.id == socket) {
             let s = state.sockets.swap_remove(pos);
-            self.hub.unregister(&s.id);
+            self.hub.unregister_because(&s.id, CloseReason::Kicked);
             let mut text = String::new();
             packet::encode_disconnect(&mut text, &s.nsp);
             session.outbox().push_control(Frame::text(text));

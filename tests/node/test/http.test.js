@@ -289,6 +289,8 @@ describe("HTTP API", () => {
       assert.equal(res.body.nodes.length, 1);
       const [n] = res.body.nodes;
       assert.equal(n.id, "node-A_1");
+      assert.equal(n.frontends.socketio, n.connections, `connections per frontend: ${JSON.stringify(n.frontends)}`);
+      assert.equal(n.frontends.phoenix, 0);
       assert.equal(typeof n.started_at, "number");
       assert.ok(n.started_at <= Date.now() && n.started_at > Date.now() - 600_000, `started_at ${n.started_at}`);
       s1.close();
