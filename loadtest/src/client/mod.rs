@@ -54,6 +54,14 @@ pub enum Protocol {
 }
 
 impl Protocol {
+    /// The protocol's name for people.
+    pub fn name(self) -> &'static str {
+        match self {
+            Protocol::Socketio => "Socket.IO",
+            Protocol::Phoenix => "Phoenix",
+        }
+    }
+
     /// The WebSocket path the gateway serves this protocol on.
     pub fn default_path(self) -> &'static str {
         match self {
@@ -99,12 +107,13 @@ pub struct ClientConfig {
     pub heartbeat: Duration,
 }
 
-/// The topics (Phoenix) or rooms (Socket.IO, through the token) of one connection.
+/// Who one connection is: its token, and the room its token names.
 #[derive(Debug, Clone, Copy, Default)]
 pub struct Identity<'a> {
     /// The connection JWT, when the scenario has a secret.
     pub token: Option<&'a str>,
-    /// The room this connection is a member of (Phoenix joins it as a topic).
+    /// The room in the token's `rooms` claim: Socket.IO is joined to it on connect,
+    /// Phoenix joins it as a topic.
     pub room: Option<&'a str>,
 }
 
