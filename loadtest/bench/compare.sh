@@ -1,19 +1,33 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: pushgate against the socket.io peer (loadtest/peers/socketio),
-# same load generator (pushgate-load), same machine, one run, one system at a time.
+# against pushgate built at another commit, and over Phoenix Channels; same load
+# generator (pushgate-load), same machine, one run, one system at a time.
 #
 #   loadtest/bench/compare.sh [--quick] [--scenarios idle,bcast,maxdel,users,scale,big] ...
+#   loadtest/bench/compare.sh --base 4d763d7 --sides pushgate,base,phoenix ...
+#
+# Sides (--sides):
+#   pushgate  the working tree's pushgate (target/release), Socket.IO clients
+#   peer      the socket.io + Redis adapter peer
+#   base      pushgate built at --base COMMIT in a temporary git worktree outside the
+#             repo (target dir kept in $PUSHGATE_BENCH_BASE_DIR, default
+#             ${TMPDIR:-/tmp}/pushgate-bench-base, so a second build compiles only
+#             pushgate; the binary is copied to <results>/bin/), Socket.IO clients
+#   phoenix   the working tree's pushgate, Phoenix Channels clients (--protocol phoenix)
 #
 # Every scenario starts a fresh redis-server on a free loopback port and fresh server
 # processes (pushgate nodes sharing that Redis, or socket.io processes on the Redis
 # adapter), runs pushgate-load against them, stops everything, and then does the same for
 # the other side. JSON results go to loadtest/results/<date>/ (git-ignored); at the end
-# loadtest/bench/render.py renders the tables into BENCHMARKS.md between
-# `<!-- compare:begin -->` and `<!-- compare:end -->`.
+# loadtest/bench/render.py renders the tables into BENCHMARKS.md: pushgate vs the peer
+# between `<!-- compare:begin -->` and `<!-- compare:end -->`, or (--section seam, the
+# default when the sides include base or phoenix) pushgate vs its base commit and
+# Phoenix between `<!-- seam:begin -->` and `<!-- seam:end -->`.
 #
 # Scenarios (sizes are flags, see --help):
 #   idle    RSS per idle connection at each --idle-sizes
-#   idlesolo  the same for one pushgate process without Redis (sizes <= --per-proc)
+#   idlesolo  the same for one process of each pushgate side without Redis
+#           (sizes <= --per-proc)
 #   bcast   broadcast to all once a second at each --bcast-sizes (loss, p50, p99)
 #   maxdel  broadcast rate stepped up (--maxdel-steps pushes/s to --maxdel-conns
 #           connections) until p99 > 1 s or loss: highest deliveries/s with p99 <= 1 s
@@ -36,6 +50,8 @@ secret="bench-secret"
 # ---- options -------------------------------------------------------------------------
 scenarios="idle,bcast,maxdel,users,scale"
 sides="pushgate,peer"
+base=""
+section=""
 idle_sizes="10000,50000,100000"
 bcast_sizes="10000,20000,50000"
 maxdel_conns=10000
@@ -59,13 +75,16 @@ benchmarks="$root/BENCHMARKS.md"
 cmdline="$(env | grep -E '^PUSHGATE_[A-Z_]+=' | sort | tr '\n' ' ' || true)loadtest/bench/compare.sh $*"
 
 usage() {
-  sed -n '2,22p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
+  sed -n '2,40p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'
   cat <<EOF
 
 Options (defaults in brackets):
   --quick                 small sizes to test the script (2k connections, short phases)
   --scenarios LIST        [$scenarios]  (also: big)
-  --sides LIST            [$sides]
+  --sides LIST            [$sides]  (pushgate, peer, base, phoenix)
+  --base COMMIT           build pushgate at COMMIT for the side "base"
+  --section NAME          BENCHMARKS.md section: compare (vs the peer) or seam (vs
+                          --base, Phoenix) [seam when sides include base or phoenix]
   --idle-sizes LIST       [$idle_sizes]
   --bcast-sizes LIST      [$bcast_sizes]
   --maxdel-conns N        [$maxdel_conns]   --maxdel-steps LIST [$maxdel_steps]
@@ -92,6 +111,8 @@ while [ $# -gt 0 ]; do
       shift ;;
     --scenarios) scenarios="$2"; shift 2 ;;
     --sides) sides="$2"; shift 2 ;;
+    --base) base="$2"; shift 2 ;;
+    --section) section="$2"; shift 2 ;;
     --idle-sizes) idle_sizes="$2"; shift 2 ;;
     --bcast-sizes) bcast_sizes="$2"; shift 2 ;;
     --maxdel-conns) maxdel_conns="$2"; shift 2 ;;
@@ -117,6 +138,21 @@ while [ $# -gt 0 ]; do
   esac
 done
 
+has() { [[ ",$1," == *",$2,"* ]]; }
+if [ -z "$section" ]; then
+  section=compare
+  if has "$sides" base || has "$sides" phoenix; then section=seam; fi
+fi
+case "$section" in compare|seam) ;; *) echo "--section: compare or seam" >&2; exit 2 ;; esac
+for side in ${sides//,/ }; do
+  case "$side" in pushgate|peer|base|phoenix) ;;
+    *) echo "--sides: unknown side $side (pushgate, peer, base, phoenix)" >&2; exit 2 ;;
+  esac
+done
+if has "$sides" base && [ -z "$base" ]; then
+  echo "--sides base needs --base COMMIT" >&2; exit 2
+fi
+
 [ -n "$results" ] || results="$root/loadtest/results/$(date -u +%Y-%m-%dT%H%M)"
 mkdir -p "$results"
 results="$(cd "$results" && pwd)"
@@ -124,14 +160,16 @@ summary="$results/summary.jsonl"
 log="$results/compare.log"
 
 render() {
-  python3 "$here/render.py" --results "$results" --benchmarks "$benchmarks"
+  python3 "$here/render.py" --results "$results" --benchmarks "$benchmarks" \
+    --section "$section"
 }
 if [ "$render_only" = 1 ]; then render; exit 0; fi
 
 say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
-has() { [[ ",$1," == *",$2,"* ]]; }
 
-for c in redis-server redis-cli node python3 jq curl timeout; do
+need=(redis-server redis-cli python3 jq curl timeout git)
+has "$sides" peer && need+=(node)
+for c in "${need[@]}"; do
   command -v "$c" >/dev/null || { echo "$c not found" >&2; exit 1; }
 done
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
@@ -139,6 +177,46 @@ ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 if [ "$build" = 1 ]; then
   say "building release binaries"
   (cd "$root" && cargo build --release -p pushgate -p pushgate-load) >>"$log" 2>&1
+fi
+head_commit="$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)"
+if [ -n "$(cd "$root" && git status --porcelain --untracked-files=no 2>/dev/null)" ]; then
+  head_commit="$head_commit-dirty"
+fi
+
+# ---- the base build: pushgate at --base, in a temporary worktree outside the repo -----
+base_bin=""
+base_commit=""
+base_wt=""
+remove_base_worktree() {
+  if [ -n "$base_wt" ]; then
+    git -C "$root" worktree remove --force "$base_wt" >>"$log" 2>&1 || true
+    base_wt=""
+  fi
+}
+if [ -n "$base" ]; then
+  sha="$(git -C "$root" rev-parse --verify --quiet "$base^{commit}")" \
+    || { echo "--base $base: not a commit of this repository" >&2; exit 2; }
+  base_commit="${sha:0:7}"
+  base_bin="$results/bin/pushgate-$base_commit"
+  if [ ! -x "$base_bin" ] || [ "$build" = 1 ]; then
+    base_dir="${PUSHGATE_BENCH_BASE_DIR:-${TMPDIR:-/tmp}/pushgate-bench-base}"
+    mkdir -p "$base_dir"
+    base_dir="$(cd "$base_dir" && pwd)"
+    case "$base_dir/" in "$root"/*)
+      echo "PUSHGATE_BENCH_BASE_DIR must be outside the repository" >&2; exit 2 ;;
+    esac
+    base_wt="$base_dir/worktree-$base_commit-$$"
+    trap 'remove_base_worktree' EXIT
+    say "building pushgate at $base_commit in $base_wt (target dir $base_dir/target)"
+    git -C "$root" worktree add --detach --force "$base_wt" "$sha" >>"$log" 2>&1
+    (cd "$base_wt" && CARGO_TARGET_DIR="$base_dir/target" \
+      cargo build --release --locked -p pushgate --bin pushgate) >>"$log" 2>&1 \
+      || { echo "building $base_commit failed; see $log" >&2; exit 1; }
+    mkdir -p "$results/bin"
+    cp "$base_dir/target/release/pushgate" "$base_bin"
+    remove_base_worktree
+  fi
+  [ -x "$base_bin" ] || { echo "no base binary at $base_bin" >&2; exit 1; }
 fi
 if has "$sides" peer && [ ! -d "$peer_dir/node_modules" ]; then
   (cd "$peer_dir" && npm ci --no-audit --no-fund) >>"$log" 2>&1
@@ -148,11 +226,11 @@ fi
 if [ ! -f "$results/machine.json" ]; then
   jq -n --arg nproc "$(nproc)" --arg free "$(free -g)" --arg kernel "$(uname -sr)" \
     --arg cpu "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //')" \
-    --arg nofile "$(ulimit -n)/$(ulimit -Hn)" --arg node "$(node --version)" \
+    --arg nofile "$(ulimit -n)/$(ulimit -Hn)" --arg node "$(node --version 2>/dev/null || echo none)" \
     --arg redis "$(redis-server --version | grep -o 'v=[0-9.]*' | cut -d= -f2)" \
     --arg rustc "$(rustc --version 2>/dev/null || echo unknown)" \
     --arg date "$(date -u +'%Y-%m-%d %H:%M UTC')" \
-    --arg commit "$(cd "$root" && git rev-parse --short HEAD 2>/dev/null || echo unknown)" \
+    --arg commit "$head_commit" \
     --arg uptime "$(uptime)" \
     '{nproc:$nproc, free:$free, kernel:$kernel, cpu:$cpu, nofile:$nofile, node:$node,
       redis:$redis, rustc:$rustc, date:$date, commit:$commit, uptime_at_start:$uptime}' \
@@ -189,7 +267,7 @@ stop_all() {
   for w in "${wrappers[@]}"; do wait "$w" 2>/dev/null || true; done
   wrappers=(); srv_pids=(); targets=(); push_urls=(); redis_port=""
 }
-trap 'stop_all' EXIT
+trap 'stop_all; remove_base_worktree' EXIT
 trap 'exit 130' INT TERM
 
 start_redis() {
@@ -213,14 +291,14 @@ wait_http() { # url
   echo "$1 did not answer 200" >&2; return 1
 }
 
-start_pushgate() { # nodes
-  local n="$1" i port w
+start_pushgate() { # nodes [binary]
+  local n="$1" bin="${2:-$gw_bin}" i port w
   start_redis
   for i in $(seq 0 $((n - 1))); do
     port="$(free_port)"
     PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_JWT_SECRET="$secret" \
       PUSHGATE_REDIS_URL="redis://127.0.0.1:$redis_port" PUSHGATE_NODE_ID="gw$i" \
-      RUST_LOG=warn timeout -k 5 "$life" "$gw_bin" >>"$results/pushgate.log" 2>&1 &
+      RUST_LOG=warn timeout -k 5 "$life" "$bin" >>"$results/pushgate.log" 2>&1 &
     w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
     targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/v1/push")
   done
@@ -246,10 +324,12 @@ join() { local IFS=,; echo "$*"; }
 # run_load SCENARIO SIDE CONNS STEP NAME -- tool args...
 run_load() {
   local scen="$1" side="$2" conns="$3" step="$4" name="$5"; shift 6
-  local out="$results/$name.json" rc=0 t_max
+  local out="$results/$name.json" rc=0 t_max protocol=socketio commit=""
+  [ "$side" = phoenix ] && protocol=phoenix
+  case "$side" in pushgate|phoenix) commit="$head_commit" ;; base) commit="$base_commit" ;; esac
   local args=(--quiet --label "$name" --target "$(join "${targets[@]}")"
     --push-url "$(join "${push_urls[@]}")" --pid "$(join "${srv_pids[@]}")"
-    --jwt-secret "$secret" -n "$conns" --out "$out" "$@")
+    --jwt-secret "$secret" -n "$conns" --out "$out" --protocol "$protocol" "$@")
   t_max=$(( conns / 500 + 600 ))
   say "run $name: pushgate-load ${args[*]}"
   local busy0 busy1 t0 t1
@@ -260,12 +340,14 @@ run_load() {
   local cmd
   cmd="target/release/pushgate-load $(printf '%q ' "${args[@]}" | sed "s#$results/#loadtest/results/$(basename "$results")/#g")"
   jq -cn --arg scen "$scen" --arg side "$side" --argjson conns "$conns" --arg step "$step" \
+    --arg protocol "$protocol" --arg commit "$commit" \
     --arg name "$name" --argjson procs "${#srv_pids[@]}" --argjson rc "$rc" --arg cmd "$cmd" \
     --arg load "$(cut -d' ' -f1-3 /proc/loadavg)" \
     --arg env "$(env | grep -E '^PUSHGATE_[A-Z_]+=' | sort | tr '\n' ' ' || true)" \
     --argjson busy "$(awk -v a="$busy0" -v b="$busy1" -v hz="$(getconf CLK_TCK)" 'BEGIN { print (b - a) / hz }')" \
     --argjson wall "$(awk -v a="$t0" -v b="$t1" 'BEGIN { print b - a }')" \
-    '{scenario:$scen, side:$side, conns:$conns, step:$step, name:$name, procs:$procs,
+    '{scenario:$scen, side:$side, protocol:$protocol, commit:$commit, conns:$conns,
+      step:$step, name:$name, procs:$procs,
       rc:$rc, cmd:$cmd, json:($name + ".json"), loadavg_after:$load,
       machine_busy_s:$busy, wall_s:$wall, env:$env}' >>"$summary"
   return 0
@@ -274,8 +356,14 @@ run_load() {
 # busy CPU ticks of the whole machine (user+nice+system+irq+softirq+steal)
 busy_ticks() { awk '/^cpu / { print $2 + $3 + $4 + $7 + $8 + $9; exit }' /proc/stat; }
 
+# the gateway binary a pushgate side runs
+side_bin() { if [ "$1" = base ]; then echo "$base_bin"; else echo "$gw_bin"; fi; }
+
 start_side() { # side procs
-  if [ "$1" = pushgate ]; then start_pushgate "$2"; else start_peer "$2"; fi
+  case "$1" in
+    peer) start_peer "$2" ;;
+    *) start_pushgate "$2" "$(side_bin "$1")" ;;
+  esac
 }
 
 # field from a result file, or "" when absent
@@ -315,20 +403,25 @@ if has "$scenarios" idle; then
 fi
 
 # pushgate alone, in-process bus (no Redis): the connection cost without the cluster
-# registry; sizes of --idle-sizes that one process can hold
-if has "$scenarios" idlesolo && has "$sides" pushgate; then
+# registry; sizes of --idle-sizes that one process can hold; every pushgate side
+if has "$scenarios" idlesolo; then
   IFS=, read -r -a sizes <<<"$idle_sizes"
   for n in "${sizes[@]}"; do
     [ "$n" -le "$per_proc" ] || continue
-    port="$(free_port)"
-    PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_JWT_SECRET="$secret" RUST_LOG=warn \
-      timeout -k 5 "$life" "$gw_bin" >>"$results/pushgate.log" 2>&1 &
-    w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
-    targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/v1/push")
-    wait_http "http://127.0.0.1:$port/readyz"
-    run_load idlesolo pushgate "$n" "" "idlesolo-pushgate-$n" -- --ramp-rate "$ramp" \
-      --hold "${idle_hold}s" --push none --push-rate 0
-    stop_all
+    for side in "${side_list[@]}"; do
+      [ "$side" = peer ] && continue
+      # (not substituted in the background command: child_of would find the substitution)
+      bin="$(side_bin "$side")"
+      port="$(free_port)"
+      PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_JWT_SECRET="$secret" RUST_LOG=warn \
+        timeout -k 5 "$life" "$bin" >>"$results/pushgate.log" 2>&1 &
+      w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+      targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/v1/push")
+      wait_http "http://127.0.0.1:$port/readyz"
+      run_load idlesolo "$side" "$n" "" "idlesolo-$side-$n" -- --ramp-rate "$ramp" \
+        --hold "${idle_hold}s" --push none --push-rate 0
+      stop_all
+    done
   done
 fi
 
@@ -405,6 +498,6 @@ if has "$scenarios" big && has "$sides" pushgate; then
   stop_all
 fi
 
-say "rendering into BENCHMARKS.md"
+say "rendering into $benchmarks ($section section)"
 render
 say "done: $results"

@@ -184,7 +184,8 @@ pub enum FailKind {
     Memory,
     /// The HTTP upgrade was answered with an error status.
     HttpStatus,
-    /// Socket.IO CONNECT_ERROR (a refused token, say).
+    /// The server refused the identity: Socket.IO CONNECT_ERROR, Phoenix 403 or a refused
+    /// join (a bad token, say).
     Auth,
     /// An unexpected frame in the handshake.
     Protocol,
@@ -272,11 +273,12 @@ impl FailKind {
             FailKind::HttpStatus => "the WebSocket upgrade was refused with an HTTP error: \
                  check --path, the target, and the server log"
                 .to_owned(),
-            FailKind::Auth => "the server refused the Socket.IO CONNECT (token missing, \
-                 bad or expired?): check --jwt-secret against the server's secret"
+            FailKind::Auth => "the server refused the connection (Socket.IO CONNECT_ERROR, \
+                 Phoenix 403 or a refused phx_join: token missing, bad or expired?): check \
+                 --jwt-secret against the server's secret"
                 .to_owned(),
             FailKind::Protocol => "unexpected frames in the handshake: is the target a \
-                 Socket.IO v4 server at --path?"
+                 server of --protocol (Socket.IO v4, Phoenix Channels v2) at --path?"
                 .to_owned(),
             FailKind::Other => "see the sample error".to_owned(),
         }

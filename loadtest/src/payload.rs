@@ -1,13 +1,11 @@
 //! The data every load push carries, `{"t": <send time, unix ns>, "seq": <push number>}`,
-//! how a received event is read back, and the per-connection record of which pushes a
-//! connection has already seen (to count duplicates).
+//! how a received event (as the gateway's codecs decoded it) is read back, and the
+//! per-connection record of which pushes a connection has already seen (to count
+//! duplicates).
 
-use std::borrow::Cow;
-use std::fmt;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::de::{self, Deserializer, IgnoredAny, SeqAccess, Visitor};
-use serde::Deserialize;
+use serde_json::Value;
 
 /// Wall-clock time in ns since the epoch; the same clock in every process of this host,
 /// so a send stamp from the parent and a receive time in a worker compare directly.
@@ -28,57 +26,64 @@ pub fn push_data(t: u64, seq: u64, pad: usize) -> serde_json::Value {
 }
 
 /// The stamp a load push carries.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stamp {
     pub t: u64,
     pub seq: u64,
 }
 
-/// A received Socket.IO event: its name, and the stamp when its first argument is one.
+impl Stamp {
+    /// The stamp in a push's data: an object with unsigned integers `t` and `seq` (other
+    /// members, such as the padding, are ignored); `None` for anything else.
+    pub fn of(data: &Value) -> Option<Stamp> {
+        let t = data.get("t")?.as_u64()?;
+        let seq = data.get("seq")?.as_u64()?;
+        Some(Stamp { t, seq })
+    }
+}
+
+/// A received event: its name, and the stamp when its data is one.
 #[derive(Debug, PartialEq, Eq)]
 pub struct ReceivedEvent<'a> {
-    pub event: Cow<'a, str>,
+    pub event: &'a str,
     pub stamp: Option<Stamp>,
 }
 
-/// Reads an EVENT payload `["name", arg0, ...]`. Arguments after the first (a recovery
-/// offset, say) are ignored; a first argument that is not a stamp gives `stamp: None`.
-pub fn parse_event(json: &str) -> Result<ReceivedEvent<'_>, serde_json::Error> {
-    let mut de = serde_json::Deserializer::from_str(json);
-    let ev = de.deserialize_seq(EventVisitor)?;
-    de.end()?;
-    Ok(ev)
+/// Why a received event cannot be read as a push of this tool.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+pub enum PayloadError {
+    /// Socket.IO allows numeric event names; pushgate never sends one.
+    #[error("event name is not a string")]
+    NameNotString,
+    /// What the codec would refuse anyway: not a non-empty array.
+    #[error("event payload is not an array [name, args...]")]
+    NotAnEvent,
 }
 
-struct EventVisitor;
-
-/// The first argument, read as a stamp when it has `t` and `seq`.
-#[derive(Deserialize)]
-#[serde(untagged)]
-enum MaybeStamp {
-    Stamp(Stamp),
-    Other(IgnoredAny),
-}
-
-impl<'de> Visitor<'de> for EventVisitor {
-    type Value = ReceivedEvent<'de>;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("an event array [name, args...]")
+impl<'a> ReceivedEvent<'a> {
+    /// Reads a Socket.IO EVENT payload `["name", arg0, ...]` (as `packet::decode` left it).
+    /// Arguments after the first (a recovery offset, say) are ignored; a first argument
+    /// that is not a stamp gives `stamp: None`.
+    pub fn from_socketio(args: &'a Value) -> Result<Self, PayloadError> {
+        let args = args.as_array().ok_or(PayloadError::NotAnEvent)?;
+        let event = match args.first() {
+            Some(Value::String(name)) => name.as_str(),
+            Some(_) => return Err(PayloadError::NameNotString),
+            None => return Err(PayloadError::NotAnEvent),
+        };
+        Ok(ReceivedEvent {
+            event,
+            stamp: args.get(1).and_then(Stamp::of),
+        })
     }
 
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-        #[derive(Deserialize)]
-        struct Name<'a>(#[serde(borrow)] Cow<'a, str>);
-        let Name(event) = seq
-            .next_element()?
-            .ok_or_else(|| de::Error::custom("empty event array"))?;
-        let stamp = match seq.next_element::<MaybeStamp>()? {
-            Some(MaybeStamp::Stamp(s)) => Some(s),
-            _ => None,
-        };
-        while seq.next_element::<IgnoredAny>()?.is_some() {}
-        Ok(ReceivedEvent { event, stamp })
+    /// Reads a Phoenix push: the event is the frame's, the payload is the push's data (an
+    /// object; pushgate wraps other values as `{"value": …}`, which is not a stamp).
+    pub fn from_phoenix(event: &'a str, payload: &Value) -> Self {
+        ReceivedEvent {
+            event,
+            stamp: Stamp::of(payload),
+        }
     }
 }
 
@@ -157,49 +162,70 @@ fn set_bit(bits: &mut Vec<u64>, seq: u32) -> bool {
 mod tests {
     use super::*;
 
+    use serde_json::json;
+
     #[test]
     fn stamped_event_round_trips() {
         let data = push_data(1_700_000_000_123_456_789, 42, 0);
-        let text = serde_json::json!(["load", data]).to_string();
-        let ev = parse_event(&text).unwrap();
+        let args = json!(["load", data]);
+        let ev = ReceivedEvent::from_socketio(&args).unwrap();
         assert_eq!(ev.event, "load");
-        assert_eq!(
-            ev.stamp,
-            Some(Stamp {
-                t: 1_700_000_000_123_456_789,
-                seq: 42
-            })
-        );
+        let stamp = Some(Stamp {
+            t: 1_700_000_000_123_456_789,
+            seq: 42,
+        });
+        assert_eq!(ev.stamp, stamp);
+        assert_eq!(ReceivedEvent::from_phoenix("load", &data).stamp, stamp);
     }
 
     #[test]
     fn padding_and_extra_arguments_are_ignored() {
-        let text = serde_json::json!(["load", push_data(5, 6, 100), "offset-1"]).to_string();
+        let args = json!(["load", push_data(5, 6, 100), "offset-1"]);
         assert_eq!(
-            parse_event(&text).unwrap().stamp,
+            ReceivedEvent::from_socketio(&args).unwrap().stamp,
             Some(Stamp { t: 5, seq: 6 })
         );
-        let ev = parse_event(r#"["e",{"seq":1,"t":2,"more":{"a":[1,2]}}]"#).unwrap();
+        let args = json!(["e", {"seq": 1, "t": 2, "more": {"a": [1, 2]}}]);
+        let ev = ReceivedEvent::from_socketio(&args).unwrap();
         assert_eq!(ev.stamp, Some(Stamp { t: 2, seq: 1 }));
+        assert_eq!(
+            ReceivedEvent::from_phoenix("load", &push_data(5, 6, 100)).stamp,
+            Some(Stamp { t: 5, seq: 6 })
+        );
     }
 
     #[test]
     fn events_without_a_stamp_parse_with_none() {
-        let ev = parse_event(r#"["hello","world"]"#).unwrap();
-        assert_eq!((ev.event.as_ref(), ev.stamp), ("hello", None));
-        assert_eq!(parse_event(r#"["bare"]"#).unwrap().stamp, None);
-        assert_eq!(parse_event(r#"["x",{"t":1}]"#).unwrap().stamp, None);
-        // Escaped names are unescaped.
-        assert_eq!(parse_event(r#"["a\"b",1]"#).unwrap().event, "a\"b");
+        let args = json!(["hello", "world"]);
+        let ev = ReceivedEvent::from_socketio(&args).unwrap();
+        assert_eq!((ev.event, ev.stamp), ("hello", None));
+        let bare = json!(["bare"]);
+        assert_eq!(ReceivedEvent::from_socketio(&bare).unwrap().stamp, None);
+        let half = json!(["x", {"t": 1}]);
+        assert_eq!(ReceivedEvent::from_socketio(&half).unwrap().stamp, None);
+        let float = json!(["x", {"t": 1.5, "seq": 2}]);
+        assert_eq!(ReceivedEvent::from_socketio(&float).unwrap().stamp, None);
+        // pushgate wraps data that is not an object for Phoenix: not a stamp.
+        let wrapped = json!({"value": [1, 2]});
+        assert_eq!(ReceivedEvent::from_phoenix("x", &wrapped).stamp, None);
     }
 
     #[test]
     fn malformed_payloads_are_errors() {
-        assert!(parse_event("").is_err());
-        assert!(parse_event("[]").is_err());
-        assert!(parse_event(r#"{"t":1}"#).is_err());
-        assert!(parse_event(r#"["x",1] trailing"#).is_err());
-        assert!(parse_event(r#"[1,{"t":1,"seq":2}]"#).is_err());
+        // Text that is not JSON never gets here: the library's `packet::decode` refuses
+        // it (its `invalid_json_is_an_error` test), and the session ends as a protocol error.
+        assert_eq!(
+            ReceivedEvent::from_socketio(&json!([])),
+            Err(PayloadError::NotAnEvent)
+        );
+        assert_eq!(
+            ReceivedEvent::from_socketio(&json!({"t": 1})),
+            Err(PayloadError::NotAnEvent)
+        );
+        assert_eq!(
+            ReceivedEvent::from_socketio(&json!([1, {"t": 1, "seq": 2}])),
+            Err(PayloadError::NameNotString)
+        );
     }
 
     #[test]

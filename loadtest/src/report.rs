@@ -156,9 +156,10 @@ impl Report {
         let _ =
             writeln!(
             s,
-            "pushgate-load{}: {:.1} s, {} target(s), {} worker process(es), {} source address(es)",
+            "pushgate-load{}: {:.1} s, {} clients, {} target(s), {} worker process(es), {} source address(es)",
             self.label.as_deref().map(|l| format!(" [{l}]")).unwrap_or_default(),
             self.duration_secs,
+            self.scenario.protocol.name(),
             self.scenario.targets.len(),
             self.plan.workers,
             self.plan.sources.max(1),
@@ -520,6 +521,7 @@ mod tests {
         assert!(s.contains("1000 established / 1000 attempted"), "{s}");
         assert!(s.contains("latency ms"), "{s}");
         assert!(s.contains("[unit]"), "{s}");
+        assert!(s.contains("Socket.IO clients"), "{s}");
     }
 
     #[test]

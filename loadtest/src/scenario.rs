@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use crate::client::TokenPlace;
+use crate::client::{phoenix, Protocol, TokenPlace};
 
 /// Default connections: enough to see a shape, few enough for a laptop.
 const DEFAULT_CONNECTIONS: u64 = 1000;
@@ -90,11 +90,16 @@ impl<'de> Deserialize<'de> for Span {
 #[derive(Debug, Clone, Default, Deserialize, clap::Args)]
 #[serde(deny_unknown_fields)]
 pub struct Settings {
-    /// Socket.IO endpoints `host:port`, comma-separated or repeated; connection i goes to
+    /// Gateway endpoints `host:port`, comma-separated or repeated; connection i goes to
     /// target i mod len. They must be one cluster (or one node) for the expected counts.
     #[arg(long = "target", alias = "targets", value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
-    /// Engine.IO path.
+    /// Client protocol: Socket.IO v4, or Phoenix Channels v2 (joins `pushgate` and the
+    /// room's topic, heartbeats, acks with `pushgate:ack`).
+    #[arg(long, value_enum)]
+    pub protocol: Option<Protocol>,
+    /// WebSocket path (default: `/socket.io/` for Socket.IO, `/socket/websocket` for
+    /// Phoenix).
     #[arg(long)]
     pub path: Option<String>,
     /// Connections to open.
@@ -107,7 +112,7 @@ pub struct Settings {
     /// ephemeral port range; 1 with no bind = the kernel's choice).
     #[arg(long)]
     pub sources: Option<u32>,
-    /// Time for TCP connect + upgrade + Socket.IO handshake.
+    /// Time for TCP connect + upgrade + protocol handshake (Phoenix: the joins too).
     #[arg(long)]
     pub connect_timeout: Option<Span>,
     /// Idle time after the ramp, before pushes.
@@ -141,9 +146,13 @@ pub struct Settings {
     /// HS256 secret for connection tokens; unset = connect without a token.
     #[arg(long, env = "PUSHGATE_LOAD_JWT_SECRET", hide_env_values = true)]
     pub jwt_secret: Option<String>,
-    /// Where the token goes.
+    /// Where the token goes (default: Socket.IO `auth`, Phoenix `query`; Phoenix `auth`
+    /// is phoenix 1.8's `authToken` subprotocol).
     #[arg(long, value_enum)]
     pub token_in: Option<TokenPlace>,
+    /// Phoenix heartbeat interval (phoenix.js: 30 s).
+    #[arg(long)]
+    pub heartbeat: Option<Span>,
     /// Ask for acks: `"ack": {"timeout_ms": N}` on every push.
     #[arg(long)]
     pub ack_timeout_ms: Option<u64>,
@@ -204,10 +213,10 @@ impl Settings {
 
     /// `self` where set, else `base`.
     pub fn over(self, base: Settings) -> Settings {
-        overlay!(self, base; targets, path, connections, ramp_rate, sources, connect_timeout,
-            hold, duration, drain, push, push_rate, push_urls, api_key, users, rooms,
-            jwt_secret, token_in, ack_timeout_ms, client_ack, wait, event, pad, workers,
-            pids, out, chart, label)
+        overlay!(self, base; targets, protocol, path, connections, ramp_rate, sources,
+            connect_timeout, hold, duration, drain, push, push_rate, push_urls, api_key, users,
+            rooms, jwt_secret, token_in, heartbeat, ack_timeout_ms, client_ack, wait, event,
+            pad, workers, pids, out, chart, label)
     }
 }
 
@@ -237,6 +246,7 @@ fn invalid(setting: &'static str, message: impl fmt::Display) -> ScenarioError {
 pub struct Scenario {
     pub label: Option<String>,
     pub targets: Vec<String>,
+    pub protocol: Protocol,
     pub path: String,
     pub connections: u64,
     pub ramp_rate: f64,
@@ -256,6 +266,7 @@ pub struct Scenario {
     #[serde(skip_serializing_if = "Option::is_none")]
     pub jwt_secret: Option<String>,
     pub token_in: TokenPlace,
+    pub heartbeat: Duration,
     pub ack_timeout_ms: Option<u64>,
     pub client_ack: bool,
     pub wait: bool,
@@ -282,7 +293,8 @@ impl Scenario {
                 _ => return Err(invalid("targets", format!("{t:?} is not host:port"))),
             }
         }
-        let path = s.path.unwrap_or_else(|| "/socket.io/".to_owned());
+        let protocol = s.protocol.unwrap_or_default();
+        let path = s.path.unwrap_or_else(|| protocol.default_path().to_owned());
         if !path.starts_with('/') {
             return Err(invalid("path", "must start with /"));
         }
@@ -363,12 +375,17 @@ impl Scenario {
         if event.is_empty() {
             return Err(invalid("event", "must not be empty"));
         }
+        let heartbeat = s.heartbeat.map_or(phoenix::DEFAULT_HEARTBEAT, |d| d.0);
+        if heartbeat.is_zero() {
+            return Err(invalid("heartbeat", "must be more than 0"));
+        }
         if s.workers == Some(0) {
             return Err(invalid("workers", "must be at least 1"));
         }
         Ok(Scenario {
             label: s.label,
             targets,
+            protocol,
             path,
             connections,
             ramp_rate,
@@ -384,7 +401,8 @@ impl Scenario {
             users,
             rooms,
             jwt_secret,
-            token_in: s.token_in.unwrap_or(TokenPlace::Auth),
+            token_in: s.token_in.unwrap_or_else(|| protocol.default_token_place()),
+            heartbeat,
             ack_timeout_ms: s.ack_timeout_ms,
             client_ack: s.client_ack.unwrap_or(true),
             wait,
@@ -480,10 +498,57 @@ mod tests {
         assert_eq!(s.push_urls, vec!["http://127.0.0.1:3000/v1/push"]);
         assert_eq!(s.push, PushTo::All);
         assert_eq!(s.users, s.connections);
+        assert_eq!(s.protocol, Protocol::Socketio);
         assert_eq!(s.path, "/socket.io/");
         assert_eq!(s.token_in, TokenPlace::Auth);
         assert!(s.client_ack);
         assert_eq!(s.drain, DEFAULT_DRAIN);
+    }
+
+    #[test]
+    fn phoenix_defaults_to_its_own_path_token_place_and_heartbeat() {
+        let s = Scenario::resolve(flags(&["--protocol", "phoenix"])).unwrap();
+        assert_eq!(s.protocol, Protocol::Phoenix);
+        assert_eq!(s.path, "/socket/websocket");
+        assert_eq!(
+            s.token_in,
+            TokenPlace::Query,
+            "params: {{token}} on the URL"
+        );
+        assert_eq!(s.heartbeat, Duration::from_secs(30));
+        let s = Scenario::resolve(flags(&[
+            "--protocol",
+            "phoenix",
+            "--token-in",
+            "auth",
+            "--heartbeat",
+            "500ms",
+            "--path",
+            "/ws/websocket",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.token_in, s.heartbeat, s.path.as_str()),
+            (
+                TokenPlace::Auth,
+                Duration::from_millis(500),
+                "/ws/websocket"
+            )
+        );
+        let file = Settings::from_toml("protocol = \"phoenix\"\nheartbeat = \"5s\"").unwrap();
+        let s = Scenario::resolve(file).unwrap();
+        assert_eq!(
+            (s.protocol, s.heartbeat),
+            (Protocol::Phoenix, Duration::from_secs(5))
+        );
+        assert!(matches!(
+            Scenario::resolve(flags(&["--heartbeat", "0s"])),
+            Err(ScenarioError::Invalid {
+                setting: "heartbeat",
+                ..
+            })
+        ));
+        assert!(Cli::try_parse_from(["pushgate-load", "--protocol", "pusher"]).is_err());
     }
 
     #[test]

@@ -16,7 +16,7 @@ use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 
-use crate::client::{self, ClientConfig, CloseReason};
+use crate::client::{self, ClientConfig, CloseReason, Identity};
 use crate::limits::FailKind;
 use crate::payload::{self, SeqSet};
 use crate::scenario::{Scenario, WorkerSlot};
@@ -188,10 +188,12 @@ pub async fn run(spec: WorkerSpec, tx: mpsc::UnboundedSender<WorkerMsg>, stop: C
         targets,
         sources: spec.sources,
         client: ClientConfig {
+            protocol: sc.protocol,
             path: sc.path.clone(),
             token_in: sc.token_in,
             connect_timeout: sc.connect_timeout,
             ack: sc.client_ack,
+            heartbeat: sc.heartbeat,
         },
         minter: sc.jwt_secret.as_deref().map(Minter::new),
         recorder: Recorder::default(),
@@ -299,14 +301,18 @@ pub async fn run(spec: WorkerSpec, tx: mpsc::UnboundedSender<WorkerMsg>, stop: C
 async fn connection(i: u64, ctx: Arc<Ctx>) {
     let sc = &ctx.scenario;
     let target = ctx.targets[(i % ctx.targets.len() as u64) as usize];
+    let room = sc.room_of(i).map(|r| format!("r{r}"));
     let token = ctx.minter.as_ref().map(|m| {
         let user = format!("u{}", sc.user_of(i));
-        let room = sc.room_of(i).map(|r| format!("r{r}"));
         m.mint(&user, room.as_deref())
     });
+    let who = Identity {
+        token: token.as_deref(),
+        room: room.as_deref(),
+    };
     let session = tokio::select! {
         _ = ctx.stop.cancelled() => { ctx.resolve_one(); return }
-        r = client::connect(target, ctx.source(i), token.as_deref(), &ctx.client) => r,
+        r = client::connect(target, ctx.source(i), who, &ctx.client) => r,
     };
     let session = match session {
         Ok(s) => s,
@@ -336,10 +342,10 @@ async fn connection(i: u64, ctx: Arc<Ctx>) {
     let reason = session
         .run(&ctx.stop, |ev| {
             let now = payload::unix_ns();
-            if ev.ack_id.is_some() && ctx.client.ack {
+            if ev.acked {
                 ctx.acks_sent.fetch_add(1, Relaxed);
             }
-            let parsed = match payload::parse_event(ev.data) {
+            let parsed = match ev.received {
                 Ok(p) => p,
                 Err(_) => {
                     ctx.bad_payload.fetch_add(1, Relaxed);
