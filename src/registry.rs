@@ -352,6 +352,36 @@ impl Registry {
         self.entries(&index, members).await
     }
 
+    /// The names of the rooms that start with `prefix` and have an index entry on some
+    /// node (a room index may outlive its last member by up to one TTL; readers of
+    /// its members drop those). A SCAN over the keyspace: for admin calls such as
+    /// Pusher's channel listing, never for a push.
+    pub async fn rooms(&self, prefix: &str) -> Result<Vec<RoomName>, RegistryError> {
+        use futures_util::TryStreamExt;
+        let index = self.keys.room("");
+        let mut pattern = String::with_capacity(index.len() + prefix.len() + 1);
+        for c in index.chars().chain(prefix.chars()) {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let keys: Vec<fred::types::Key> = self
+            .client
+            .scan_buffered(pattern, Some(500), None)
+            .try_collect()
+            .await
+            .map_err(|e| self.read_error(e))?;
+        let mut rooms: Vec<RoomName> = keys
+            .iter()
+            .filter_map(|k| k.as_str()?.strip_prefix(index.as_str()).map(RoomName::from))
+            .collect();
+        rooms.sort();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
     /// Every node whose heartbeat is younger than the TTL.
     pub async fn nodes(&self) -> Result<Vec<Value>, RegistryError> {
         let map: HashMap<String, String> = self
