@@ -630,7 +630,7 @@ mod tests {
             other.pushes[0].target,
             Target::Room(RoomName::from("pusher:9:a"))
         );
-        assert_eq!(other.pushes[0].scope.as_deref(), Some("pusher:9"));
+        assert_eq!(other.pushes[0].scope.as_deref(), Some("/pusher:9"));
     }
 
     #[test]

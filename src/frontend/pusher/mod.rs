@@ -8,7 +8,7 @@
 //!   room C (Socket.IO and Phoenix members of room C get its events, and Pusher
 //!   subscribers get the room's pushes), and a user signed in there is pushgate's user
 //!   of that id. Channels and users of a further app with id A are the rooms and users
-//!   `pusher:A:<name>`, and its sockets live in the scope `pusher:A`, so pushes from
+//!   `pusher:A:<name>`, and its sockets live in the scope `/pusher:A`, so pushes from
 //!   `/v1` (which name no such scope) never reach them.
 //! - A Pusher socket id is `<digits>.<digits>`, as the server SDKs demand; it is the
 //!   pushgate socket id `<node>.<digits>` with the node id written as digits
@@ -155,7 +155,8 @@ pub struct App {
     /// `""` for the first app, `pusher:<id>:` for the others: prepended to channel
     /// names to make room names and to user ids to make pushgate user ids.
     prefix: String,
-    /// `None` for the first app; `pusher:<id>` for the others.
+    /// `None` for the first app; `/pusher:<id>` for the others (a scope is shaped
+    /// like a Socket.IO namespace, which every frontend's check accepts).
     scope: Option<Arc<str>>,
     /// Open connections on this node.
     connections: AtomicUsize,
@@ -168,7 +169,7 @@ impl App {
         } else {
             (
                 format!("{APP_PREFIX}{}:", config.id),
-                Some(Arc::from(format!("{APP_PREFIX}{}", config.id))),
+                Some(Arc::from(format!("/{APP_PREFIX}{}", config.id))),
             )
         };
         Self {
@@ -961,7 +962,7 @@ mod tests {
         assert_eq!(first.room("news").as_str(), "news");
         assert_eq!(second.room("news").as_str(), "pusher:2:news");
         assert_eq!(second.user("u").as_str(), "pusher:2:u");
-        assert_eq!(second.scope().as_deref(), Some("pusher:2"));
+        assert_eq!(second.scope().as_deref(), Some("/pusher:2"));
         assert_eq!(first.channel_of("news"), Some("news"));
         assert_eq!(first.channel_of("chat:1"), None, "not a channel name");
         assert_eq!(first.channel_of("pusher:2:news"), None);
