@@ -677,6 +677,11 @@ impl Conn {
                 "sign-in refused: {e}: expected the app key and the HMAC-SHA256 of {message:?}"
             )),
             Ok(()) => match user_id(user_data) {
+                // The first app's users are pushgate's users as they are, so its ids
+                // must not reach into the further apps' `pusher:<id>:` users.
+                Some(id) if self.app.prefix.is_empty() && id.starts_with(APP_PREFIX) => Some(
+                    format!("sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"),
+                ),
                 Some(id) => {
                     self.state.lock().user = Some(id.as_str().into());
                     self.shared.hub.set_user(&self.id, self.app.user(&id));

@@ -159,13 +159,11 @@ pub fn check_request(
         });
     }
     match param("body_md5") {
-        Some(md5) => {
-            if !bool::from(md5.as_bytes().ct_eq(body_md5(body).as_bytes())) {
-                return Err(RequestError::BodyMd5);
-            }
+        Some(md5) if !bool::from(md5.as_bytes().ct_eq(body_md5(body).as_bytes())) => {
+            return Err(RequestError::BodyMd5)
         }
         None if !body.is_empty() => return Err(RequestError::Missing("body_md5")),
-        None => {}
+        _ => {}
     }
     let message = request_message(method, path, params);
     if verify(secret, &message, signature) {

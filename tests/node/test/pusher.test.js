@@ -273,6 +273,14 @@ describe("pusher-js and the pusher SDK on one node", () => {
     const err = await ws.next((f) => f.event === "pusher:error");
     assert.equal(err.data.code, 4009);
     assert.equal((await h.within(3000, ws.closed, "close")).code, 4009);
+    // A correctly signed id in the further apps' reserved prefix is refused too.
+    const ws3 = await raw(gw);
+    const hello3 = JSON.parse((await ws3.next((f) => f.event === "pusher:connection_established")).data);
+    const reserved = JSON.stringify({ id: `pusher:${OTHER.id}:alice` });
+    const sig = crypto.createHmac("sha256", APP.secret).update(`${hello3.socket_id}::user::${reserved}`).digest("hex");
+    ws3.sendJson({ event: "pusher:signin", data: { auth: `${APP.key}:${sig}`, user_data: reserved } });
+    assert.match((await ws3.next((f) => f.event === "pusher:error")).data.message, /reserved/);
+    assert.equal((await h.within(3000, ws3.closed, "close")).code, 4009);
     // Subscribing to another user's channel is refused as well.
     const ws2 = await raw(gw);
     await ws2.next((f) => f.event === "pusher:connection_established");
