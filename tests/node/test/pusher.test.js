@@ -154,6 +154,12 @@ describe("pusher-js and the pusher SDK on one node", () => {
     await h.eventually(() => got.length === 3, { what: "three events" });
     assert.deepEqual(got, [{ from: "sdk" }, { from: "v1" }, "plain text"]);
     assert.equal(await h.metric(gw, "pushgate_connections", { frontend: "pusher" }), 1);
+    c.unsubscribe("news");
+    await h.eventually(async () => (await h.api(gw, "GET", "/v1/rooms/news")).body.count === 0, {
+      what: "unsubscribed from the room",
+    });
+    const after = await h.push(gw, { to: { room: "news" }, event: "flash", wait: true });
+    assert.equal(after.body.report.sockets, 0);
   });
 
   test("a private channel needs the app's signature; a wrong one is refused with 4009 and status 401", async () => {
@@ -559,5 +565,18 @@ describe("pusher-js, socket.io-client and phoenix across two nodes", () => {
       what: "zed's connections closed on both nodes",
     });
     assert.ok(sio.connected, "other frontends' sockets stay");
+  });
+});
+
+describe("pusher connections at shutdown", () => {
+  after(h.cleanup);
+
+  test("SIGTERM closes Pusher connections with 4200, so pusher-js reconnects at once elsewhere", async () => {
+    const gw = await h.startGateway({ PUSHGATE_PUSHER_APPS: APPS, PUSHGATE_SHUTDOWN_TIMEOUT_MS: "200" });
+    const ws = await raw(gw);
+    await ws.next((f) => f.event === "pusher:connection_established");
+    const stopped = gw.stop("SIGTERM");
+    assert.equal((await h.within(8000, ws.closed, "close at shutdown")).code, 4200);
+    assert.equal(await stopped, 0);
   });
 });
