@@ -368,6 +368,9 @@ impl Hub {
 
     /// Gives a socket registered without a user its user (a Pusher `pusher:signin`
     /// after connecting); false when the socket is unknown here or already has one.
+    /// Like `join`, it notes the interest after the shard lock is released, so the
+    /// caller must not race it with the socket's `unregister` (the Pusher connection's
+    /// own task does both, one after the other).
     pub fn set_user(&self, socket: &SocketId, user: UserId) -> bool {
         {
             let mut shard = self.shard(socket.as_str()).write();
