@@ -10,7 +10,8 @@
 # PUSHGATE_BIN) sharing it, and Debian's `prometheus` scraping both every
 # second. Traffic: pushgate-load (target/debug/pushgate-load, or
 # PUSHGATE_LOAD_BIN) connects clients to both nodes and sends ack-tracked room
-# pushes; curl-free HTTP calls add user, all and socket pushes. Then every
+# pushes; curl-free HTTP calls add user, all and socket pushes and signed Pusher
+# HTTP API events. Then every
 # panel query (and template variable query) is evaluated with $instance = .*
 # and $__rate_interval = 15s through /api/v1/query. One line per query: "ok"
 # with the number of series, or "EMPTY". Exit 0 if every query returned data,
@@ -79,6 +80,7 @@ for i in 1 2; do
     PUSHGATE_LISTEN=127.0.0.1:${!port_var} PUSHGATE_NODE_ID=gw$i \
         PUSHGATE_REDIS_URL=redis://127.0.0.1:$redis_port PUSHGATE_REDIS_PREFIX=checkq \
         PUSHGATE_JWT_SECRET=$secret PUSHGATE_WORKER_THREADS=1 RUST_LOG=warn \
+        PUSHGATE_PUSHER_APPS=1:checkq-key:checkq-secret \
         "$bin" >"$work/gw$i.log" 2>&1 &
     pids+=($!)
 done
@@ -109,8 +111,22 @@ pids+=($load_pid)
 sleep 3
 # The other target kinds, a batch and a few reads, through either node.
 python3 - "$gw1_port" "$gw2_port" <<'PY'
-import json, sys, urllib.request, urllib.error
+import hashlib, hmac, json, sys, time, urllib.request, urllib.error
 ports = sys.argv[1:]
+def pusher_event(i):
+    # A Pusher HTTP API trigger, signed as the Pusher server SDKs sign it.
+    body = json.dumps({"name": "e", "channel": "r1", "data": "{}"}).encode()
+    params = {"auth_key": "checkq-key", "auth_timestamp": str(int(time.time())),
+              "auth_version": "1.0", "body_md5": hashlib.md5(body).hexdigest()}
+    query = "&".join(f"{k}={params[k]}" for k in sorted(params))
+    path = "/apps/1/events"
+    sig = hmac.new(b"checkq-secret", f"POST\n{path}\n{query}".encode(), hashlib.sha256).hexdigest()
+    req = urllib.request.Request(f"http://127.0.0.1:{ports[i % 2]}{path}?{query}&auth_signature={sig}",
+        method="POST", data=body, headers={"content-type": "application/json"})
+    try:
+        return urllib.request.urlopen(req, timeout=5).status
+    except urllib.error.HTTPError as e:
+        return e.code
 def call(i, method, path, body=None):
     req = urllib.request.Request(f"http://127.0.0.1:{ports[i % 2]}{path}", method=method,
         data=None if body is None else json.dumps(body).encode(),
@@ -127,6 +143,7 @@ for i in range(10):
     call(i, "POST", "/v1/push/batch", {"pushes": [{"to": {"room": "r1"}, "event": "e"}]})
     call(i, "GET", "/v1/nodes")
     call(i, "GET", "/v1/rooms/r1")
+    pusher_event(i)
 PY
 if ! wait "$load_pid"; then
     echo "check-queries: pushgate-load failed:" >&2

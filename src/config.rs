@@ -43,6 +43,12 @@ pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
 pub const MIN_REGISTRY_TTL_MS: u64 = 1_000;
 /// How long queues may drain on SIGTERM before sessions are closed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
+/// Pusher's `activity_timeout`: a Pusher connection silent this long is pinged.
+/// pusher-js uses the smaller of its own 120 s and the server's value, so 120 s
+/// keeps idle connections as quiet as the client allows.
+pub const DEFAULT_PUSHER_ACTIVITY_TIMEOUT_MS: u64 = 120_000;
+/// How long a pinged Pusher connection has to answer: pusher-js's own pong wait.
+pub const DEFAULT_PUSHER_PONG_TIMEOUT_MS: u64 = 30_000;
 
 /// Flags as parsed by clap; every one optional so that the environment and the file
 /// can fill what the command line did not say.
@@ -113,6 +119,18 @@ pub struct Flags {
     /// Runtime worker threads; 0 = one per CPU [env: PUSHGATE_WORKER_THREADS] [default: 0]
     #[arg(long)]
     pub worker_threads: Option<String>,
+    /// Pusher apps `app_id:key:secret,...`; unset = no Pusher frontend [env: PUSHGATE_PUSHER_APPS]
+    #[arg(long)]
+    pub pusher_apps: Option<String>,
+    /// Silence before the server pings a Pusher connection (announced as activity_timeout) [env: PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS] [default: 120000]
+    #[arg(long)]
+    pub pusher_activity_timeout_ms: Option<String>,
+    /// Pong wait after a server ping to a Pusher connection [env: PUSHGATE_PUSHER_PONG_TIMEOUT_MS] [default: 30000]
+    #[arg(long)]
+    pub pusher_pong_timeout_ms: Option<String>,
+    /// Pusher connections per app on this node; 0 = no limit [env: PUSHGATE_PUSHER_MAX_CONNECTIONS] [default: 0]
+    #[arg(long)]
+    pub pusher_max_connections: Option<String>,
 }
 
 /// The TOML file's shape: the same names as the flags, in snake_case, typed.
@@ -138,6 +156,10 @@ struct FileSettings {
     queue_bytes: Option<usize>,
     shutdown_timeout_ms: Option<u64>,
     worker_threads: Option<usize>,
+    pusher_apps: Option<Vec<String>>,
+    pusher_activity_timeout_ms: Option<u64>,
+    pusher_pong_timeout_ms: Option<u64>,
+    pusher_max_connections: Option<u64>,
 }
 
 /// The resolved configuration of one node. Its `Debug` output redacts the secrets
@@ -171,6 +193,99 @@ pub struct Config {
     /// (one per 20k-file limit, say) each wanting every core only contend; give each
     /// a share.
     pub worker_threads: Option<usize>,
+    /// The Pusher apps this node serves; empty = no Pusher frontend. The first is
+    /// the one whose channels are pushgate's rooms.
+    pub pusher_apps: Vec<PusherApp>,
+    /// Silence before the server pings a Pusher connection; announced to clients as
+    /// `activity_timeout` in whole seconds.
+    pub pusher_activity_timeout: Duration,
+    pub pusher_pong_timeout: Duration,
+    /// Pusher connections per app on this node; `None` = no limit.
+    pub pusher_max_connections: Option<usize>,
+}
+
+/// One Pusher app: its id (in HTTP API paths), its key (in client URLs and signed
+/// requests) and its secret (the HMAC key of every signature). `Debug` hides the
+/// secret.
+#[derive(Clone, PartialEq, Eq)]
+pub struct PusherApp {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+}
+
+impl std::fmt::Debug for PusherApp {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("PusherApp")
+            .field("id", &self.id)
+            .field("key", &self.key)
+            .field("secret", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The setting as a user may have written it, for error messages.
+const PUSHER_APPS_SETTING: &str = "PUSHGATE_PUSHER_APPS (--pusher-apps)";
+
+/// Parses `app_id:key:secret,...`. Ids and keys are 1-64 of `[A-Za-z0-9_.-]` (they
+/// travel in URL paths and in room names); the secret is the rest after the second
+/// `:`, never empty. Ids and keys must be unique, and the error never shows a secret.
+pub fn parse_pusher_apps(text: &str) -> Result<Vec<PusherApp>, ConfigError> {
+    let refuse = |entry: &str, message: String| {
+        // Only what precedes the secret is shown.
+        let shown = entry.splitn(3, ':').take(2).collect::<Vec<_>>().join(":");
+        ConfigError::Invalid {
+            name: PUSHER_APPS_SETTING,
+            value: shown,
+            message,
+        }
+    };
+    let word_ok = |w: &str| {
+        (1..=64).contains(&w.len())
+            && w.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+    };
+    let mut apps: Vec<PusherApp> = Vec::new();
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        let mut parts = entry.splitn(3, ':');
+        let (Some(id), Some(key), Some(secret)) = (parts.next(), parts.next(), parts.next()) else {
+            return Err(refuse(entry, "each app is app_id:key:secret".into()));
+        };
+        if !word_ok(id) {
+            return Err(refuse(
+                entry,
+                "the app id must be 1-64 of [A-Za-z0-9_.-]".into(),
+            ));
+        }
+        if !word_ok(key) {
+            return Err(refuse(
+                entry,
+                "the key must be 1-64 of [A-Za-z0-9_.-]".into(),
+            ));
+        }
+        if secret.is_empty() {
+            return Err(refuse(entry, "the secret must not be empty".into()));
+        }
+        if apps.iter().any(|a| a.id == id) {
+            return Err(refuse(entry, format!("app id {id:?} is listed twice")));
+        }
+        if apps.iter().any(|a| a.key == key) {
+            return Err(refuse(entry, format!("key {key:?} is listed twice")));
+        }
+        apps.push(PusherApp {
+            id: id.to_owned(),
+            key: key.to_owned(),
+            secret: secret.to_owned(),
+        });
+    }
+    if apps.is_empty() {
+        return Err(ConfigError::Invalid {
+            name: PUSHER_APPS_SETTING,
+            value: String::new(),
+            message: "no app in the list".into(),
+        });
+    }
+    Ok(apps)
 }
 
 impl std::fmt::Debug for Config {
@@ -199,6 +314,10 @@ impl std::fmt::Debug for Config {
             .field("queue_bytes", &self.queue_bytes)
             .field("shutdown_timeout", &self.shutdown_timeout)
             .field("worker_threads", &self.worker_threads)
+            .field("pusher_apps", &self.pusher_apps)
+            .field("pusher_activity_timeout", &self.pusher_activity_timeout)
+            .field("pusher_pong_timeout", &self.pusher_pong_timeout)
+            .field("pusher_max_connections", &self.pusher_max_connections)
             .finish()
     }
 }
@@ -458,6 +577,35 @@ impl Config {
                 0 => None,
                 n => Some(n as usize),
             },
+            pusher_apps: match pick(
+                flags.pusher_apps,
+                "PUSHGATE_PUSHER_APPS",
+                file.pusher_apps.map(|v| v.join(",")),
+            ) {
+                None => Vec::new(),
+                Some(v) => parse_pusher_apps(&v)?,
+            },
+            pusher_activity_timeout: ms(positive(
+                "PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS",
+                flags.pusher_activity_timeout_ms,
+                file.pusher_activity_timeout_ms,
+                DEFAULT_PUSHER_ACTIVITY_TIMEOUT_MS,
+            )?),
+            pusher_pong_timeout: ms(positive(
+                "PUSHGATE_PUSHER_PONG_TIMEOUT_MS",
+                flags.pusher_pong_timeout_ms,
+                file.pusher_pong_timeout_ms,
+                DEFAULT_PUSHER_PONG_TIMEOUT_MS,
+            )?),
+            pusher_max_connections: match num(
+                "PUSHGATE_PUSHER_MAX_CONNECTIONS",
+                flags.pusher_max_connections,
+                file.pusher_max_connections,
+                0,
+            )? {
+                0 => None,
+                n => Some(n as usize),
+            },
         };
         if config.jwt_secret.as_deref() == Some("") {
             return Err(invalid("PUSHGATE_JWT_SECRET", "", "must not be empty"));
@@ -711,6 +859,57 @@ mod tests {
             assert!(!shown.contains(secret), "{secret} leaked: {shown}");
         }
         assert!(shown.contains("<2 redacted>"), "{shown}");
+    }
+
+    #[test]
+    fn pusher_apps_are_read_from_the_environment_and_the_file() {
+        let c = from_env(&[("PUSHGATE_PUSHER_APPS", "1:key-one:s3cret, app2:k2:a:b")]).unwrap();
+        assert_eq!(
+            c.pusher_apps,
+            vec![
+                PusherApp {
+                    id: "1".into(),
+                    key: "key-one".into(),
+                    secret: "s3cret".into()
+                },
+                PusherApp {
+                    id: "app2".into(),
+                    key: "k2".into(),
+                    secret: "a:b".into()
+                },
+            ],
+            "a secret may hold ':'"
+        );
+        assert!(from_env(&[]).unwrap().pusher_apps.is_empty());
+        let file = "pusher_apps = [\"7:k:s\"]\npusher_max_connections = 5\n".to_owned();
+        let c = Config::resolve(Flags::default(), |_| None, Some(("f.toml".into(), file))).unwrap();
+        assert_eq!(c.pusher_apps[0].id, "7");
+        assert_eq!(c.pusher_max_connections, Some(5));
+        assert_eq!(c.pusher_activity_timeout, Duration::from_secs(120));
+    }
+
+    #[test]
+    fn bad_pusher_apps_name_the_setting_and_never_show_the_secret() {
+        for (text, problem) in [
+            ("1:key", "app_id:key:secret"),
+            ("1:key:", "secret must not be empty"),
+            (":key:hunter2", "app id"),
+            ("1:k/y:hunter2", "key must be"),
+            ("1:a:hunter2,1:b:hunter2", "listed twice"),
+            ("1:a:hunter2,2:a:hunter2", "listed twice"),
+            (" , ", "no app"),
+        ] {
+            let err = from_env(&[("PUSHGATE_PUSHER_APPS", text)])
+                .err()
+                .unwrap_or_else(|| panic!("{text} accepted"))
+                .to_string();
+            assert!(err.contains("PUSHGATE_PUSHER_APPS"), "{text}: {err}");
+            assert!(err.contains(problem), "{text}: {err}");
+            assert!(!err.contains("hunter2"), "{text}: {err}");
+        }
+        let c = from_env(&[("PUSHGATE_PUSHER_APPS", "1:k:hunter2")]).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        assert!(from_env(&[("PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS", "0")]).is_err());
     }
 
     #[test]

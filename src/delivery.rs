@@ -51,6 +51,16 @@ pub struct Report {
     pub acked: usize,
     pub timed_out: usize,
     pub failed: usize,
+    /// Of `delivered`, deliveries of an ack-tracked push to sockets whose protocol has
+    /// no client acks (Pusher): they are neither acked nor timed out. Written only
+    /// when not 0, and read as 0 when absent, so reports of pushes that reach no such
+    /// socket keep their old shape (and old nodes' stored reports still read).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unackable: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Report {
@@ -59,6 +69,7 @@ impl Report {
             sockets: fan.sockets,
             delivered: fan.delivered,
             failed: fan.failed,
+            unackable: fan.unackable,
             ..Report::default()
         }
     }
@@ -213,7 +224,7 @@ impl Tracker {
     }
 
     /// Cluster mode, on the origin: one delivering node's fan-out.
-    pub fn node_reported(&self, id: &PushId, sockets: usize, delivered: usize, failed: usize) {
+    pub fn node_reported(&self, id: &PushId, fan: &FanOut) {
         let mut r = self.records.lock();
         let Some(rec) = r.by_id.get_mut(id) else {
             return;
@@ -225,9 +236,10 @@ impl Tracker {
             return;
         }
         n.reported += 1;
-        rec.report.sockets += sockets;
-        rec.report.delivered += delivered;
-        rec.report.failed += failed;
+        rec.report.sockets += fan.sockets;
+        rec.report.delivered += fan.delivered;
+        rec.report.failed += fan.failed;
+        rec.report.unackable += fan.unackable;
         self.settle(&mut r, id);
     }
 
@@ -261,7 +273,8 @@ impl Tracker {
             return false;
         };
         let all_reported = n.expected.is_some_and(|e| n.reported >= e);
-        let all_acked = !n.acks || rec.report.acked >= rec.report.delivered;
+        let ackable = rec.report.delivered.saturating_sub(rec.report.unackable);
+        let all_acked = !n.acks || rec.report.acked >= ackable;
         if all_reported && all_acked {
             self.finish(r, id);
             return true;
@@ -489,7 +502,11 @@ impl Tracker {
             // Deliveries whose ack never came, including those of a node that died after
             // reporting. A node that never reported is not counted: nothing says it
             // delivered anything.
-            Some(n) if n.acks => rec.report.delivered.saturating_sub(rec.report.acked),
+            Some(n) if n.acks => rec
+                .report
+                .delivered
+                .saturating_sub(rec.report.unackable)
+                .saturating_sub(rec.report.acked),
             Some(_) => 0,
             None => rec.awaiting.len(),
         };
@@ -542,8 +559,58 @@ mod tests {
             sockets: to.len(),
             delivered: to.len(),
             failed: 0,
+            unackable: 0,
             delivered_to: to.iter().map(|s| (*s).clone()).collect(),
         }
+    }
+
+    fn fan_n(sockets: usize, delivered: usize, unackable: usize) -> FanOut {
+        FanOut {
+            sockets,
+            delivered,
+            unackable,
+            ..FanOut::default()
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn unackable_deliveries_are_neither_awaited_nor_timed_out() {
+        let t = tracker();
+        let id = PushId::generate();
+        let a = SocketId::from("n.a");
+        let ack = t.begin(&id);
+        let mut f = fan(&[&a]);
+        f.delivered = 2;
+        f.sockets = 2;
+        f.unackable = 1;
+        t.delivered(&id, f, Duration::from_secs(5));
+        assert!(t.ack(ack, &a));
+        let (state, report) = t.get(id.as_str()).unwrap();
+        assert_eq!(
+            state,
+            State::Final,
+            "final once every ackable delivery acked"
+        );
+        assert_eq!(
+            (report.acked, report.unackable, report.timed_out),
+            (1, 1, 0)
+        );
+
+        let cluster = PushId::generate();
+        t.open(&cluster, true);
+        t.node_reported(&cluster, &fan_n(3, 3, 2));
+        t.expect(&cluster, 1, Duration::from_millis(300));
+        t.acked(&cluster, 1);
+        let (state, report) = t.get(cluster.as_str()).unwrap();
+        assert_eq!(state, State::Final);
+        assert_eq!(
+            (report.acked, report.unackable, report.timed_out),
+            (1, 2, 0)
+        );
+        let json = serde_json::to_value(report).unwrap();
+        assert_eq!(json["unackable"], 2);
+        let plain = serde_json::to_value(Report::default()).unwrap();
+        assert!(plain.get("unackable").is_none(), "absent when 0: {plain}");
     }
 
     #[tokio::test(start_paused = true)]
@@ -625,11 +692,11 @@ mod tests {
         let t = tracker();
         let id = PushId::generate();
         t.open(&id, true);
-        t.node_reported(&id, 2, 2, 0);
+        t.node_reported(&id, &fan_n(2, 2, 0));
         t.acked(&id, 1);
         t.expect(&id, 2, Duration::from_secs(5));
         assert_eq!(t.get(id.as_str()).unwrap().0, State::Pending);
-        t.node_reported(&id, 1, 1, 0);
+        t.node_reported(&id, &fan_n(1, 1, 0));
         t.acked(&id, 1);
         assert_eq!(
             t.get(id.as_str()).unwrap().0,
@@ -648,7 +715,7 @@ mod tests {
         let id = PushId::generate();
         t.open(&id, true);
         t.expect(&id, 2, Duration::from_millis(300));
-        t.node_reported(&id, 2, 2, 0);
+        t.node_reported(&id, &fan_n(2, 2, 0));
         t.acked(&id, 1);
         let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
             .await

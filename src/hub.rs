@@ -84,6 +84,9 @@ pub struct FanOut {
     pub delivered: usize,
     /// Deliveries that could not be queued (closing connection or full queue).
     pub failed: usize,
+    /// Of `delivered`, those of an ack-tracked push to sockets whose protocol has no
+    /// client acks ([`Frontend::acks`]): never awaited, never timed out.
+    pub unackable: usize,
     /// The sockets that got it, when asked for (ack-tracked pushes only).
     pub delivered_to: Vec<SocketId>,
 }
@@ -488,6 +491,38 @@ impl Hub {
         });
     }
 
+    /// Gives a socket registered without a user its user (a Pusher `pusher:signin`
+    /// after connecting); false when the socket is unknown here or already has one.
+    /// Like `join`, it notes the interest after the shard lock is released, so the
+    /// caller must not race it with the socket's `unregister` (the Pusher connection's
+    /// own task does both, one after the other).
+    pub fn set_user(&self, socket: &SocketId, user: UserId) -> bool {
+        let registered = {
+            let mut shard = self.shard(socket.as_str()).write();
+            let shard = &mut *shard;
+            let Some(member) = shard.members.get_mut(socket) else {
+                return false;
+            };
+            if member.user.is_some() {
+                return false;
+            }
+            member.user = Some(user.clone());
+            let registered = self.observer.as_ref().map(|_| info(socket, member));
+            shard
+                .users
+                .entry(user.clone())
+                .or_default()
+                .insert(socket.clone());
+            registered
+        };
+        self.topic_added(Topic::User(user));
+        if let Some(info) = registered {
+            // The registry writes the socket whole again, now with its user.
+            self.socket_changed(SocketChange::Registered(info));
+        }
+        true
+    }
+
     /// Marks whether a socket receives pushes addressed to all, its user or itself
     /// (see [`Member::direct`]); false when the socket is unknown here.
     pub fn set_direct(&self, socket: &SocketId, direct: bool) -> bool {
@@ -635,7 +670,11 @@ impl Hub {
                 fan.out.delivered += 1;
                 fan.delivered[i] += 1;
                 if fan.ack_id.is_some() {
-                    fan.out.delivered_to.push(id.clone());
+                    if m.frontend.acks() {
+                        fan.out.delivered_to.push(id.clone());
+                    } else {
+                        fan.out.unackable += 1;
+                    }
                 }
             }
             Enqueued::Overflow => {
@@ -799,6 +838,7 @@ mod tests {
         let mut c = Codecs::new();
         c.register(sio.clone());
         c.register(phx.clone());
+        c.register(Arc::new(Names(Frontend::Pusher, Default::default())));
         (c, sio, phx)
     }
 
@@ -1032,6 +1072,44 @@ mod tests {
                 "disconnected alice ping_timeout",
             ]
         );
+    }
+
+    #[test]
+    fn an_ack_tracked_push_counts_sockets_without_client_acks_as_unackable() {
+        let hub = hub();
+        let (sio, _) = add(&hub, None, &["r"], 8);
+        let (_, _) = add_as(&hub, Frontend::Pusher, true, None, &["r"], 8);
+        let out = push(&hub, Target::Room(RoomName::from("r")), &[]);
+        assert_eq!((out.delivered, out.unackable), (2, 1));
+        assert_eq!(
+            out.delivered_to,
+            vec![sio],
+            "only the ackable socket is awaited"
+        );
+        let plain = hub.deliver(
+            &Push::new(Target::Room(RoomName::from("r")), "e", None),
+            None,
+        );
+        assert_eq!((plain.delivered, plain.unackable), (2, 0));
+    }
+
+    #[test]
+    fn a_user_given_after_registering_receives_user_pushes_and_is_noted() {
+        let notes = Arc::new(Notes::default());
+        let hub = Hub::with_observer(codecs().0, Arc::new(Metrics::new()), notes.clone());
+        let (id, conn) = add_as(&hub, Frontend::Pusher, true, None, &[], 8);
+        let user = UserId::from("u");
+        assert_eq!(push(&hub, Target::User(user.clone()), &[]).sockets, 0);
+        assert!(hub.set_user(&id, user.clone()));
+        assert!(
+            !hub.set_user(&id, UserId::from("v")),
+            "a user is given once"
+        );
+        assert_eq!(push(&hub, Target::User(user.clone()), &[]).delivered, 1);
+        assert_eq!(received(&conn), 1);
+        assert!(hub.has_interest(&Topic::User(user.clone())));
+        hub.unregister(&id);
+        assert!(!hub.has_interest(&Topic::User(user)));
     }
 
     #[test]

@@ -122,11 +122,12 @@ impl Target {
 pub enum Frontend {
     SocketIo = 0,
     Phoenix = 1,
+    Pusher = 2,
 }
 
 impl Frontend {
     /// Every frontend, in index order.
-    pub const ALL: [Frontend; 2] = [Frontend::SocketIo, Frontend::Phoenix];
+    pub const ALL: [Frontend; 3] = [Frontend::SocketIo, Frontend::Phoenix, Frontend::Pusher];
     pub const COUNT: usize = Self::ALL.len();
 
     /// The `frontend` label and registry field.
@@ -134,7 +135,15 @@ impl Frontend {
         match self {
             Frontend::SocketIo => "socketio",
             Frontend::Phoenix => "phoenix",
+            Frontend::Pusher => "pusher",
         }
+    }
+
+    /// Whether the protocol lets a client acknowledge a delivery. Pusher Channels has
+    /// no client acks: an ack-tracked push counts its Pusher deliveries as
+    /// `unackable` in the report rather than letting them time out.
+    pub fn acks(self) -> bool {
+        !matches!(self, Frontend::Pusher)
     }
 
     pub fn index(self) -> usize {

@@ -317,6 +317,10 @@ impl Metrics {
                 self.connect_errors.with_label_values(&[f, reason]);
             }
         }
+        for reason in PUSHER_CONNECT_ERROR_REASONS {
+            self.connect_errors
+                .with_label_values(&[Frontend::Pusher.as_str(), reason]);
+        }
         for target in PUSH_TARGETS {
             self.pushes.with_label_values(&[target]);
         }
@@ -398,8 +402,25 @@ const PUSH_TARGETS: &[&str] = &["all", "user", "users", "room", "socket"];
 const DELIVERY_FAILURE_REASONS: &[&str] = &["queue_full", "closed"];
 /// The delivery tracker's ack outcomes.
 const ACK_OUTCOMES: &[&str] = &["acked", "timed_out"];
-/// The gateway behaviour's client events.
-const CLIENT_EVENT_KINDS: &[&str] = &["join", "leave", "ack", "unknown"];
+/// The Pusher frontend's refusals before a connection opens (`Refusal::reason`).
+const PUSHER_CONNECT_ERROR_REASONS: &[&str] = &[
+    "no_protocol",
+    "unsupported_protocol",
+    "unknown_app",
+    "over_quota",
+];
+/// The frontends' client events: joins, leaves, acks and unknown messages of all;
+/// Pusher's client events and sign-ins, accepted and refused.
+const CLIENT_EVENT_KINDS: &[&str] = &[
+    "join",
+    "leave",
+    "ack",
+    "unknown",
+    "client_event",
+    "client_event_refused",
+    "signin",
+    "signin_refused",
+];
 /// The Redis bus's channel kinds.
 const BUS_CHANNEL_KINDS: &[&str] = &["broadcast", "user", "room", "inbox", "events"];
 /// `crate::events::Event::kind`.
@@ -453,6 +474,11 @@ mod tests {
             r#"pushgate_events_readers_dropped_total{reason="slow"} 0"#,
             r#"pushgate_events_dropped_total{reason="queue_full"} 0"#,
             r#"pushgate_bus_messages_total{direction="out",kind="events"} 0"#,
+            r#"pushgate_connections{frontend="pusher"} 0"#,
+            r#"pushgate_deliveries_total{frontend="pusher"} 0"#,
+            r#"pushgate_connect_errors_total{frontend="pusher",reason="unknown_app"} 0"#,
+            r#"pushgate_disconnects_total{frontend="pusher",reason="ping_timeout"} 0"#,
+            r#"pushgate_client_events_total{kind="client_event_refused"} 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }

@@ -28,6 +28,7 @@ use crate::connection::CloseReason;
 use crate::delivery::Tracker;
 use crate::events::Events;
 use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
+use crate::frontend::pusher::{Pusher, PusherCodec, PusherConfig};
 use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
 use crate::metrics::Metrics;
@@ -78,6 +79,11 @@ pub async fn run(
     let mut codecs = Codecs::new();
     codecs.register(Arc::new(SocketIoCodec));
     codecs.register(Arc::new(PhoenixCodec));
+    // Only with apps configured: its checks (Pusher's reserved event names) must not
+    // refuse pushes on a node without Pusher clients.
+    if !config.pusher_apps.is_empty() {
+        codecs.register(Arc::new(PusherCodec));
+    }
     // Cluster mode: the hub tells the Redis bus about interest and socket changes, and
     // presence lives in the registry. A single node keeps presence in memory.
     let Layers {
@@ -132,7 +138,8 @@ pub async fn run(
         redis.carry_events(events.clone());
     }
     let push = Arc::new(
-        PushService::new(bus, codecs, tracker.clone(), metrics.clone()).with_events(events.clone()),
+        PushService::new(bus.clone(), codecs, tracker.clone(), metrics.clone())
+            .with_events(events.clone()),
     );
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
     let draining = CancellationToken::new();
@@ -171,6 +178,26 @@ pub async fn run(
         config.node_id.clone(),
         metrics.clone(),
     );
+    let pusher = (!config.pusher_apps.is_empty()).then(|| {
+        Pusher::new(
+            PusherConfig {
+                apps: config.pusher_apps.clone(),
+                activity_timeout: config.pusher_activity_timeout,
+                pong_timeout: config.pusher_pong_timeout,
+                max_connections: config.pusher_max_connections,
+                max_payload: config.max_payload as usize,
+                max_body_bytes: config.max_body_bytes,
+                queue_capacity: config.queue_capacity,
+                queue_bytes: config.queue_bytes,
+            },
+            hub.clone(),
+            bus,
+            push.clone(),
+            cluster.clone(),
+            config.node_id.clone(),
+            metrics.clone(),
+        )
+    });
     let api = Arc::new(Api {
         push,
         hub,
@@ -185,10 +212,18 @@ pub async fn run(
         draining: draining.clone(),
         max_body_bytes: config.max_body_bytes,
     });
-    let app = socketio_routes(engine.clone(), "/socket.io")
+    let mut app = socketio_routes(engine.clone(), "/socket.io")
         .merge(phoenix_routes(phoenix.clone()))
-        .merge(api::router(api))
-        .fallback(api::not_found);
+        .merge(api::router(api));
+    if let Some(p) = &pusher {
+        app = app.merge(crate::frontend::pusher::http::routes(p.clone()));
+        let apps: Vec<&str> = config.pusher_apps.iter().map(|a| a.id.as_str()).collect();
+        tracing::info!(
+            ?apps,
+            "pusher frontend on /app/{{key}} and /apps/{{app_id}}"
+        );
+    }
+    let app = app.fallback(api::not_found);
 
     let mode = if cluster.is_some() {
         "cluster, Redis bus"
@@ -229,11 +264,17 @@ pub async fn run(
     draining.cancel();
     engine.start_draining();
     phoenix.start_draining();
+    if let Some(p) = &pusher {
+        p.start_draining();
+    }
     engine
         .drain(tokio::time::Instant::now() + config.shutdown_timeout)
         .await;
     engine.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
     phoenix.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    if let Some(p) = &pusher {
+        p.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    }
     stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();

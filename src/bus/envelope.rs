@@ -40,6 +40,11 @@ pub enum Message {
         sockets: u32,
         delivered: u32,
         failed: u32,
+        /// Of `delivered`, those to sockets without client acks (see
+        /// [`crate::delivery::Report::unackable`]). Absent from an older node's
+        /// report, which had no such sockets, hence the default.
+        #[serde(default)]
+        unackable: u32,
     },
     /// `n` client acks for `push`, sent to its origin.
     Acked { push: String, n: u32 },
@@ -260,6 +265,7 @@ mod tests {
                 sockets: 3,
                 delivered: 2,
                 failed: 1,
+                unackable: 1,
             },
             Message::Acked {
                 push: "p".into(),
@@ -301,6 +307,18 @@ mod tests {
         ] {
             let e = Envelope::new(m);
             assert_eq!(Envelope::decode(&e.encode()).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn a_delivered_report_without_the_unackable_count_reads_as_zero() {
+        let old = rmp_serde::to_vec_named(&json!({"v": VERSION, "m": {"Delivered": {
+            "push": "p", "node": "n", "sockets": 2, "delivered": 2, "failed": 0
+        }}}))
+        .unwrap();
+        match Envelope::decode(&old).unwrap().m {
+            Message::Delivered { unackable, .. } => assert_eq!(unackable, 0),
+            other => panic!("{other:?}"),
         }
     }
 

@@ -1,9 +1,10 @@
 //! Client protocols. Each frontend parses and encodes one protocol, runs its
 //! handshake, heartbeats and acks, maps its concepts onto connection, user and room,
-//! and registers a push codec with the core (`codec`): Socket.IO v4 and Phoenix
-//! Channels v2.
+//! and registers a push codec with the core (`codec`): Socket.IO v4, Phoenix
+//! Channels v2 and Pusher Channels 7.
 
 pub mod phoenix;
+pub mod pusher;
 pub mod socketio;
 
 /// A JSON syntax error in a client frame, kept as the source of a codec's decode error.

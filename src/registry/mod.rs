@@ -291,6 +291,42 @@ impl Registry {
         self.indexed(self.keys.room(room.as_str())).await
     }
 
+    /// The names of the rooms that start with `prefix` and have an index entry (a room
+    /// index may outlive its last member until a dead node's cleanup; readers of its
+    /// members drop those). A SCAN over the keyspace, on every primary of a Redis
+    /// Cluster: for admin calls such as Pusher's channel listing, never for a push.
+    pub async fn rooms(&self, prefix: &str) -> Result<Vec<RoomName>, RegistryError> {
+        use futures_util::TryStreamExt;
+        let index = self.keys.room("");
+        let mut pattern = String::with_capacity(index.len() + prefix.len() + 1);
+        for c in index.chars().chain(prefix.chars()) {
+            if matches!(c, '*' | '?' | '[' | ']' | '\\') {
+                pattern.push('\\');
+            }
+            pattern.push(c);
+        }
+        pattern.push('*');
+        let keys: Vec<fred::types::Key> = if self.client.is_clustered() {
+            self.client
+                .scan_cluster_buffered(pattern, Some(500), None)
+                .try_collect()
+                .await
+        } else {
+            self.client
+                .scan_buffered(pattern, Some(500), None)
+                .try_collect()
+                .await
+        }
+        .map_err(|e| self.read_error(e))?;
+        let mut rooms: Vec<RoomName> = keys
+            .iter()
+            .filter_map(|k| k.as_str()?.strip_prefix(index.as_str()).map(RoomName::from))
+            .collect();
+        rooms.sort();
+        rooms.dedup();
+        Ok(rooms)
+    }
+
     /// Every node with a live lease, with its connection counts as written when they
     /// changed (exact up to the writer's few milliseconds).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {

@@ -1,7 +1,8 @@
 //! Keeping a connection alive, for every frontend: either the server pings and waits
 //! for the pong (Engine.IO v4), or the client beats and the server only watches the
-//! silence (Phoenix). Pure timer arithmetic: the transports own the timers, this
-//! decides what a deadline means.
+//! silence (Phoenix), or the server pings only after a silence and anything the client
+//! sends counts as its pong (Pusher). Pure timer arithmetic: the transports own the
+//! timers, this decides what a deadline means.
 
 use std::time::{Duration, Instant};
 
@@ -19,6 +20,10 @@ pub enum Mode {
     /// The client sends something at least every `timeout`; silence longer than that
     /// closes the connection.
     ClientBeats { timeout: Duration },
+    /// Any client message proves it alive. After `idle` without one the server pings,
+    /// and closes the connection when `timeout` more passes without any message
+    /// (Pusher: `activity_timeout`, then `pusher:ping`, then error 4201).
+    IdlePings { idle: Duration, timeout: Duration },
 }
 
 /// What the heartbeat wants done when its deadline passes.
@@ -46,6 +51,7 @@ impl Heartbeat {
         let first = match mode {
             Mode::ServerPings { interval, .. } => interval,
             Mode::ClientBeats { timeout } => timeout,
+            Mode::IdlePings { idle, .. } => idle,
         };
         Self {
             mode,
@@ -72,6 +78,10 @@ impl Heartbeat {
                 }
             }
             Mode::ClientBeats { timeout } => self.next = Instant::now() + timeout,
+            Mode::IdlePings { idle, .. } => {
+                self.awaiting_pong = false;
+                self.next = Instant::now() + idle;
+            }
         }
     }
 
@@ -91,7 +101,7 @@ impl Heartbeat {
         }
         match self.mode {
             Mode::ClientBeats { .. } => Beat::Close(CloseReason::PingTimeout),
-            Mode::ServerPings { timeout, .. } => {
+            Mode::ServerPings { timeout, .. } | Mode::IdlePings { timeout, .. } => {
                 if self.awaiting_pong {
                     return Beat::Close(CloseReason::PingTimeout);
                 }
@@ -150,6 +160,32 @@ mod tests {
         );
         late.on_pong();
         assert_eq!(late.on_deadline(true), Beat::Wait);
+    }
+
+    #[test]
+    fn an_idle_client_is_pinged_and_any_message_answers_the_ping() {
+        let mode = Mode::IdlePings {
+            idle: 50 * MS,
+            timeout: 10 * MS,
+        };
+        let mut fresh = Heartbeat::new(mode, Instant::now(), None);
+        assert_eq!(fresh.on_deadline(true), Beat::Wait, "not idle yet");
+        let mut b = Heartbeat::new(mode, Instant::now() - 100 * MS, None);
+        assert_eq!(b.on_deadline(true), Beat::Ping);
+        b.on_pong();
+        assert_eq!(
+            b.on_deadline(true),
+            Beat::Wait,
+            "a message answered the ping"
+        );
+        assert!(b.deadline() > Instant::now() + 40 * MS, "idle counts anew");
+        let mut silent = Heartbeat::new(mode, Instant::now() - 100 * MS, None);
+        assert_eq!(silent.on_deadline(true), Beat::Ping);
+        assert_eq!(
+            silent.on_deadline(true),
+            Beat::Close(CloseReason::PingTimeout),
+            "no message within the timeout after the ping"
+        );
     }
 
     #[test]

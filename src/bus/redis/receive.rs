@@ -58,12 +58,17 @@ impl RedisBus {
                 sockets,
                 delivered,
                 failed,
+                unackable,
                 ..
             } => self.tracker.node_reported(
                 &PushId::from(push),
-                sockets as usize,
-                delivered as usize,
-                failed as usize,
+                &crate::hub::FanOut {
+                    sockets: sockets as usize,
+                    delivered: delivered as usize,
+                    failed: failed as usize,
+                    unackable: unackable as usize,
+                    delivered_to: Vec::new(),
+                },
             ),
             Message::Acked { push, n } => self.tracker.acked(&PushId::from(push), n as usize),
             Message::Kick { request, sockets } => {
@@ -125,8 +130,7 @@ impl RedisBus {
         let local_ack = push.ack.map(|_| self.tracker.relay(&push.id, &origin));
         let fan = crate::bus::deliver(&self.hub, &push, local_ack);
         if origin == self.node {
-            self.tracker
-                .node_reported(&push.id, fan.sockets, fan.delivered, fan.failed);
+            self.tracker.node_reported(&push.id, &fan);
         } else {
             self.send(
                 origin.as_str(),
@@ -136,6 +140,7 @@ impl RedisBus {
                     sockets: fan.sockets as u32,
                     delivered: fan.delivered as u32,
                     failed: fan.failed as u32,
+                    unackable: fan.unackable as u32,
                 },
             );
         }

@@ -1,0 +1,31 @@
+//! Pusher protocol 7 client frames: decoding never panics, and a decoded frame encodes
+//! (as a client would send it) to text that decodes to the same message. Channel names
+//! and socket ids: classifying never panics, and a Pusher socket id made from a
+//! pushgate one maps back to it.
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use pushgate::frontend::pusher::protocol::{
+    channel_kind, decode, encode_client, is_socket_id, pusher_socket_id, socket_of,
+};
+
+fuzz_target!(|data: &[u8]| {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    if let Ok(message) = decode(text) {
+        let mut encoded = String::new();
+        encode_client(&mut encoded, &message);
+        let again = decode(&encoded)
+            .unwrap_or_else(|e| panic!("re-encoded {encoded:?} failed to decode: {e}"));
+        assert_eq!(again, message);
+    }
+    let _ = channel_kind(text);
+    if let Some(id) = pusher_socket_id(text) {
+        assert!(is_socket_id(&id), "{id:?}");
+        assert_eq!(socket_of(&id).as_deref(), Some(text));
+    }
+    if let Some(socket) = socket_of(text) {
+        assert_eq!(pusher_socket_id(&socket).as_deref(), Some(text));
+    }
+});

@@ -1,0 +1,684 @@
+//! The Pusher HTTP API (protocols.md §5.5), for the unmodified server SDKs, and the
+//! WebSocket route: part of the Pusher frontend, not of `/v1`.
+//!
+//! Every `/apps/{app_id}/…` request is signed (`auth_key`, `auth_timestamp`,
+//! `auth_version`, `body_md5`, `auth_signature`; see [`super::signature`]). Events
+//! become pushes through the push service, so they reach every node; channel and user
+//! questions are answered for the whole cluster: this node's hub for its own sockets,
+//! the registry for the others', as `/v1` does. Errors carry Pusher's status codes
+//! (400, 401, 404, 413, 503) with the gateway's JSON error body.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::time::Instant;
+
+use axum::body::Bytes;
+use axum::extract::{MatchedPath, Path, Request, State};
+use axum::http::StatusCode;
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{any, get, post};
+use axum::{Json, Router};
+use serde_json::{json, Map, Value};
+
+use super::protocol::{self, ChannelKind};
+use super::signature;
+use super::{App, Pusher};
+use crate::id::{Frontend, RoomName, SocketId, Target};
+use crate::push::Push;
+use crate::push_service::SendError;
+
+/// Channels one `events` call may name (Pusher's limit).
+pub const MAX_CHANNELS_PER_EVENT: usize = 100;
+/// Events one `batch_events` call may hold. The hosted service takes 10; a gateway
+/// with no per-message price takes more.
+pub const MAX_BATCH: usize = 100;
+
+/// An error answer: Pusher's status, the gateway's JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    code: &'static str,
+    message: String,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, code: &'static str, message: impl Into<String>) -> Self {
+        Self {
+            status,
+            code,
+            message: message.into(),
+        }
+    }
+
+    fn bad_request(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad_request", message)
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let body = json!({"error": {"code": self.code, "message": self.message}});
+        (self.status, Json(body)).into_response()
+    }
+}
+
+impl From<crate::registry::RegistryError> for ApiError {
+    fn from(e: crate::registry::RegistryError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            format!("the cluster registry cannot be read: {e}; retry later"),
+        )
+    }
+}
+
+impl From<crate::bus::BusError> for ApiError {
+    fn from(e: crate::bus::BusError) -> Self {
+        Self::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "unavailable",
+            e.to_string(),
+        )
+    }
+}
+
+impl From<SendError> for ApiError {
+    fn from(e: SendError) -> Self {
+        match e {
+            SendError::Refused(r) => Self::bad_request(r.to_string()),
+            SendError::Bus(b) => b.into(),
+        }
+    }
+}
+
+/// The routes of the Pusher frontend: `/app/{key}` (WebSocket) and the HTTP API.
+pub fn routes(pusher: Pusher) -> Router {
+    let limit = pusher.shared.config.max_body_bytes;
+    let api = Router::new()
+        .route("/apps/{app_id}/events", post(events))
+        .route("/apps/{app_id}/batch_events", post(batch_events))
+        .route("/apps/{app_id}/channels", get(channels))
+        .route("/apps/{app_id}/channels/{channel}", get(channel))
+        .route(
+            "/apps/{app_id}/channels/{channel}/users",
+            get(channel_users),
+        )
+        .route(
+            "/apps/{app_id}/users/{user_id}/terminate_connections",
+            post(terminate_connections),
+        )
+        .route_layer(middleware::from_fn_with_state(pusher.clone(), observe));
+    let ws = move |State(p): State<Pusher>, Path(key): Path<String>, req: Request| async move {
+        p.websocket(key, req).await
+    };
+    Router::new()
+        .route("/app/{key}", any(ws))
+        .merge(api)
+        .layer(axum::extract::DefaultBodyLimit::max(limit))
+        .with_state(pusher)
+}
+
+/// Counts every API request by route template and status, and times it (the same
+/// series as `/v1`'s, with the `/apps/…` templates).
+async fn observe(State(p): State<Pusher>, req: Request, next: Next) -> Response {
+    let route = req
+        .extensions()
+        .get::<MatchedPath>()
+        .map(|m| m.as_str().to_owned())
+        .unwrap_or_else(|| "unmatched".to_owned());
+    let start = Instant::now();
+    let response = next.run(req).await;
+    let m = &p.shared.metrics;
+    m.http_requests
+        .with_label_values(&[&route, response.status().as_str()])
+        .inc();
+    m.http_request_seconds
+        .with_label_values(&[&route])
+        .observe(start.elapsed().as_secs_f64());
+    tracing::debug!(
+        route,
+        status = response.status().as_u16(),
+        "pusher api request"
+    );
+    response
+}
+
+/// A request whose signature checked out.
+struct Signed<'a> {
+    app: &'a App,
+    params: Vec<(String, String)>,
+    body: Bytes,
+}
+
+impl Signed<'_> {
+    fn param(&self, name: &str) -> Option<&str> {
+        self.params
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.as_str())
+    }
+
+    fn json(&self) -> Result<Value, ApiError> {
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("malformed JSON: {e}")))
+    }
+}
+
+impl Pusher {
+    /// Finds the app and checks the request's signature over its method, path, query
+    /// and raw body.
+    async fn signed(&self, app_id: &str, req: Request) -> Result<Signed<'_>, ApiError> {
+        let app = self.app_by_id(app_id).ok_or_else(|| {
+            ApiError::new(
+                StatusCode::NOT_FOUND,
+                "not_found",
+                format!("no Pusher app with id {app_id:?}"),
+            )
+        })?;
+        let method = req.method().as_str().to_owned();
+        let path = req.uri().path().to_owned();
+        let params: Vec<(String, String)> =
+            form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+                .map(|(k, v)| (k.into_owned(), v.into_owned()))
+                .collect();
+        let limit = self.shared.config.max_body_bytes;
+        let body = axum::body::to_bytes(req.into_body(), limit)
+            .await
+            .map_err(|_| {
+                ApiError::new(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "payload_too_large",
+                    "request body is larger than PUSHGATE_MAX_BODY_BYTES",
+                )
+            })?;
+        let now = crate::id::now_ms() / 1000;
+        let c = &app.config;
+        signature::check_request(&c.key, &c.secret, &method, &path, &params, &body, now).map_err(
+            |e| {
+                tracing::debug!(app = %c.id, error = %e, "pusher api request refused");
+                ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
+            },
+        )?;
+        Ok(Signed { app, params, body })
+    }
+
+    fn refuse_while_draining(&self) -> Result<(), ApiError> {
+        if self.shared.draining.is_cancelled() {
+            return Err(ApiError::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "draining",
+                "this node is shutting down; retry on another node",
+            ));
+        }
+        Ok(())
+    }
+
+    /// How many sockets are in `room` on every node.
+    async fn subscription_count(&self, room: &RoomName) -> Result<usize, ApiError> {
+        let s = &self.shared;
+        let mut n = s.hub.room_sockets(room).len();
+        if let Some(c) = &s.cluster {
+            n += c
+                .registry()
+                .room(room)
+                .await?
+                .iter()
+                .filter(|e| e.node != s.node)
+                .count();
+        }
+        Ok(n)
+    }
+
+    /// The rooms of `app` whose channel starts with `prefix`, on every node.
+    async fn occupied(&self, app: &App, prefix: &str) -> Result<Vec<RoomName>, ApiError> {
+        let s = &self.shared;
+        let room_prefix = format!("{}{prefix}", app.prefix);
+        let mut rooms: BTreeSet<RoomName> = s
+            .hub
+            .sockets()
+            .into_iter()
+            .flat_map(|i| i.rooms)
+            .filter(|r| r.as_str().starts_with(&room_prefix))
+            .collect();
+        if let Some(c) = &s.cluster {
+            rooms.extend(c.registry().rooms(&room_prefix).await?);
+        }
+        Ok(rooms
+            .into_iter()
+            .filter(|r| app.channel_of(r.as_str()).is_some())
+            .collect())
+    }
+}
+
+/// The `info` attributes asked for. `user_count` belongs to presence channels, which
+/// this gateway does not serve yet.
+fn info_attributes(info: Option<&str>) -> Result<bool, ApiError> {
+    let mut subscription_count = false;
+    for attr in info
+        .unwrap_or("")
+        .split(',')
+        .map(str::trim)
+        .filter(|a| !a.is_empty())
+    {
+        match attr {
+            "subscription_count" => subscription_count = true,
+            "user_count" => {
+                return Err(ApiError::bad_request(
+                    "info=user_count is only for presence channels, which this gateway does not serve yet",
+                ))
+            }
+            other => {
+                return Err(ApiError::bad_request(format!(
+                    "unknown info attribute {other:?}: ask for subscription_count"
+                )))
+            }
+        }
+    }
+    Ok(subscription_count)
+}
+
+/// One event as validated: the pushes it becomes, and the channels to report on.
+struct Event {
+    pushes: Vec<Push>,
+    channels: Vec<String>,
+    info: bool,
+}
+
+/// Validates one event object (`events` body, or one entry of `batch`).
+fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
+    let Value::Object(mut obj) = value else {
+        return Err(ApiError::bad_request("an event is a JSON object"));
+    };
+    let name = match obj.remove("name") {
+        Some(Value::String(n)) if !n.is_empty() && n.len() <= protocol::MAX_EVENT_LEN => n,
+        _ => {
+            return Err(ApiError::bad_request(format!(
+                "\"name\" must be a string of 1 to {} characters",
+                protocol::MAX_EVENT_LEN
+            )))
+        }
+    };
+    let data = match obj.remove("data") {
+        Some(Value::String(d)) => d,
+        _ => {
+            return Err(ApiError::bad_request(
+                "\"data\" must be a string (the SDKs JSON-encode objects)",
+            ))
+        }
+    };
+    if data.len() > protocol::MAX_DATA_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload_too_large",
+            format!(
+                "event data is larger than {} bytes",
+                protocol::MAX_DATA_BYTES
+            ),
+        ));
+    }
+    let channels: Vec<String> = match (obj.remove("channels"), obj.remove("channel")) {
+        (Some(Value::Array(list)), None) if !batch => list
+            .into_iter()
+            .map(|c| match c {
+                Value::String(s) => Ok(s),
+                _ => Err(ApiError::bad_request(
+                    "\"channels\" must be a list of strings",
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        (None, Some(Value::String(c))) => vec![c],
+        _ if batch => {
+            return Err(ApiError::bad_request(
+                "each batch event needs \"channel\", a string",
+            ))
+        }
+        _ => {
+            return Err(ApiError::bad_request(
+                "give \"channels\" (a list) or \"channel\" (a string)",
+            ))
+        }
+    };
+    if channels.is_empty() || channels.len() > MAX_CHANNELS_PER_EVENT {
+        return Err(ApiError::bad_request(format!(
+            "an event goes to 1 to {MAX_CHANNELS_PER_EVENT} channels"
+        )));
+    }
+    let except = match obj.remove("socket_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(id)) if protocol::is_socket_id(&id) => {
+            // A Pusher id this gateway did not make names no socket: nothing to skip.
+            protocol::socket_of(&id).map(SocketId::from)
+        }
+        Some(_) => {
+            return Err(ApiError::bad_request(
+                "\"socket_id\" must be a socket id of the form 123.456",
+            ))
+        }
+    };
+    let info = match obj.remove("info") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(i)) => info_attributes(Some(&i))?,
+        Some(_) => return Err(ApiError::bad_request("\"info\" must be a string")),
+    };
+    let mut pushes = Vec::with_capacity(channels.len());
+    for channel in &channels {
+        let target = match protocol::channel_kind(channel) {
+            Ok(ChannelKind::ServerToUser(user)) => Target::User(app.user(&user)),
+            Ok(_) => Target::Room(app.room(channel)),
+            Err(e) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid channel name {channel:?}: {e}"
+                )))
+            }
+        };
+        let mut push = Push::new(target, name.clone(), Some(Value::String(data.clone())));
+        push.scope = app.scope();
+        push.except.extend(except.clone());
+        pushes.push(push);
+    }
+    Ok(Event {
+        pushes,
+        channels,
+        info,
+    })
+}
+
+impl Pusher {
+    /// Sends every push of `events` (all checked first, so a refusal sends nothing).
+    async fn trigger(&self, events: &[Event]) -> Result<(), ApiError> {
+        self.refuse_while_draining()?;
+        for e in events {
+            for p in &e.pushes {
+                self.shared
+                    .push
+                    .check(p)
+                    .map_err(|r| ApiError::bad_request(r.to_string()))?;
+            }
+        }
+        for e in events {
+            for p in &e.pushes {
+                self.shared.push.send(p.clone()).await?;
+            }
+        }
+        Ok(())
+    }
+
+    /// `{"<channel>": {"subscription_count": n}}` for an event that asked for info.
+    async fn channel_info(&self, app: &App, e: &Event) -> Result<Value, ApiError> {
+        let mut out = Map::new();
+        for channel in &e.channels {
+            let mut attrs = Map::new();
+            if !channel.starts_with(protocol::SERVER_TO_USER_PREFIX) {
+                let n = self.subscription_count(&app.room(channel)).await?;
+                attrs.insert("subscription_count".into(), n.into());
+            }
+            out.insert(channel.clone(), Value::Object(attrs));
+        }
+        Ok(Value::Object(out))
+    }
+}
+
+/// `POST /apps/{app_id}/events`.
+async fn events(
+    State(p): State<Pusher>,
+    Path(app_id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let signed = p.signed(&app_id, req).await?;
+    let e = event(signed.app, signed.json()?, false)?;
+    p.trigger(std::slice::from_ref(&e)).await?;
+    if !e.info {
+        return Ok(Json(json!({})));
+    }
+    Ok(Json(
+        json!({"channels": p.channel_info(signed.app, &e).await?}),
+    ))
+}
+
+/// `POST /apps/{app_id}/batch_events`.
+async fn batch_events(
+    State(p): State<Pusher>,
+    Path(app_id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let signed = p.signed(&app_id, req).await?;
+    let Some(Value::Array(list)) = signed.json()?.get_mut("batch").map(Value::take) else {
+        return Err(ApiError::bad_request("expected {\"batch\": [events]}"));
+    };
+    if list.is_empty() || list.len() > MAX_BATCH {
+        return Err(ApiError::bad_request(format!(
+            "a batch holds 1 to {MAX_BATCH} events"
+        )));
+    }
+    let events = list
+        .into_iter()
+        .enumerate()
+        .map(|(i, v)| {
+            event(signed.app, v, true).map_err(|e| ApiError {
+                message: format!("batch event {i}: {}", e.message),
+                ..e
+            })
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    p.trigger(&events).await?;
+    if !events.iter().any(|e| e.info) {
+        return Ok(Json(json!({})));
+    }
+    let mut batch = Vec::with_capacity(events.len());
+    for e in &events {
+        batch.push(if e.info {
+            let info = p.channel_info(signed.app, e).await?;
+            info.as_object()
+                .and_then(|o| o.values().next().cloned())
+                .unwrap_or_else(|| json!({}))
+        } else {
+            json!({})
+        });
+    }
+    Ok(Json(json!({ "batch": batch })))
+}
+
+/// `GET /apps/{app_id}/channels?filter_by_prefix=…&info=subscription_count`.
+async fn channels(
+    State(p): State<Pusher>,
+    Path(app_id): Path<String>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let signed = p.signed(&app_id, req).await?;
+    let counts = info_attributes(signed.param("info"))?;
+    let prefix = signed.param("filter_by_prefix").unwrap_or("");
+    let mut out: BTreeMap<String, Value> = BTreeMap::new();
+    for room in p.occupied(signed.app, prefix).await? {
+        // An index may outlive its last member by a TTL: count to be sure.
+        let n = p.subscription_count(&room).await?;
+        if n == 0 {
+            continue;
+        }
+        let Some(channel) = signed.app.channel_of(room.as_str()) else {
+            continue;
+        };
+        let attrs = if counts {
+            json!({ "subscription_count": n })
+        } else {
+            json!({})
+        };
+        out.insert(channel.to_owned(), attrs);
+    }
+    Ok(Json(json!({ "channels": out })))
+}
+
+/// `GET /apps/{app_id}/channels/{channel}?info=subscription_count`.
+async fn channel(
+    State(p): State<Pusher>,
+    Path((app_id, channel)): Path<(String, String)>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let signed = p.signed(&app_id, req).await?;
+    let counts = info_attributes(signed.param("info"))?;
+    if !protocol::is_channel_name(&channel) {
+        return Err(ApiError::bad_request(format!(
+            "invalid channel name {channel:?}"
+        )));
+    }
+    let n = p.subscription_count(&signed.app.room(&channel)).await?;
+    let mut out = json!({ "occupied": n > 0 });
+    if counts {
+        out["subscription_count"] = n.into();
+    }
+    Ok(Json(out))
+}
+
+/// `GET /apps/{app_id}/channels/{channel}/users`: presence channels only.
+async fn channel_users(
+    State(p): State<Pusher>,
+    Path((app_id, channel)): Path<(String, String)>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    p.signed(&app_id, req).await?;
+    if !channel.starts_with(protocol::PRESENCE_PREFIX) {
+        return Err(ApiError::bad_request(
+            "users are only listed for presence channels",
+        ));
+    }
+    Err(ApiError::new(
+        StatusCode::NOT_IMPLEMENTED,
+        "not_implemented",
+        "presence channels are not served by this gateway yet",
+    ))
+}
+
+/// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes the user's
+/// Pusher connections on every node (close 4009: pusher-js does not reconnect).
+async fn terminate_connections(
+    State(p): State<Pusher>,
+    Path((app_id, user_id)): Path<(String, String)>,
+    req: Request,
+) -> Result<Json<Value>, ApiError> {
+    let signed = p.signed(&app_id, req).await?;
+    let s = &p.shared;
+    let user = signed.app.user(&user_id);
+    let mut n = 0;
+    for info in s.hub.user_sockets(&user) {
+        if info.frontend != Frontend::Pusher {
+            continue;
+        }
+        if let Some(conn) = s.hub.connection(&info.id) {
+            conn.disconnect(&info.id);
+            n += 1;
+        }
+    }
+    if let Some(c) = &s.cluster {
+        let mut remote: HashMap<String, Vec<SocketId>> = HashMap::new();
+        for e in c.registry().user(&user).await? {
+            if e.node != s.node && e.info.frontend == Frontend::Pusher {
+                remote
+                    .entry(e.node.to_string())
+                    .or_default()
+                    .push(e.info.id);
+            }
+        }
+        for (node, sockets) in remote {
+            n += c.kick(&node, sockets).await? as usize;
+        }
+    }
+    tracing::info!(app = %signed.app.config.id, user = %user_id, connections = n, "pusher user terminated");
+    Ok(Json(json!({})))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PusherApp;
+
+    fn app(first: bool) -> App {
+        App::new(
+            PusherApp {
+                id: "9".into(),
+                key: "k".into(),
+                secret: "s".into(),
+            },
+            first,
+        )
+    }
+
+    #[test]
+    fn an_event_becomes_one_push_per_channel_with_its_exclusion() {
+        let sid = protocol::pusher_socket_id("gw1.123").unwrap();
+        let e = event(
+            &app(true),
+            json!({"name": "n", "data": "{\"x\":1}", "channels": ["a", "#server-to-user-u"], "socket_id": sid, "info": "subscription_count"}),
+            false,
+        )
+        .unwrap();
+        assert!(e.info);
+        assert_eq!(e.pushes.len(), 2);
+        assert_eq!(e.pushes[0].target, Target::Room(RoomName::from("a")));
+        assert_eq!(e.pushes[1].target, Target::User("u".into()));
+        assert_eq!(
+            e.pushes[0].data,
+            Some(json!("{\"x\":1}")),
+            "data stays a string"
+        );
+        assert!(e.pushes[0].except.contains("gw1.123"));
+        let other = event(
+            &app(false),
+            json!({"name": "n", "data": "", "channel": "a"}),
+            true,
+        )
+        .unwrap();
+        assert_eq!(
+            other.pushes[0].target,
+            Target::Room(RoomName::from("pusher:9:a"))
+        );
+        assert_eq!(other.pushes[0].scope.as_deref(), Some("/pusher:9"));
+    }
+
+    #[test]
+    fn bad_events_are_refused_with_pushers_status() {
+        let status = |v: Value| event(&app(true), v, false).err().map(|e| e.status);
+        let ok = json!({"name": "n", "data": "d", "channel": "a"});
+        assert_eq!(status(ok), None);
+        assert_eq!(
+            status(json!({"name": "n", "data": {"a": 1}, "channel": "a"})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channel": "a b"})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d"})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channels": []})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        let many: Vec<String> = (0..101).map(|i| format!("c{i}")).collect();
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channels": many})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "x".repeat(10 * 1024 + 1), "channel": "a"})),
+            Some(StatusCode::PAYLOAD_TOO_LARGE)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channel": "a", "socket_id": "abc"})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channel": "a", "info": "user_count"})),
+            Some(StatusCode::BAD_REQUEST)
+        );
+        assert!(
+            event(
+                &app(true),
+                json!({"name": "n", "data": "d", "channels": ["a"]}),
+                true
+            )
+            .is_err(),
+            "batch entries name one channel"
+        );
+    }
+}

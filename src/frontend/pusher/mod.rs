@@ -1,0 +1,986 @@
+//! The Pusher Channels frontend (protocol 7), for unmodified `pusher-js`, Laravel Echo
+//! and the Pusher server SDKs: the WebSocket endpoint `/app/{key}` and the Pusher
+//! HTTP API under `/apps/{app_id}` ([`http`]).
+//!
+//! - [`protocol`] is the pure frame codec (fuzzed under `fuzz/`), [`signature`] the
+//!   pure HMAC and MD5 checks.
+//! - Apps come from `PUSHGATE_PUSHER_APPS`. A channel C of the *first* app is pushgate's
+//!   room C (Socket.IO and Phoenix members of room C get its events, and Pusher
+//!   subscribers get the room's pushes), and a user signed in there is pushgate's user
+//!   of that id. Channels and users of a further app with id A are the rooms and users
+//!   `pusher:A:<name>`, and its sockets live in the scope `/pusher:A`, so pushes from
+//!   `/v1` (which name no such scope) never reach them.
+//! - A Pusher socket id is `<digits>.<digits>`, as the server SDKs demand; it is the
+//!   pushgate socket id `<node>.<digits>` with the node id written as digits
+//!   ([`protocol::pusher_socket_id`]), so either names the other without a lookup.
+//! - A push reaches a Pusher socket as `{"event","channel","data"}` with `data` a JSON
+//!   string (the push's data if it is a string, its JSON text otherwise, `{}` without
+//!   data): a room push on the room's channel, a push to a user on
+//!   `#server-to-user-<id>` (pusher-js: `pusher.user.bind`), a push to all or to the
+//!   socket without a channel (pusher-js: `pusher.bind`).
+//! - Pusher has no client acks: ack-tracked pushes count Pusher deliveries as
+//!   `unackable` ([`crate::id::Frontend::acks`]).
+//! - Presence channels are refused for now (`pusher:subscription_error`, status 501);
+//!   they will come from the shared presence core.
+
+pub mod http;
+pub mod protocol;
+pub mod signature;
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::body::Bytes;
+use axum::extract::Request;
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use futures_util::{SinkExt, StreamExt};
+use parking_lot::{Mutex, RwLock};
+use serde_json::Value;
+use tokio::sync::mpsc;
+use tokio_tungstenite::tungstenite::protocol::frame::coding::CloseCode;
+use tokio_tungstenite::tungstenite::protocol::{CloseFrame, WebSocketConfig};
+use tokio_tungstenite::tungstenite::{Message as WsMessage, Utf8Bytes};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use crate::bus::{Bus, RedisBus};
+use crate::codec::PushCodec;
+use crate::config::PusherApp;
+use crate::connection::{CloseReason, Frame, Outbox, Queued};
+use crate::hub::{Connection, Hub, Member};
+use crate::id::{Frontend, NodeId, RoomName, SocketId, Target, UserId};
+use crate::metrics::Metrics;
+use crate::push::Push;
+use crate::push_service::PushService;
+use crate::transport::heartbeat::{Heartbeat, Mode};
+use crate::transport::websocket::{self, Peer};
+use protocol::{ChannelKind, ClientMessage};
+
+/// Channels one connection may be subscribed to: enough for any real page, few
+/// enough that a misbehaving client cannot grow the hub's indexes without bound.
+pub const MAX_CHANNELS_PER_CONNECTION: usize = 1000;
+/// Client events one connection may send per second (Pusher's documented limit).
+pub const CLIENT_EVENTS_PER_SECOND: u32 = 10;
+/// Client events waiting to be published, node-wide. They go out in order through one
+/// task; a full queue refuses the event (4301) rather than growing memory.
+const CLIENT_EVENT_QUEUE: usize = 4096;
+/// Random digits in a Pusher socket id's second part: 20 digits, ~66 bits.
+const SOCKET_ID_DIGITS: usize = 20;
+/// How long a refused connection waits for the client's close frame.
+const REFUSE_CLOSE_WAIT: Duration = Duration::from_secs(1);
+
+/// The room-name and scope prefix of every app but the first.
+const APP_PREFIX: &str = "pusher:";
+
+/// The channel a room is seen as by a Pusher client: `pusher:<app>:<channel>` rooms
+/// (apps after the first) lose their prefix, other rooms are their own channel.
+fn channel_of_room(room: &str) -> &str {
+    room.strip_prefix(APP_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .map_or(room, |(_, channel)| channel)
+}
+
+/// How Pusher carries pushes: one text frame per push, encoded once for every Pusher
+/// socket it reaches.
+pub struct PusherCodec;
+
+impl PushCodec for PusherCodec {
+    fn frontend(&self) -> Frontend {
+        Frontend::Pusher
+    }
+
+    fn check(&self, push: &Push) -> Result<(), String> {
+        if protocol::is_reserved_event(&push.event) {
+            return Err(format!(
+                "invalid event: {:?} is reserved by the Pusher protocol",
+                push.event
+            ));
+        }
+        Ok(())
+    }
+
+    fn encode(&self, push: &Push, _ack_id: Option<u64>) -> Vec<Frame> {
+        let user_channel;
+        let channel = match &push.target {
+            Target::Room(room) => Some(channel_of_room(room.as_str())),
+            Target::User(user) => {
+                user_channel = format!(
+                    "{}{}",
+                    protocol::SERVER_TO_USER_PREFIX,
+                    channel_of_room(user.as_str())
+                );
+                Some(user_channel.as_str())
+            }
+            // A users push is delivered one user at a time (`bus::deliver`); all and
+            // socket pushes have no channel in the protocol.
+            Target::Users(_) | Target::All | Target::Socket(_) => None,
+        };
+        let text;
+        let data = match &push.data {
+            Some(Value::String(s)) => s.as_str(),
+            Some(other) => {
+                text = other.to_string();
+                text.as_str()
+            }
+            None => "{}",
+        };
+        let mut out = String::with_capacity(push.event.len() + data.len() + 64);
+        protocol::encode_event(&mut out, &push.event, channel, data);
+        vec![Frame::text(out)]
+    }
+}
+
+/// Settings of the Pusher frontend.
+#[derive(Debug, Clone)]
+pub struct PusherConfig {
+    pub apps: Vec<PusherApp>,
+    /// Silence before the server pings; announced (in whole seconds) as
+    /// `activity_timeout`.
+    pub activity_timeout: Duration,
+    pub pong_timeout: Duration,
+    /// Connections per app on this node; `None` = no limit.
+    pub max_connections: Option<usize>,
+    pub max_payload: usize,
+    pub max_body_bytes: usize,
+    pub queue_capacity: usize,
+    pub queue_bytes: usize,
+}
+
+/// One configured app and how its names map onto pushgate's.
+pub struct App {
+    pub config: PusherApp,
+    /// `""` for the first app, `pusher:<id>:` for the others: prepended to channel
+    /// names to make room names and to user ids to make pushgate user ids.
+    prefix: String,
+    /// `None` for the first app; `/pusher:<id>` for the others (a scope is shaped
+    /// like a Socket.IO namespace, which every frontend's check accepts).
+    scope: Option<Arc<str>>,
+    /// Open connections on this node.
+    connections: AtomicUsize,
+}
+
+impl App {
+    fn new(config: PusherApp, first: bool) -> Self {
+        let (prefix, scope) = if first {
+            (String::new(), None)
+        } else {
+            (
+                format!("{APP_PREFIX}{}:", config.id),
+                Some(Arc::from(format!("/{APP_PREFIX}{}", config.id))),
+            )
+        };
+        Self {
+            config,
+            prefix,
+            scope,
+            connections: AtomicUsize::new(0),
+        }
+    }
+
+    /// The pushgate room of channel `channel`.
+    pub fn room(&self, channel: &str) -> RoomName {
+        RoomName::from(format!("{}{channel}", self.prefix))
+    }
+
+    /// The pushgate user of this app's user `id`.
+    pub fn user(&self, id: &str) -> UserId {
+        UserId::from(format!("{}{id}", self.prefix))
+    }
+
+    /// The channel that `room` is for this app's clients, if it is one of its rooms
+    /// with a name clients can subscribe to.
+    pub fn channel_of<'a>(&self, room: &'a str) -> Option<&'a str> {
+        let channel = room.strip_prefix(self.prefix.as_str())?;
+        protocol::is_channel_name(channel).then_some(channel)
+    }
+
+    /// The scope of a push to this app's channels and users.
+    pub fn scope(&self) -> Option<Arc<str>> {
+        self.scope.clone()
+    }
+}
+
+struct Shared {
+    config: PusherConfig,
+    apps: Vec<Arc<App>>,
+    hub: Arc<Hub>,
+    push: Arc<PushService>,
+    /// Cluster mode: the registry (rooms and users on other nodes) and kicks.
+    cluster: Option<Arc<RedisBus>>,
+    node: NodeId,
+    metrics: Arc<Metrics>,
+    ws_config: WebSocketConfig,
+    tasks: TaskTracker,
+    /// Open connections, to close them at shutdown.
+    connections: RwLock<HashMap<SocketId, Arc<Conn>>>,
+    /// Client events to publish, in order, by one task.
+    client_events: mpsc::Sender<Push>,
+    /// Set when the node drains: new connections and API pushes are refused.
+    draining: CancellationToken,
+}
+
+/// The Pusher endpoint: WebSocket connections and the HTTP API.
+#[derive(Clone)]
+pub struct Pusher {
+    shared: Arc<Shared>,
+}
+
+impl Pusher {
+    /// The frontend for `config.apps`. `bus` carries client events (not through the
+    /// push service: they need no report), `push` the HTTP API's events.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        config: PusherConfig,
+        hub: Arc<Hub>,
+        bus: Arc<dyn Bus>,
+        push: Arc<PushService>,
+        cluster: Option<Arc<RedisBus>>,
+        node: NodeId,
+        metrics: Arc<Metrics>,
+    ) -> Self {
+        let apps = config
+            .apps
+            .iter()
+            .enumerate()
+            .map(|(i, a)| Arc::new(App::new(a.clone(), i == 0)))
+            .collect();
+        let (tx, mut rx) = mpsc::channel::<Push>(CLIENT_EVENT_QUEUE);
+        tokio::spawn(async move {
+            while let Some(push) = rx.recv().await {
+                if let Err(e) = bus.publish(&push, None).await {
+                    tracing::debug!(error = %e, "pusher client event not published");
+                }
+            }
+        });
+        let ws_config = websocket::config(config.max_payload);
+        Self {
+            shared: Arc::new(Shared {
+                config,
+                apps,
+                hub,
+                push,
+                cluster,
+                node,
+                metrics,
+                ws_config,
+                tasks: TaskTracker::new(),
+                connections: RwLock::new(HashMap::new()),
+                client_events: tx,
+                draining: CancellationToken::new(),
+            }),
+        }
+    }
+
+    pub fn connection_count(&self) -> usize {
+        self.shared.connections.read().len()
+    }
+
+    fn app_by_key(&self, key: &str) -> Option<&Arc<App>> {
+        self.shared.apps.iter().find(|a| a.config.key == key)
+    }
+
+    fn app_by_id(&self, id: &str) -> Option<&Arc<App>> {
+        self.shared.apps.iter().find(|a| a.config.id == id)
+    }
+
+    /// `GET /app/{key}?protocol=7&…`: upgrades, then either refuses in the protocol
+    /// (`pusher:error` and a close with its code) or opens the connection.
+    pub async fn websocket(&self, key: String, req: Request) -> Response {
+        if self.shared.draining.is_cancelled() {
+            return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
+        }
+        let protocol = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "protocol")
+            .map(|(_, v)| v.into_owned());
+        let accepted = match websocket::accept(req, None) {
+            Ok(a) => a,
+            Err(e) => {
+                return (
+                    StatusCode::BAD_REQUEST,
+                    format!("not a WebSocket upgrade: {e:?}"),
+                )
+                    .into_response()
+            }
+        };
+        let endpoint = self.clone();
+        self.shared.tasks.spawn(async move {
+            let Some(ws) = websocket::upgraded(accepted.upgraded, endpoint.shared.ws_config).await
+            else {
+                return;
+            };
+            let app = match endpoint.admit(&key, protocol.as_deref()) {
+                Ok(app) => app,
+                Err(refusal) => {
+                    endpoint
+                        .shared
+                        .metrics
+                        .connect_errors
+                        .with_label_values(&[Frontend::Pusher.as_str(), refusal.reason])
+                        .inc();
+                    tracing::debug!(reason = refusal.reason, "pusher connection refused");
+                    return refuse(ws, refusal.code, &refusal.message).await;
+                }
+            };
+            let conn = endpoint.open(app);
+            let activity = endpoint.shared.config.activity_timeout;
+            let mut hello = String::new();
+            protocol::encode_connection_established(
+                &mut hello,
+                &conn.pusher_id,
+                activity.as_secs_f64().ceil().max(1.0) as u64,
+            );
+            conn.outbox.push_control(Frame::text(hello));
+            let beat = Heartbeat::new(
+                Mode::IdlePings {
+                    idle: activity,
+                    timeout: endpoint.shared.config.pong_timeout,
+                },
+                Instant::now(),
+                None,
+            );
+            let fut = websocket::run(conn, ws, beat);
+            tracing::trace!(bytes = std::mem::size_of_val(&fut), "websocket task size");
+            endpoint.shared.tasks.spawn(fut);
+        });
+        accepted.response
+    }
+
+    /// Checks the protocol version, the app key and the app's connection quota.
+    fn admit(&self, key: &str, protocol: Option<&str>) -> Result<Arc<App>, Refusal> {
+        let Some(version) = protocol else {
+            return Err(Refusal {
+                code: protocol::code::NO_PROTOCOL,
+                reason: "no_protocol",
+                message: "no protocol version: connect with ?protocol=7".into(),
+            });
+        };
+        if !version
+            .parse::<u32>()
+            .is_ok_and(|v| protocol::PROTOCOLS.contains(&v))
+        {
+            return Err(Refusal {
+                code: protocol::code::UNSUPPORTED_PROTOCOL,
+                reason: "unsupported_protocol",
+                message: format!("unsupported protocol version {version:?}: this server speaks 7"),
+            });
+        }
+        let Some(app) = self.app_by_key(key) else {
+            return Err(Refusal {
+                code: protocol::code::APP_NOT_FOUND,
+                reason: "unknown_app",
+                message: format!("app key {key:?} does not exist"),
+            });
+        };
+        let n = app.connections.fetch_add(1, Ordering::AcqRel) + 1;
+        if self
+            .shared
+            .config
+            .max_connections
+            .is_some_and(|max| n > max)
+        {
+            app.connections.fetch_sub(1, Ordering::AcqRel);
+            return Err(Refusal {
+                code: protocol::code::OVER_QUOTA,
+                reason: "over_quota",
+                message: "over the app's connection quota on this node".into(),
+            });
+        }
+        Ok(app.clone())
+    }
+
+    fn open(&self, app: Arc<App>) -> Arc<Conn> {
+        use rand::Rng;
+        let s = &self.shared;
+        let mut raw = String::with_capacity(s.node.as_str().len() + 1 + SOCKET_ID_DIGITS);
+        raw.push_str(s.node.as_str());
+        raw.push('.');
+        let mut rng = rand::rng();
+        for _ in 0..SOCKET_ID_DIGITS {
+            raw.push(char::from(b'0' + rng.random_range(0..10u8)));
+        }
+        let pusher_id = protocol::pusher_socket_id(&raw).unwrap_or_else(|| raw.clone());
+        let id = SocketId::from(raw);
+        let conn = Arc::new(Conn {
+            id: id.clone(),
+            pusher_id: pusher_id.into(),
+            app: app.clone(),
+            shared: self.shared.clone(),
+            outbox: Outbox::new(s.config.queue_capacity, s.config.queue_bytes),
+            state: Mutex::new(ConnState::default()),
+            closed: AtomicBool::new(false),
+        });
+        s.connections.write().insert(id.clone(), conn.clone());
+        s.hub.register(
+            id.clone(),
+            Member {
+                connection: conn.clone(),
+                frontend: Frontend::Pusher,
+                scope: app.scope.clone(),
+                direct: true,
+                user: None,
+                rooms: Vec::new(),
+                connected_at: crate::id::now_ms(),
+            },
+        );
+        s.metrics.frontend(Frontend::Pusher).connections.inc();
+        s.metrics
+            .connects
+            .with_label_values(&[Frontend::Pusher.as_str()])
+            .inc();
+        tracing::debug!(socket = %id, app = %app.config.id, "pusher socket connected");
+        conn
+    }
+
+    /// Stops accepting connections and API pushes (returns immediately).
+    pub fn start_draining(&self) {
+        self.shared.draining.cancel();
+    }
+
+    /// Closes every connection (close 4200: pusher-js reconnects at once, to another
+    /// node) and waits up to `grace` for their tasks.
+    pub async fn close_all(&self, reason: CloseReason, grace: Duration) {
+        let conns: Vec<_> = self.shared.connections.read().values().cloned().collect();
+        for c in conns {
+            c.outbox.close(reason);
+        }
+        self.shared.tasks.close();
+        let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
+    }
+}
+
+/// Why a connection was refused before it opened.
+struct Refusal {
+    code: u16,
+    /// The `reason` label of `pushgate_connect_errors_total`.
+    reason: &'static str,
+    message: String,
+}
+
+/// Tells the client why in `pusher:error`, then closes with the same code.
+async fn refuse(mut ws: websocket::Ws, code: u16, message: &str) {
+    let mut text = String::new();
+    protocol::encode_error(&mut text, Some(code), message);
+    let frame = CloseFrame {
+        code: CloseCode::from(code),
+        reason: Utf8Bytes::from(message.chars().take(100).collect::<String>()),
+    };
+    let _ = tokio::time::timeout(REFUSE_CLOSE_WAIT, async {
+        if ws.send(WsMessage::Text(text.into())).await.is_ok()
+            && ws.close(Some(frame)).await.is_ok()
+        {
+            while let Some(Ok(_)) = ws.next().await {}
+        }
+    })
+    .await;
+}
+
+/// What a connection is subscribed to and who it signed in as.
+#[derive(Default)]
+struct ConnState {
+    /// Subscribed channels. A connection holds a few, so a list.
+    channels: Vec<Box<str>>,
+    /// The signed-in user, as the app names it.
+    user: Option<Box<str>>,
+    /// The start of the current one-second window of client events, and how many
+    /// were sent in it.
+    window: Option<Instant>,
+    events: u32,
+}
+
+/// One Pusher connection.
+struct Conn {
+    /// The pushgate socket id (`<node>.<digits>`).
+    id: SocketId,
+    /// The id the client knows (`<digits>.<digits>`), which its signatures name.
+    pusher_id: Box<str>,
+    app: Arc<App>,
+    shared: Arc<Shared>,
+    outbox: Outbox,
+    /// Held for in-memory bookkeeping only, never across an await or a hub call.
+    state: Mutex<ConnState>,
+    closed: AtomicBool,
+}
+
+impl Conn {
+    fn send(&self, text: String) {
+        self.outbox.push_control(Frame::text(text));
+    }
+
+    fn error(&self, code: Option<u16>, message: &str) {
+        let mut out = String::new();
+        protocol::encode_error(&mut out, code, message);
+        self.send(out);
+    }
+
+    fn count(&self, kind: &'static str) {
+        self.shared
+            .metrics
+            .client_events
+            .with_label_values(&[kind])
+            .inc();
+    }
+
+    /// Refuses a subscription: `pusher:error` for the connection's error handlers and
+    /// `pusher:subscription_error` for the channel's.
+    fn refuse_subscription(&self, channel: &str, code: Option<u16>, status: u16, message: &str) {
+        self.shared
+            .metrics
+            .client_joins
+            .with_label_values(&["join", "refused"])
+            .inc();
+        tracing::debug!(socket = %self.id, channel, message, "pusher subscription refused");
+        self.error(code, message);
+        let mut out = String::new();
+        let kind = if status == 401 || status == 403 {
+            "AuthError"
+        } else {
+            "SubscriptionError"
+        };
+        protocol::encode_subscription_error(&mut out, channel, kind, message, status);
+        self.send(out);
+    }
+
+    fn handle(&self, m: ClientMessage) {
+        match m {
+            ClientMessage::Ping => {
+                let mut out = String::new();
+                protocol::encode_pong(&mut out);
+                self.send(out);
+            }
+            ClientMessage::Pong => {}
+            ClientMessage::Subscribe { channel, auth, .. } => self.subscribe(channel, auth),
+            ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel),
+            ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data,
+            } => self.client_event(event, &channel, data),
+            ClientMessage::Other { event } => {
+                self.count("unknown");
+                self.error(
+                    None,
+                    &format!(
+                        "unknown event {event:?}: clients send pusher:ping, pusher:pong, \
+                         pusher:subscribe, pusher:unsubscribe, pusher:signin or client-* events"
+                    ),
+                );
+            }
+        }
+    }
+
+    fn subscribe(&self, channel: String, auth: Option<String>) {
+        self.count("join");
+        let kind = match protocol::channel_kind(&channel) {
+            Ok(k) => k,
+            Err(e) => return self.refuse_subscription(&channel, None, 400, &e.to_string()),
+        };
+        let app = &self.app.config;
+        match &kind {
+            ChannelKind::Public => {}
+            ChannelKind::Presence => {
+                return self.refuse_subscription(
+                    &channel,
+                    None,
+                    501,
+                    "presence channels are not served by this gateway yet",
+                )
+            }
+            ChannelKind::Private | ChannelKind::Encrypted => {
+                let message = signature::channel_message(&self.pusher_id, &channel);
+                if let Err(e) =
+                    signature::check_auth(&app.key, &app.secret, auth.as_deref(), &message)
+                {
+                    return self.refuse_subscription(
+                        &channel,
+                        Some(protocol::code::UNAUTHORIZED),
+                        401,
+                        &format!("{e}: expected the app key and the HMAC-SHA256 of {message:?}"),
+                    );
+                }
+            }
+            ChannelKind::ServerToUser(user) => {
+                let mine = self.state.lock().user.as_deref() == Some(user.as_str());
+                if !mine {
+                    return self.refuse_subscription(
+                        &channel,
+                        Some(protocol::code::UNAUTHORIZED),
+                        403,
+                        "only the user signed in on this connection may subscribe to its channel",
+                    );
+                }
+            }
+        }
+        let added = {
+            let mut state = self.state.lock();
+            if state.channels.iter().any(|c| **c == *channel) {
+                false
+            } else if state.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
+                drop(state);
+                return self.refuse_subscription(
+                    &channel,
+                    None,
+                    429,
+                    &format!("at most {MAX_CHANNELS_PER_CONNECTION} channels per connection"),
+                );
+            } else {
+                state.channels.push(channel.as_str().into());
+                true
+            }
+        };
+        // Joined before the client hears of it, so a push it triggers next reaches it.
+        if added && !matches!(kind, ChannelKind::ServerToUser(_)) {
+            self.shared.hub.join(&self.id, &self.app.room(&channel));
+        }
+        self.shared
+            .metrics
+            .client_joins
+            .with_label_values(&["join", "ok"])
+            .inc();
+        let mut out = String::new();
+        protocol::encode_subscription_succeeded(&mut out, &channel);
+        self.send(out);
+    }
+
+    fn unsubscribe(&self, channel: &str) {
+        self.count("leave");
+        let removed = {
+            let mut state = self.state.lock();
+            let before = state.channels.len();
+            state.channels.retain(|c| **c != *channel);
+            state.channels.len() != before
+        };
+        if removed && !channel.starts_with(protocol::SERVER_TO_USER_PREFIX) {
+            self.shared.hub.leave(&self.id, &self.app.room(channel));
+        }
+        self.shared
+            .metrics
+            .client_joins
+            .with_label_values(&["leave", "ok"])
+            .inc();
+    }
+
+    /// `pusher:signin`: a good signature makes the connection its user's; a bad one
+    /// ends it with 4009, as Pusher does.
+    fn signin(&self, auth: &str, user_data: &str) {
+        if self.state.lock().user.is_some() {
+            self.count("signin_refused");
+            return self.error(None, "this connection is signed in already");
+        }
+        let app = &self.app.config;
+        let message = signature::signin_message(&self.pusher_id, user_data);
+        let refused = match signature::check_auth(&app.key, &app.secret, Some(auth), &message) {
+            Err(e) => Some(format!(
+                "sign-in refused: {e}: expected the app key and the HMAC-SHA256 of {message:?}"
+            )),
+            Ok(()) => match user_id(user_data) {
+                // The first app's users are pushgate's users as they are, so its ids
+                // must not reach into the further apps' `pusher:<id>:` users.
+                Some(id) if self.app.prefix.is_empty() && id.starts_with(APP_PREFIX) => Some(
+                    format!("sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"),
+                ),
+                Some(id) => {
+                    self.state.lock().user = Some(id.as_str().into());
+                    self.shared.hub.set_user(&self.id, self.app.user(&id));
+                    None
+                }
+                None => Some(
+                    "sign-in refused: user_data must be a JSON object with a non-empty string id"
+                        .to_owned(),
+                ),
+            },
+        };
+        if let Some(message) = refused {
+            self.count("signin_refused");
+            tracing::debug!(socket = %self.id, "pusher sign-in refused");
+            self.error(Some(protocol::code::UNAUTHORIZED), &message);
+            // Queued frames are still written before the close.
+            self.outbox.close(CloseReason::ProtocolError);
+            return;
+        }
+        self.count("signin");
+        let mut out = String::new();
+        protocol::encode_signin_success(&mut out, user_data);
+        self.send(out);
+    }
+
+    fn client_event(&self, event: String, channel: &str, data: Value) {
+        let refuse = |code: Option<u16>, message: &str| {
+            self.count("client_event_refused");
+            self.error(code, message);
+        };
+        let subscribed = self.state.lock().channels.iter().any(|c| **c == *channel);
+        if !subscribed {
+            return refuse(
+                None,
+                &format!("client event refused: not subscribed to {channel:?}"),
+            );
+        }
+        match protocol::channel_kind(channel) {
+            Ok(ChannelKind::Private) => {}
+            Ok(ChannelKind::Encrypted) => {
+                return refuse(
+                    None,
+                    "client event refused: not allowed on encrypted channels",
+                )
+            }
+            _ => {
+                return refuse(
+                    None,
+                    "client event refused: client events are only allowed on private channels",
+                )
+            }
+        }
+        if data.to_string().len() > protocol::MAX_DATA_BYTES {
+            return refuse(
+                Some(protocol::code::CLIENT_EVENT_REJECTED),
+                &format!(
+                    "client event refused: data larger than {} bytes",
+                    protocol::MAX_DATA_BYTES
+                ),
+            );
+        }
+        let within_rate = {
+            let mut state = self.state.lock();
+            let now = Instant::now();
+            match state.window {
+                Some(start) if now.duration_since(start) < Duration::from_secs(1) => {
+                    state.events += 1;
+                }
+                _ => {
+                    state.window = Some(now);
+                    state.events = 1;
+                }
+            }
+            state.events <= CLIENT_EVENTS_PER_SECOND
+        };
+        if !within_rate {
+            return refuse(
+                Some(protocol::code::CLIENT_EVENT_REJECTED),
+                &format!("client event refused: more than {CLIENT_EVENTS_PER_SECOND} per second"),
+            );
+        }
+        let mut push = Push::new(Target::Room(self.app.room(channel)), event, Some(data));
+        push.scope = self.app.scope.clone();
+        push.except.insert(self.id.clone());
+        if let Err(e) = self.shared.push.check(&push) {
+            return refuse(None, &format!("client event refused: {e}"));
+        }
+        if self.shared.client_events.try_send(push).is_err() {
+            return refuse(
+                Some(protocol::code::CLIENT_EVENT_REJECTED),
+                "client event refused: the server is busy",
+            );
+        }
+        self.count("client_event");
+    }
+}
+
+/// The `id` of a sign-in's `user_data`.
+fn user_id(user_data: &str) -> Option<String> {
+    match serde_json::from_str::<Value>(user_data).ok()? {
+        Value::Object(mut o) => match o.remove("id")? {
+            Value::String(id) if !id.is_empty() => Some(id),
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+impl Connection for Conn {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn disconnect(&self, _socket: &SocketId) {
+        self.outbox.close(CloseReason::Kicked);
+    }
+
+    fn transport(&self) -> &'static str {
+        "websocket"
+    }
+}
+
+impl Peer for Conn {
+    fn outbox(&self) -> &Outbox {
+        &self.outbox
+    }
+
+    fn text(self: &Arc<Self>, text: &str, beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        beat.on_pong();
+        match protocol::decode(text) {
+            Ok(m) => self.handle(m),
+            Err(e) => {
+                tracing::debug!(socket = %self.id, error = %e, "pusher frame refused");
+                self.count("unknown");
+                self.error(None, &format!("message refused: {e}"));
+            }
+        }
+        Ok(())
+    }
+
+    fn binary(self: &Arc<Self>, _bytes: Bytes, beat: &mut Heartbeat) -> Result<(), CloseReason> {
+        beat.on_pong();
+        self.count("unknown");
+        self.error(
+            None,
+            "binary messages are not part of the Pusher protocol: send JSON text",
+        );
+        Ok(())
+    }
+
+    fn ping(&self) -> Option<Frame> {
+        Some(Frame::Text(Utf8Bytes::from_static(
+            r#"{"event":"pusher:ping","data":{}}"#,
+        )))
+    }
+
+    fn attached(&self) -> bool {
+        true
+    }
+
+    fn close(self: &Arc<Self>, reason: CloseReason) {
+        if self.closed.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        self.outbox.close(reason);
+        let s = &self.shared;
+        s.connections.write().remove(&self.id);
+        s.hub.unregister(&self.id);
+        self.app.connections.fetch_sub(1, Ordering::AcqRel);
+        s.metrics.frontend(Frontend::Pusher).connections.dec();
+        s.metrics
+            .disconnects
+            .with_label_values(&[Frontend::Pusher.as_str(), reason.as_str()])
+            .inc();
+        tracing::debug!(socket = %self.id, reason = reason.as_str(), "pusher socket closed");
+    }
+
+    fn written(&self, q: &Queued, now: Instant) {
+        self.shared.metrics.observe_write(q.pushed_at, now);
+    }
+
+    /// Pusher's close codes: 4200 (reconnect at once) for a shutdown, 4201 for a
+    /// missing pong, 4100 (back off) for a client too slow to keep, 4009 (do not
+    /// reconnect unchanged) for a refused sign-in or a connection the app ended.
+    fn close_code(&self, reason: CloseReason) -> Option<CloseCode> {
+        use protocol::code;
+        let c = match reason {
+            CloseReason::Client | CloseReason::TransportClose | CloseReason::TransportError => {
+                return None
+            }
+            CloseReason::Shutdown => code::RECONNECT,
+            CloseReason::PingTimeout => code::PONG_NOT_RECEIVED,
+            CloseReason::SlowClient => code::OVER_CAPACITY,
+            CloseReason::ProtocolError | CloseReason::Kicked => code::UNAUTHORIZED,
+            CloseReason::TooLarge => return Some(CloseCode::Size),
+            CloseReason::ConnectTimeout => code::RECONNECT,
+        };
+        Some(CloseCode::from(c))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn decoded(frames: Vec<Frame>) -> Value {
+        let [Frame::Text(t)] = frames.as_slice() else {
+            panic!("one text frame expected: {frames:?}");
+        };
+        serde_json::from_str(t.as_str()).unwrap()
+    }
+
+    #[test]
+    fn a_room_push_arrives_on_its_channel_with_string_data() {
+        let p = Push::new(
+            Target::Room(RoomName::from("news")),
+            "flash",
+            Some(json!({"a": 1})),
+        );
+        assert_eq!(
+            decoded(PusherCodec.encode(&p, Some(3))),
+            json!({"event": "flash", "channel": "news", "data": "{\"a\":1}"})
+        );
+        let other_app = Push::new(
+            Target::Room(RoomName::from("pusher:7:private-x")),
+            "e",
+            Some(json!("as is")),
+        );
+        assert_eq!(
+            decoded(PusherCodec.encode(&other_app, None)),
+            json!({"event": "e", "channel": "private-x", "data": "as is"})
+        );
+    }
+
+    #[test]
+    fn user_pushes_use_the_user_channel_and_others_none() {
+        let p = Push::new(Target::User(UserId::from("u1")), "hi", None);
+        assert_eq!(
+            decoded(PusherCodec.encode(&p, None)),
+            json!({"event": "hi", "channel": "#server-to-user-u1", "data": "{}"})
+        );
+        let p = Push::new(Target::User(UserId::from("pusher:7:u1")), "hi", None);
+        assert_eq!(
+            decoded(PusherCodec.encode(&p, None))["channel"],
+            "#server-to-user-u1"
+        );
+        let all = Push::new(Target::All, "hi", Some(json!([1])));
+        assert_eq!(
+            decoded(PusherCodec.encode(&all, None)),
+            json!({"event": "hi", "data": "[1]"})
+        );
+    }
+
+    #[test]
+    fn protocol_event_names_are_refused() {
+        for e in ["pusher:error", "pusher_internal:member_added"] {
+            assert!(PusherCodec.check(&Push::new(Target::All, e, None)).is_err());
+        }
+        assert!(PusherCodec
+            .check(&Push::new(Target::All, "client-x", None))
+            .is_ok());
+    }
+
+    #[test]
+    fn apps_after_the_first_live_under_their_own_prefix() {
+        let first = App::new(
+            PusherApp {
+                id: "1".into(),
+                key: "k".into(),
+                secret: "s".into(),
+            },
+            true,
+        );
+        let second = App::new(
+            PusherApp {
+                id: "2".into(),
+                key: "k2".into(),
+                secret: "s".into(),
+            },
+            false,
+        );
+        assert_eq!(first.room("news").as_str(), "news");
+        assert_eq!(second.room("news").as_str(), "pusher:2:news");
+        assert_eq!(second.user("u").as_str(), "pusher:2:u");
+        assert_eq!(second.scope().as_deref(), Some("/pusher:2"));
+        assert_eq!(first.channel_of("news"), Some("news"));
+        assert_eq!(first.channel_of("chat:1"), None, "not a channel name");
+        assert_eq!(first.channel_of("pusher:2:news"), None);
+        assert_eq!(second.channel_of("pusher:2:news"), Some("news"));
+        assert_eq!(second.channel_of("news"), None);
+    }
+
+    #[test]
+    fn the_user_id_of_a_signin_is_a_non_empty_string() {
+        assert_eq!(user_id(r#"{"id":"u1","name":"x"}"#).as_deref(), Some("u1"));
+        assert_eq!(user_id(r#"{"id":1}"#), None);
+        assert_eq!(user_id(r#"{"id":""}"#), None);
+        assert_eq!(user_id("[]"), None);
+        assert_eq!(user_id("nope"), None);
+    }
+}

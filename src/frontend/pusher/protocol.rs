@@ -1,0 +1,634 @@
+//! Pusher Channels protocol 7 frames, channel names and socket ids (protocols.md §5).
+//!
+//! Pure: no I/O, no async. Every frame is a JSON object `{event, channel?, data}` in a
+//! text message. The server sends `data` as a JSON *string* (double encoding: pusher-js
+//! parses it again); clients send `data` as an object, which [`decode`] also accepts as
+//! a string holding an object. Encoders append to a `String` the caller owns, so a push
+//! is encoded once and shared.
+
+use serde_json::{Map, Value};
+
+use crate::frontend::JsonError;
+
+/// The protocol versions served. pusher-js 8 and the mobile SDKs send 7; 5 and 6 differ
+/// from it only in what the server may leave out, which this server always sends.
+pub const PROTOCOLS: std::ops::RangeInclusive<u32> = 5..=7;
+
+/// Longest channel name (the server SDKs' limit).
+pub const MAX_CHANNEL_LEN: usize = 200;
+/// Longest event name.
+pub const MAX_EVENT_LEN: usize = 200;
+/// Largest `data` of an event, client event or HTTP API trigger (Pusher's 10 KB).
+pub const MAX_DATA_BYTES: usize = 10 * 1024;
+
+/// The channel pusher-js subscribes after a sign-in; events on it reach `pusher.user`.
+pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
+pub const PRIVATE_PREFIX: &str = "private-";
+pub const ENCRYPTED_PREFIX: &str = "private-encrypted-";
+pub const PRESENCE_PREFIX: &str = "presence-";
+/// Events clients may send to each other start with this.
+pub const CLIENT_EVENT_PREFIX: &str = "client-";
+
+/// Event names of the protocol itself: a push may not use them.
+pub fn is_reserved_event(event: &str) -> bool {
+    event.starts_with("pusher:") || event.starts_with("pusher_internal:")
+}
+
+/// `pusher:error` codes and WebSocket close codes. 4000-4099: the client must not
+/// reconnect unchanged; 4100-4199: reconnect after a pause; 4200-4299: reconnect at once.
+pub mod code {
+    /// The app key names no app.
+    pub const APP_NOT_FOUND: u16 = 4001;
+    /// The app has as many connections as it may.
+    pub const OVER_QUOTA: u16 = 4004;
+    /// The `protocol` query parameter names a version this server does not speak.
+    pub const UNSUPPORTED_PROTOCOL: u16 = 4007;
+    /// No `protocol` query parameter.
+    pub const NO_PROTOCOL: u16 = 4008;
+    /// A signature did not verify (channel auth, sign-in), or the app ended the
+    /// connection.
+    pub const UNAUTHORIZED: u16 = 4009;
+    /// The server is over capacity (the connection was too slow to keep): back off.
+    pub const OVER_CAPACITY: u16 = 4100;
+    /// Reconnect at once (this node is shutting down).
+    pub const RECONNECT: u16 = 4200;
+    /// The client did not answer a ping.
+    pub const PONG_NOT_RECEIVED: u16 = 4201;
+    /// A client event was refused (rate limit, size).
+    pub const CLIENT_EVENT_REJECTED: u16 = 4301;
+}
+
+/// What a channel's name makes of it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ChannelKind {
+    Public,
+    /// `private-`: subscribing needs a signature.
+    Private,
+    /// `private-encrypted-`: signed like private; the server relays the ciphertext.
+    Encrypted,
+    /// `presence-`: signed, with `channel_data` naming the member.
+    Presence,
+    /// `#server-to-user-<id>`: events to a signed-in user.
+    ServerToUser(String),
+}
+
+/// Why a channel name was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ChannelNameError {
+    #[error("a channel name is 1 to {MAX_CHANNEL_LEN} characters")]
+    Length,
+    #[error("a channel name may only hold A-Z a-z 0-9 _ - = @ , . ;")]
+    Characters,
+}
+
+/// Classifies a channel name, refusing what Pusher refuses:
+/// `^[A-Za-z0-9_\-=@,.;]+$`, at most 200 characters, or `#server-to-user-<id>`.
+pub fn channel_kind(name: &str) -> Result<ChannelKind, ChannelNameError> {
+    if let Some(user) = name.strip_prefix(SERVER_TO_USER_PREFIX) {
+        if user.is_empty() || name.len() > MAX_CHANNEL_LEN {
+            return Err(ChannelNameError::Length);
+        }
+        return Ok(ChannelKind::ServerToUser(user.to_owned()));
+    }
+    if name.is_empty() || name.len() > MAX_CHANNEL_LEN {
+        return Err(ChannelNameError::Length);
+    }
+    if !name.bytes().all(is_channel_byte) {
+        return Err(ChannelNameError::Characters);
+    }
+    Ok(if name.starts_with(ENCRYPTED_PREFIX) {
+        ChannelKind::Encrypted
+    } else if name.starts_with(PRIVATE_PREFIX) {
+        ChannelKind::Private
+    } else if name.starts_with(PRESENCE_PREFIX) {
+        ChannelKind::Presence
+    } else {
+        ChannelKind::Public
+    })
+}
+
+fn is_channel_byte(b: u8) -> bool {
+    b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'=' | b'@' | b',' | b'.' | b';')
+}
+
+/// Whether `name` is a channel a client may subscribe to by name (not the user channel).
+pub fn is_channel_name(name: &str) -> bool {
+    !name.starts_with(SERVER_TO_USER_PREFIX) && channel_kind(name).is_ok()
+}
+
+/// A message from the client.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ClientMessage {
+    Ping,
+    Pong,
+    Subscribe {
+        channel: String,
+        /// `<key>:<hex signature>`; pusher-js sends `""` for public channels.
+        auth: Option<String>,
+        /// Presence channels: the JSON text naming the member.
+        channel_data: Option<String>,
+    },
+    Unsubscribe {
+        channel: String,
+    },
+    /// `pusher:signin`: `user_data` is JSON text with at least `id`, signed as
+    /// `<socket_id>::user::<user_data>`.
+    Signin {
+        auth: String,
+        user_data: String,
+    },
+    /// A `client-` event for the other subscribers of `channel`.
+    ClientEvent {
+        event: String,
+        channel: String,
+        data: Value,
+    },
+    /// Any other event: `pusher:` events this server does not know, or names clients
+    /// may not send.
+    Other {
+        event: String,
+    },
+}
+
+/// Why a client frame was refused; the answer is a `pusher:error`.
+#[derive(Debug, PartialEq, thiserror::Error)]
+pub enum DecodeError {
+    #[error("not JSON: {0}")]
+    Json(#[source] JsonError),
+    #[error("a message is a JSON object")]
+    NotAnObject,
+    #[error("a message names its event in \"event\", a string of 1 to {MAX_EVENT_LEN} characters")]
+    Event,
+    #[error("{event} needs {field} as {what}")]
+    Field {
+        event: &'static str,
+        field: &'static str,
+        what: &'static str,
+    },
+    #[error("a client event needs \"channel\", a string")]
+    ClientEventChannel,
+}
+
+/// Decodes one text frame from a client.
+pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(JsonError(e)))?;
+    let Value::Object(mut obj) = value else {
+        return Err(DecodeError::NotAnObject);
+    };
+    let event = match obj.remove("event") {
+        Some(Value::String(e)) if !e.is_empty() && e.len() <= MAX_EVENT_LEN => e,
+        _ => return Err(DecodeError::Event),
+    };
+    let data = obj.remove("data");
+    Ok(match event.as_str() {
+        "pusher:ping" => ClientMessage::Ping,
+        "pusher:pong" => ClientMessage::Pong,
+        "pusher:subscribe" => {
+            const E: &str = "pusher:subscribe";
+            let mut data = object(data, E)?;
+            ClientMessage::Subscribe {
+                channel: string(&mut data, E, "channel")?,
+                auth: optional_string(&mut data, E, "auth")?,
+                channel_data: optional_string(&mut data, E, "channel_data")?,
+            }
+        }
+        "pusher:unsubscribe" => {
+            const E: &str = "pusher:unsubscribe";
+            let mut data = object(data, E)?;
+            ClientMessage::Unsubscribe {
+                channel: string(&mut data, E, "channel")?,
+            }
+        }
+        "pusher:signin" => {
+            const E: &str = "pusher:signin";
+            let mut data = object(data, E)?;
+            ClientMessage::Signin {
+                auth: string(&mut data, E, "auth")?,
+                user_data: string(&mut data, E, "user_data")?,
+            }
+        }
+        e if e.starts_with(CLIENT_EVENT_PREFIX) => {
+            let Some(Value::String(channel)) = obj.remove("channel") else {
+                return Err(DecodeError::ClientEventChannel);
+            };
+            ClientMessage::ClientEvent {
+                event,
+                channel,
+                data: data.unwrap_or(Value::Null),
+            }
+        }
+        _ => ClientMessage::Other { event },
+    })
+}
+
+/// A protocol event's `data`: an object, or a string holding one (some clients encode
+/// it twice, as the server does).
+fn object(data: Option<Value>, event: &'static str) -> Result<Map<String, Value>, DecodeError> {
+    let refused = DecodeError::Field {
+        event,
+        field: "data",
+        what: "an object",
+    };
+    match data {
+        Some(Value::Object(o)) => Ok(o),
+        Some(Value::String(s)) => match serde_json::from_str(&s) {
+            Ok(Value::Object(o)) => Ok(o),
+            _ => Err(refused),
+        },
+        _ => Err(refused),
+    }
+}
+
+fn string(
+    data: &mut Map<String, Value>,
+    event: &'static str,
+    field: &'static str,
+) -> Result<String, DecodeError> {
+    optional_string(data, event, field)?.ok_or(DecodeError::Field {
+        event,
+        field,
+        what: "a string",
+    })
+}
+
+fn optional_string(
+    data: &mut Map<String, Value>,
+    event: &'static str,
+    field: &'static str,
+) -> Result<Option<String>, DecodeError> {
+    match data.remove(field) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::Field {
+            event,
+            field,
+            what: "a string",
+        }),
+    }
+}
+
+/// Encodes `message` as a client sends it (pusher-js's shape): what [`decode`] reads
+/// back to the same message. Used by tests, the fuzz target and the load generator.
+pub fn encode_client(out: &mut String, message: &ClientMessage) {
+    let mut data = Map::new();
+    let (event, channel) = match message {
+        ClientMessage::Ping => ("pusher:ping", None),
+        ClientMessage::Pong => ("pusher:pong", None),
+        ClientMessage::Subscribe {
+            channel,
+            auth,
+            channel_data,
+        } => {
+            data.insert("channel".into(), Value::String(channel.clone()));
+            if let Some(a) = auth {
+                data.insert("auth".into(), Value::String(a.clone()));
+            }
+            if let Some(c) = channel_data {
+                data.insert("channel_data".into(), Value::String(c.clone()));
+            }
+            ("pusher:subscribe", None)
+        }
+        ClientMessage::Unsubscribe { channel } => {
+            data.insert("channel".into(), Value::String(channel.clone()));
+            ("pusher:unsubscribe", None)
+        }
+        ClientMessage::Signin { auth, user_data } => {
+            data.insert("auth".into(), Value::String(auth.clone()));
+            data.insert("user_data".into(), Value::String(user_data.clone()));
+            ("pusher:signin", None)
+        }
+        ClientMessage::ClientEvent {
+            event,
+            channel,
+            data: d,
+        } => {
+            let mut obj = Map::new();
+            obj.insert("event".into(), Value::String(event.clone()));
+            obj.insert("channel".into(), Value::String(channel.clone()));
+            obj.insert("data".into(), d.clone());
+            out.push_str(&Value::Object(obj).to_string());
+            return;
+        }
+        ClientMessage::Other { event } => (event.as_str(), None::<&str>),
+    };
+    let mut obj = Map::new();
+    obj.insert("event".into(), Value::String(event.to_owned()));
+    if let Some(c) = channel {
+        obj.insert("channel".into(), Value::String(c.to_owned()));
+    }
+    obj.insert("data".into(), Value::Object(data));
+    out.push_str(&Value::Object(obj).to_string());
+}
+
+/// Appends `s` as a JSON string literal.
+fn push_str(out: &mut String, s: &str) {
+    // Serializing a str cannot fail.
+    out.push_str(&serde_json::to_string(s).unwrap_or_default());
+}
+
+/// An event with `data_text` (JSON text, or any text) as its string `data`:
+/// `{"event":…,"channel":…,"data":"…"}`. `channel` is omitted when `None`.
+pub fn encode_event(out: &mut String, event: &str, channel: Option<&str>, data_text: &str) {
+    out.push_str("{\"event\":");
+    push_str(out, event);
+    if let Some(c) = channel {
+        out.push_str(",\"channel\":");
+        push_str(out, c);
+    }
+    out.push_str(",\"data\":");
+    push_str(out, data_text);
+    out.push('}');
+}
+
+/// The first server message: the socket id and the activity timeout in seconds.
+pub fn encode_connection_established(out: &mut String, socket_id: &str, activity_timeout: u64) {
+    let data = serde_json::json!({"socket_id": socket_id, "activity_timeout": activity_timeout});
+    encode_event(
+        out,
+        "pusher:connection_established",
+        None,
+        &data.to_string(),
+    );
+}
+
+/// `pusher:error` with `{"code":…,"message":…}` as an object, as the protocol's docs
+/// show it; `code` null for errors that ask the client to change nothing.
+pub fn encode_error(out: &mut String, code: Option<u16>, message: &str) {
+    let data = serde_json::json!({"code": code, "message": message});
+    out.push_str("{\"event\":\"pusher:error\",\"data\":");
+    out.push_str(&data.to_string());
+    out.push('}');
+}
+
+pub fn encode_ping(out: &mut String) {
+    out.push_str(r#"{"event":"pusher:ping","data":{}}"#);
+}
+
+pub fn encode_pong(out: &mut String) {
+    out.push_str(r#"{"event":"pusher:pong","data":{}}"#);
+}
+
+pub fn encode_subscription_succeeded(out: &mut String, channel: &str) {
+    encode_event(
+        out,
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        "{}",
+    );
+}
+
+/// `pusher:subscription_error` on `channel`: pusher-js hands it to the channel's
+/// `pusher:subscription_error` binding.
+pub fn encode_subscription_error(
+    out: &mut String,
+    channel: &str,
+    kind: &str,
+    error: &str,
+    status: u16,
+) {
+    let data = serde_json::json!({"type": kind, "error": error, "status": status});
+    encode_event(
+        out,
+        "pusher:subscription_error",
+        Some(channel),
+        &data.to_string(),
+    );
+}
+
+pub fn encode_signin_success(out: &mut String, user_data: &str) {
+    let data = serde_json::json!({ "user_data": user_data });
+    encode_event(out, "pusher:signin_success", None, &data.to_string());
+}
+
+/// The characters a node id may hold (`id::NodeId::parse`), each written as two digits
+/// (10 + its index) in a Pusher socket id.
+const NODE_ALPHABET: &[u8] = b"0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz_-";
+
+/// The Pusher form (`^\d+\.\d+$`, which the server SDKs check) of a pushgate socket id
+/// `<node>.<digits>`: the node id two digits per character, then the same digits. The
+/// mapping is reversible ([`socket_of`]), so a Pusher id from the HTTP API names its
+/// node without a lookup. `None` when `socket` is not of that shape.
+pub fn pusher_socket_id(socket: &str) -> Option<String> {
+    let (node, digits) = socket.split_once('.')?;
+    if node.is_empty() || digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    let mut out = String::with_capacity(node.len() * 2 + 1 + digits.len());
+    for b in node.bytes() {
+        let i = NODE_ALPHABET.iter().position(|&c| c == b)?;
+        out.push_str(&(10 + i).to_string());
+    }
+    out.push('.');
+    out.push_str(digits);
+    Some(out)
+}
+
+/// The pushgate socket id behind a Pusher socket id made by [`pusher_socket_id`];
+/// `None` for anything else (a Pusher id of another server names no socket here).
+pub fn socket_of(pusher_id: &str) -> Option<String> {
+    let (codes, digits) = pusher_id.split_once('.')?;
+    if codes.is_empty()
+        || codes.len() % 2 != 0
+        || digits.is_empty()
+        || !pusher_id.bytes().all(|b| b.is_ascii_digit() || b == b'.')
+        || digits.contains('.')
+    {
+        return None;
+    }
+    let mut out = String::with_capacity(codes.len() / 2 + 1 + digits.len());
+    for pair in codes.as_bytes().chunks(2) {
+        let n = usize::from(pair[0] - b'0') * 10 + usize::from(pair[1] - b'0');
+        let c = *NODE_ALPHABET.get(n.checked_sub(10)?)?;
+        out.push(char::from(c));
+    }
+    out.push('.');
+    out.push_str(digits);
+    Some(out)
+}
+
+/// Whether `id` has the shape of a Pusher socket id.
+pub fn is_socket_id(id: &str) -> bool {
+    id.split_once('.').is_some_and(|(a, b)| {
+        !a.is_empty()
+            && !b.is_empty()
+            && a.bytes().all(|c| c.is_ascii_digit())
+            && b.bytes().all(|c| c.is_ascii_digit())
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn client_frames_decode_as_pusher_js_sends_them() {
+        assert_eq!(
+            decode(r#"{"event":"pusher:subscribe","data":{"auth":"","channel":"public-1"}}"#),
+            Ok(ClientMessage::Subscribe {
+                channel: "public-1".into(),
+                auth: Some(String::new()),
+                channel_data: None
+            })
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:ping","data":{}}"#),
+            Ok(ClientMessage::Ping)
+        );
+        assert_eq!(
+            decode(r#"{"event":"client-typing","data":{"a":1},"channel":"private-a"}"#),
+            Ok(ClientMessage::ClientEvent {
+                event: "client-typing".into(),
+                channel: "private-a".into(),
+                data: json!({"a": 1})
+            })
+        );
+        assert_eq!(
+            decode(
+                r#"{"event":"pusher:signin","data":{"auth":"k:ab","user_data":"{\"id\":\"1\"}"}}"#
+            ),
+            Ok(ClientMessage::Signin {
+                auth: "k:ab".into(),
+                user_data: r#"{"id":"1"}"#.into()
+            })
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:unsubscribe","data":"{\"channel\":\"c\"}"}"#),
+            Ok(ClientMessage::Unsubscribe {
+                channel: "c".into()
+            }),
+            "data encoded twice is read too"
+        );
+        assert_eq!(
+            decode(r#"{"event":"pusher:cache_miss","data":{}}"#),
+            Ok(ClientMessage::Other {
+                event: "pusher:cache_miss".into()
+            })
+        );
+    }
+
+    #[test]
+    fn malformed_client_frames_say_what_is_wrong() {
+        assert!(matches!(decode("nope"), Err(DecodeError::Json(_))));
+        assert_eq!(decode("[1]"), Err(DecodeError::NotAnObject));
+        assert_eq!(decode(r#"{"data":{}}"#), Err(DecodeError::Event));
+        assert_eq!(decode(r#"{"event":""}"#), Err(DecodeError::Event));
+        assert!(matches!(
+            decode(r#"{"event":"pusher:subscribe","data":{"channel":7}}"#),
+            Err(DecodeError::Field {
+                field: "channel",
+                ..
+            })
+        ));
+        assert!(matches!(
+            decode(r#"{"event":"pusher:subscribe"}"#),
+            Err(DecodeError::Field { field: "data", .. })
+        ));
+        assert_eq!(
+            decode(r#"{"event":"client-x","data":{}}"#),
+            Err(DecodeError::ClientEventChannel)
+        );
+    }
+
+    #[test]
+    fn every_client_message_round_trips() {
+        for m in [
+            ClientMessage::Ping,
+            ClientMessage::Pong,
+            ClientMessage::Subscribe {
+                channel: "presence-a".into(),
+                auth: Some("k:1".into()),
+                channel_data: Some("{}".into()),
+            },
+            ClientMessage::Unsubscribe {
+                channel: "c".into(),
+            },
+            ClientMessage::Signin {
+                auth: "k:2".into(),
+                user_data: "{\"id\":\"u\"}".into(),
+            },
+            ClientMessage::ClientEvent {
+                event: "client-a".into(),
+                channel: "private-b".into(),
+                data: json!([1, "x"]),
+            },
+            ClientMessage::Other {
+                event: "nonsense".into(),
+            },
+        ] {
+            let mut out = String::new();
+            encode_client(&mut out, &m);
+            assert_eq!(decode(&out), Ok(m), "{out}");
+        }
+    }
+
+    #[test]
+    fn server_frames_carry_data_as_a_json_string() {
+        let mut out = String::new();
+        encode_event(&mut out, "e", Some("c"), r#"{"a":"\"q\""}"#);
+        assert_eq!(
+            out,
+            r#"{"event":"e","channel":"c","data":"{\"a\":\"\\\"q\\\"\"}"}"#
+        );
+        let back: Value = serde_json::from_str(&out).unwrap();
+        let data: Value = serde_json::from_str(back["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({"a": "\"q\""}));
+
+        let mut out = String::new();
+        encode_connection_established(&mut out, "12.34", 120);
+        let v: Value = serde_json::from_str(&out).unwrap();
+        let data: Value = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        assert_eq!(data, json!({"socket_id": "12.34", "activity_timeout": 120}));
+
+        let mut out = String::new();
+        encode_error(&mut out, Some(4001), "no app");
+        assert_eq!(
+            serde_json::from_str::<Value>(&out).unwrap(),
+            json!({"event": "pusher:error", "data": {"code": 4001, "message": "no app"}})
+        );
+    }
+
+    #[test]
+    fn channel_names_follow_pushers_rules() {
+        assert_eq!(channel_kind("news"), Ok(ChannelKind::Public));
+        assert_eq!(
+            channel_kind("private-a=b@c,d.e;f_g"),
+            Ok(ChannelKind::Private)
+        );
+        assert_eq!(
+            channel_kind("private-encrypted-x"),
+            Ok(ChannelKind::Encrypted)
+        );
+        assert_eq!(channel_kind("presence-room"), Ok(ChannelKind::Presence));
+        assert_eq!(
+            channel_kind("#server-to-user-u:1"),
+            Ok(ChannelKind::ServerToUser("u:1".into()))
+        );
+        assert_eq!(channel_kind(""), Err(ChannelNameError::Length));
+        assert_eq!(
+            channel_kind(&"a".repeat(201)),
+            Err(ChannelNameError::Length)
+        );
+        assert_eq!(channel_kind("chat:1"), Err(ChannelNameError::Characters));
+        assert_eq!(channel_kind("a b"), Err(ChannelNameError::Characters));
+        assert!(!is_channel_name("#server-to-user-u"));
+        assert!(is_channel_name("private-x"));
+    }
+
+    #[test]
+    fn pusher_socket_ids_are_digits_and_name_their_node() {
+        let id = pusher_socket_id("gw-1.0123456789").unwrap();
+        assert!(is_socket_id(&id), "{id}");
+        assert_eq!(socket_of(&id).as_deref(), Some("gw-1.0123456789"));
+        let every = std::str::from_utf8(NODE_ALPHABET).unwrap();
+        let id = pusher_socket_id(&format!("{every}.7")).unwrap();
+        assert_eq!(socket_of(&id), Some(format!("{every}.7")));
+        assert_eq!(pusher_socket_id("node.abc"), None, "random part not digits");
+        assert_eq!(pusher_socket_id("no:de.1"), None);
+        assert_eq!(socket_of("123.456"), None, "odd number of code digits");
+        assert_eq!(socket_of("0912.4"), None, "code below 10");
+        assert_eq!(socket_of("99.4"), None, "code past the alphabet");
+        assert_eq!(socket_of("12.4.5"), None);
+        assert!(!is_socket_id("1.") && !is_socket_id("a.1") && !is_socket_id("12"));
+    }
+}
