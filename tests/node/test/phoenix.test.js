@@ -2,9 +2,10 @@
 // Phoenix Channels clients against the real gateway binary, checked the way an application
 // developer would check them: the real `phoenix` npm client 1.8 over WebSocket and
 // long-polling and 1.7 over WebSocket (1.7's LongPoll needs XMLHttpRequest, which Node 20
-// lacks), beside socket.io-client, on one node and on two nodes sharing a Redis; raw
+// lacks), beside socket.io-client, on one node and on two nodes sharing a Redis;
+// phoenix.js `Presence` on `presence-*` topics, including after a node is SIGKILLed; raw
 // WebSockets for the heartbeat timeout and malformed frames.
-const { describe, test, before, after, afterEach } = require("node:test");
+const { describe, test, before, beforeEach, after, afterEach } = require("node:test");
 const assert = require("node:assert/strict");
 const h = require("../harness");
 
@@ -23,6 +24,71 @@ const framesOn = (socket, topic, event) =>
   socket.seen.messages.filter((m) => m.topic === topic && (event === undefined || m.event === event));
 
 const REPORT = (sockets, delivered, acked, timed_out, failed = 0) => ({ sockets, delivered, acked, timed_out, failed });
+
+// ---------------------------------------------------------------- presence, as an app uses it
+
+const byUser = (a, b) => (a.user < b.user ? -1 : a.user > b.user ? 1 : 0);
+
+/**
+ * Joins presence topic `topic` on `socket` with phoenix.js `Presence` (of phoenix `lib`),
+ * as the README shows: `new Presence(channel)`, the member list rebuilt in `onSync`.
+ * Resolves `{channel, view}` once joined: `view.members` is the latest list,
+ * `[{user, connections}]` sorted by user (the shape of the API's `members`), and
+ * `view.metas` each member's metas.
+ */
+async function presenceOn(socket, lib, topic) {
+  const { Presence } = h.PHOENIX[lib];
+  const channel = socket.channel(topic);
+  const presence = new Presence(channel);
+  const view = { members: [], metas: {} };
+  presence.onSync(() => {
+    view.members = presence.list((user, { metas }) => ({ user, connections: metas.length })).sort(byUser);
+    view.metas = Object.fromEntries(presence.list((user, { metas }) => [user, metas]));
+  });
+  const joined = await new Promise((resolve) =>
+    channel
+      .join()
+      .receive("ok", () => resolve("ok"))
+      .receive("error", (r) => resolve(`error ${JSON.stringify(r)}`))
+      .receive("timeout", () => resolve("timeout"))
+  );
+  assert.equal(joined, "ok", `join ${topic}`);
+  return { channel, view };
+}
+
+/** `{alice: 2, bob: 1}` as the member list a client and the API show. */
+const members = (counts) =>
+  Object.entries(counts)
+    .map(([user, connections]) => ({ user, connections }))
+    .sort(byUser);
+
+/** Waits until `view` lists `expected` (see `members`); fails with the last list seen. */
+function shows(view, expected, what, timeout) {
+  return h.eventually(
+    () => {
+      assert.deepEqual(view.members, expected);
+      return true;
+    },
+    { what, timeout, interval: 20 }
+  );
+}
+
+/** Waits until `GET /v1/rooms/{room}/presence` on `gw` lists `expected`, and its count agrees. */
+async function apiShows(gw, room, expected, timeout) {
+  await h.eventually(
+    async () => {
+      const list = await h.api(gw, "GET", `/v1/rooms/${room}/presence`);
+      assert.deepEqual(list.body, { room, count: expected.length, members: expected });
+      const count = await h.api(gw, "GET", `/v1/rooms/${room}/presence?members=false`);
+      assert.deepEqual(count.body, { room, count: expected.length });
+      return true;
+    },
+    { what: `GET /v1/rooms/${room}/presence on ${gw.url}`, timeout }
+  );
+}
+
+/** A token whose user may join every presence topic. */
+const presenceToken = (sub) => h.token({ sub, join: ["presence-*"] });
 
 // ---------------------------------------------------------------- one node, each client
 
@@ -366,6 +432,66 @@ for (const v of VARIANTS) {
     });
   });
 
+  describe(`presence with ${v.name}`, () => {
+    // A short timeout, so a long-poll member that stops polling leaves within a test;
+    // the WebSocket clients beat well inside it.
+    const TIMEOUT_MS = 2000;
+    let gw;
+    before(async () => {
+      gw = await h.startGateway({ PUSHGATE_JWT_SECRET: h.SECRET, PUSHGATE_PHOENIX_TIMEOUT_MS: String(TIMEOUT_MS) });
+    });
+    afterEach(h.closeClients);
+    after(h.cleanup);
+
+    const socketOf = (user) => h.phoenixSocket(gw, { ...opts, token: presenceToken(user), heartbeatIntervalMs: 500 });
+
+    test("a user with two connections is one member with two metas; every member's list and GET /v1/rooms/{room}/presence agree", async () => {
+      const room = "presence-" + uid("two");
+      const [alice, bob] = [uid("alice"), uid("bob")];
+      const a1 = await presenceOn(socketOf(alice), v.lib, room);
+      const a2 = await presenceOn(socketOf(alice), v.lib, room);
+      const b = await presenceOn(socketOf(bob), v.lib, room);
+      const expected = members({ [alice]: 2, [bob]: 1 });
+      for (const [who, x] of [["alice's first", a1], ["alice's second", a2], ["bob's", b]]) {
+        await shows(x.view, expected, `${who} list`);
+      }
+      const refs = a1.view.metas[alice].map((m) => m.phx_ref);
+      assert.equal(new Set(refs).size, 2, `one meta per connection, each with its own phx_ref: ${JSON.stringify(refs)}`);
+      await apiShows(gw, room, expected);
+    });
+
+    test("joins and leaves of other members appear in the list: a channel joined and left, a connection opened and closed", async () => {
+      const room = "presence-" + uid("moves");
+      const [carol, dave, erin] = [uid("carol"), uid("dave"), uid("erin")];
+      const watcher = await presenceOn(socketOf(carol), v.lib, room);
+      await shows(watcher.view, members({ [carol]: 1 }), "carol sees herself");
+      const d = await presenceOn(socketOf(dave), v.lib, room);
+      await shows(watcher.view, members({ [carol]: 1, [dave]: 1 }), "dave joined");
+      assert.equal(await h.phoenixLeave(d.channel), "ok", "the server's reply to dave's phx_leave");
+      await shows(watcher.view, members({ [carol]: 1 }), "dave left the channel");
+      const erinSocket = socketOf(erin);
+      await presenceOn(erinSocket, v.lib, room);
+      await shows(watcher.view, members({ [carol]: 1, [erin]: 1 }), "erin joined");
+      await apiShows(gw, room, members({ [carol]: 1, [erin]: 1 }));
+      // Over long-poll the server learns of it when the client stops polling (the timeout).
+      erinSocket.disconnect();
+      await shows(watcher.view, members({ [carol]: 1 }), "erin's connection closed", TIMEOUT_MS + 6000);
+      await apiShows(gw, room, members({ [carol]: 1 }));
+    });
+
+    test("a Socket.IO connection in the room (token rooms claim) counts as a member and appears in Phoenix clients' lists", async () => {
+      const room = "presence-" + uid("mixed");
+      const [fay, gus] = [uid("fay"), uid("gus")];
+      const watcher = await presenceOn(socketOf(fay), v.lib, room);
+      const sio = await h.connect(gw, { auth: { token: h.token({ sub: gus, rooms: [room] }) }, transports: ["websocket"] });
+      const both = members({ [fay]: 1, [gus]: 1 });
+      await shows(watcher.view, both, "the Socket.IO member appears");
+      await apiShows(gw, room, both);
+      sio.close();
+      await shows(watcher.view, members({ [fay]: 1 }), "the Socket.IO member left");
+      await apiShows(gw, room, members({ [fay]: 1 }));
+    });
+  });
 }
 
 // ---------------------------------------------------------------- one node, no JWT secret
@@ -500,6 +626,103 @@ describe("phoenix and socket.io clients on two nodes sharing a Redis", () => {
     assert.equal(framesOn(m.s, room, "gone").length, 0);
   });
 
+  test("the presence list is shared by both nodes: members on either node appear in every client's list, and either node's API agrees", async () => {
+    const room = "presence-" + uid("shared");
+    const [alice, bob, sam] = [uid("alice"), uid("bob"), uid("sam")];
+    const on = (i, user, transport, lib) =>
+      presenceOn(h.phoenixSocket(nodes[i], { transport, lib, token: presenceToken(user) }), lib, room);
+    const views = [
+      await on(0, alice, "websocket", "1.8"),
+      await on(1, alice, "longpoll", "1.8"),
+      await on(1, bob, "websocket", "1.7"),
+    ];
+    const sio = await h.connect(nodes[0], { auth: { token: h.token({ sub: sam, rooms: [room] }) }, transports: ["websocket"] });
+    let expected = members({ [alice]: 2, [bob]: 1, [sam]: 1 });
+    for (const [i, x] of views.entries()) await shows(x.view, expected, `client ${i}'s list`);
+    for (const n of nodes) await apiShows(n, room, expected);
+
+    assert.equal(await h.phoenixLeave(views[2].channel), "ok", "bob leaves the channel on node 1");
+    sio.close();
+    expected = members({ [alice]: 2 });
+    for (const [i, x] of views.slice(0, 2).entries()) await shows(x.view, expected, `client ${i}'s list after bob and sam left`);
+    for (const n of nodes) await apiShows(n, room, expected);
+  });
+});
+
+describe("a node SIGKILLed in a cluster of two (PUSHGATE_REGISTRY_TTL_MS=3000)", () => {
+  const TTL_MS = 3000;
+  // Each test kills node k2, so each starts a pair of its own.
+  let nodes;
+  beforeEach(async () => {
+    nodes = await startCluster(["k1", "k2"], TTL_MS);
+  });
+  afterEach(h.cleanupCluster);
+
+  /** SIGKILLs node k2; resolves the milliseconds left of the registry TTL, counted from the kill. */
+  async function killSecondNode() {
+    const killedAt = Date.now();
+    await nodes[1].stop("SIGKILL");
+    return () => Math.max(1, TTL_MS - (Date.now() - killedAt));
+  }
+
+  test("its presence members leave the other node's clients' lists (phoenix 1.8 websocket and longpoll, 1.7) and GET /v1/rooms/{room}/presence within the TTL", async () => {
+    const room = "presence-" + uid("kill");
+    const [alice, bob, carol, dan, sam] = [uid("alice"), uid("bob"), uid("carol"), uid("dan"), uid("sam")];
+    const on = (i, user, transport, lib) =>
+      presenceOn(h.phoenixSocket(nodes[i], { transport, lib, token: presenceToken(user) }), lib, room);
+    // Node k1 survives: its clients watch.
+    const watchers = [
+      await on(0, alice, "websocket", "1.8"),
+      await on(0, carol, "longpoll", "1.8"),
+      await on(0, dan, "websocket", "1.7"),
+    ];
+    // Node k2 will die: a second connection of alice, bob, and a Socket.IO member.
+    await on(1, alice, "websocket", "1.8");
+    await on(1, bob, "longpoll", "1.8");
+    await h.connect(nodes[1], { auth: { token: h.token({ sub: sam, rooms: [room] }) }, transports: ["websocket"] });
+    const before = members({ [alice]: 2, [bob]: 1, [carol]: 1, [dan]: 1, [sam]: 1 });
+    for (const [i, w] of watchers.entries()) await shows(w.view, before, `watcher ${i} before the kill`);
+    await apiShows(nodes[0], room, before);
+
+    const left = await killSecondNode();
+    const after = members({ [alice]: 1, [carol]: 1, [dan]: 1 });
+    for (const [i, w] of watchers.entries()) {
+      await shows(w.view, after, `watcher ${i}'s list without the killed node's members, within the TTL`, left());
+    }
+    await apiShows(nodes[0], room, after, left());
+  });
+
+  test("its Phoenix members (not a presence room) leave GET /v1/rooms/{room} and /v1/users/{uid} on the other node within the TTL", async () => {
+    const room = "team:" + uid("kill");
+    const [pat, quin] = [uid("pat"), uid("quin")];
+    const joined = async (i, user, transport) => {
+      const s = h.phoenixSocket(nodes[i], { transport, token: h.token({ sub: user, rooms: [room] }) });
+      const d = await h.phoenixJoin(s, "pushgate");
+      assert.equal(d.status, "ok");
+      assert.equal((await h.phoenixJoin(s, room)).status, "ok");
+      return d.response.socket_id;
+    };
+    const survivor = await joined(0, pat, "websocket");
+    const gone = [await joined(1, pat, "websocket"), await joined(1, pat, "longpoll"), await joined(1, quin, "websocket")];
+    const sockets = async (path) => (await h.api(nodes[0], "GET", path)).body.sockets;
+    const ids = (list) => list.map((s) => (typeof s === "string" ? s : s.id)).sort();
+    await h.eventually(async () => ids(await sockets(`/v1/rooms/${room}`)).length === 4, { what: "node k1 lists all four members" });
+    assert.deepEqual(ids(await sockets(`/v1/users/${pat}`)), [survivor, gone[0], gone[1]].sort());
+
+    const left = await killSecondNode();
+    await h.eventually(
+      async () => {
+        assert.deepEqual(ids(await sockets(`/v1/rooms/${room}`)), [survivor]);
+        assert.deepEqual(ids(await sockets(`/v1/users/${pat}`)), [survivor]);
+        assert.deepEqual(await sockets(`/v1/users/${quin}`), []);
+        return true;
+      },
+      { timeout: left(), what: "the killed node's sockets gone from node k1's answers within the TTL" }
+    );
+    for (const id of gone) assert.equal((await h.api(nodes[0], "GET", `/v1/sockets/${id}`)).status, 404, id);
+    const r = await h.push(nodes[0], { to: { room }, event: "after", wait: true });
+    assert.deepEqual(r.body.report, REPORT(1, 1, 0, 0), "a room push reaches the survivor only");
+  });
 });
 
 // ---------------------------------------------------------------- protocol edges
@@ -642,6 +865,21 @@ describe("phoenix protocol edges (PUSHGATE_PHOENIX_TIMEOUT_MS=1500, PUSHGATE_MAX
     assert.deepEqual(r.frames.filter((x) => x[2] === room), [], "no frame on the left topic");
   });
 
+  test("a presence topic's join is followed by presence_state with the join's ref: the member itself, one meta with a phx_ref", async () => {
+    const room = "presence-" + uid("wire");
+    const user = uid("wire");
+    const r = await h.rawPhoenix(gw, { token: h.token({ sub: user, rooms: [room] }) });
+    r.send(["3", "3", room, "phx_join", {}]);
+    assert.deepEqual(await r.reply("3"), ["3", "3", room, "phx_reply", { status: "ok", response: {} }]);
+    const state = await r.next((x) => x[3] === "presence_state");
+    assert.deepEqual(state.slice(0, 3), ["3", null, room], "join_ref of the join, no ref");
+    assert.deepEqual(Object.keys(state[4]), [user]);
+    const metas = state[4][user].metas;
+    assert.equal(metas.length, 1, JSON.stringify(state));
+    assert.equal(typeof metas[0].phx_ref, "string");
+    assert.ok(metas[0].phx_ref.length > 0);
+  });
+
   test("malformed frames close only their own connection (1007; oversize 1009) while a phoenix.js client keeps receiving", async () => {
     const good = await goodClient();
     const before = (await h.metric(gw, "pushgate_disconnects_total", { frontend: "phoenix", reason: "protocol_error" })) ?? 0;
@@ -699,7 +937,7 @@ describe("phoenix protocol edges (PUSHGATE_PHOENIX_TIMEOUT_MS=1500, PUSHGATE_MAX
 
 // ---------------------------------------------------------------- the API's side
 
-describe("the API beside Phoenix: reserved event names", () => {
+describe("the API beside Phoenix: reserved event names, the presence route", () => {
   let gw;
   before(async () => {
     gw = await h.startGateway();
@@ -718,6 +956,15 @@ describe("the API beside Phoenix: reserved event names", () => {
       assert.match(error.message, protocol, r.text);
     });
   }
+
+  test("GET /v1/rooms/{room}/presence is 400 for a room that tracks no presence and for a members value other than true or false", async () => {
+    const plain = await h.api(gw, "GET", "/v1/rooms/lobby/presence");
+    assert.match(h.assertError(plain, 400, "a plain room").message, /presence-/, plain.text);
+    const bad = await h.api(gw, "GET", "/v1/rooms/presence-x/presence?members=maybe");
+    assert.match(h.assertError(bad, 400, "members=maybe").message, /members/, bad.text);
+    const empty = await h.api(gw, "GET", "/v1/rooms/presence-nobody/presence");
+    assert.deepEqual(empty.body, { room: "presence-nobody", count: 0, members: [] }, empty.text);
+  });
 
   test("a batch with one reserved event name is refused with 400 naming its index; ordinary names are accepted", async () => {
     const ok = await h.api(gw, "POST", "/v1/push", { to: { all: true }, event: "notice" });
