@@ -1,7 +1,10 @@
 "use strict";
-// Shared helpers for the pushgate end-to-end suite: spawn the real binary, talk to its
-// HTTP API, sign connection tokens, connect socket.io-client sockets and raw Engine.IO
-// WebSockets, read Prometheus metrics.
+// Shared helpers for the pushgate end-to-end suite: spawn the real binary (and
+// redis-server), talk to its HTTP API, sign connection tokens, connect clients
+// (socket.io-client, phoenix.js 1.7 and 1.8, raw Engine.IO and Phoenix WebSockets),
+// read Prometheus metrics. The Socket.IO and Phoenix helpers share their shapes: one
+// recorder (`record`, `phoenixRecord`), one sentinel (`sentinel`, `phoenixSentinel`),
+// one message queue (`rawWs`, `rawPhoenix`), one `closeClients`.
 
 const { spawn } = require("node:child_process");
 const crypto = require("node:crypto");
@@ -19,6 +22,7 @@ const START_TIMEOUT_MS = 10_000;
 const gateways = new Set();
 const sockets = new Set();
 const raws = new Set();
+const phoenixSockets = new Set();
 
 process.on("exit", () => {
   for (const gw of gateways) {
@@ -131,8 +135,11 @@ function startGateway(env = {}) {
   });
 }
 
-/** Close every tracked socket and stop every tracked gateway. Use in `after` hooks. */
-async function cleanup() {
+/**
+ * Close every client this harness opened (socket.io-client sockets, raw WebSockets,
+ * phoenix.js Sockets), leaving the gateways running. Use in `afterEach` hooks.
+ */
+function closeClients() {
   for (const s of sockets) {
     try {
       s.close();
@@ -145,6 +152,17 @@ async function cleanup() {
     } catch {}
   }
   raws.clear();
+  for (const s of phoenixSockets) {
+    try {
+      s.disconnect();
+    } catch {}
+  }
+  phoenixSockets.clear();
+}
+
+/** Close every client and stop every tracked gateway. Use in `after` hooks. */
+async function cleanup() {
+  closeClients();
   await Promise.all([...gateways].map((gw) => gw.stop("SIGTERM", 3_000)));
   gateways.clear();
 }
@@ -309,29 +327,45 @@ function waitFor(emitter, event, timeout = 8000) {
   });
 }
 
-/** Record every occurrence of `event` on `socket`: `{items, waitCount(n)}` (items = arg lists). */
-function record(socket, event) {
+/**
+ * Records what `subscribe(add)` hands to `add`: `{items, waitCount(n, timeout)}`. The
+ * shape behind `record` (socket.io-client events) and `phoenixRecord` (channel events).
+ */
+function recorder(what, subscribe) {
   const items = [];
   const waiters = [];
-  socket.on(event, (...args) => {
-    items.push(args);
+  subscribe((item) => {
+    items.push(item);
     for (const w of [...waiters]) if (items.length >= w.n) w.resolve(items);
   });
   return {
     items,
-    data: () => items.map((a) => a[0]),
     waitCount(n, timeout = 8000) {
       if (items.length >= n) return Promise.resolve(items);
       return new Promise((resolve, reject) => {
-        const w = { n, resolve: (x) => (clearTimeout(t), resolve(x)) };
+        const w = {
+          n,
+          resolve: (x) => {
+            clearTimeout(t);
+            waiters.splice(waiters.indexOf(w), 1);
+            resolve(x);
+          },
+        };
         const t = setTimeout(() => {
           waiters.splice(waiters.indexOf(w), 1);
-          reject(new Error(`"${event}": got ${items.length} of ${n} within ${timeout} ms`));
+          reject(new Error(`${what}: got ${items.length} of ${n} within ${timeout} ms: ${JSON.stringify(items).slice(0, 300)}`));
         }, timeout);
         waiters.push(w);
       });
     },
   };
+}
+
+/** Record every occurrence of `event` on `socket`: `{items, data(), waitCount(n)}` (items = arg lists). */
+function record(socket, event) {
+  const r = recorder(`"${event}"`, (add) => socket.on(event, (...args) => add(args)));
+  r.data = () => r.items.map((a) => a[0]);
+  return r;
 }
 
 /** emit with an ack callback, as a promise. */
@@ -345,28 +379,41 @@ function emitAck(socket, event, ...args) {
   });
 }
 
+const SENTINEL_EVENT = "pushgate-test-sentinel";
 let sentinelSeq = 0;
 /**
- * Proves by ordering that nothing more will arrive for a previously pushed (and already
- * handed-over, i.e. `wait:true`) event: push a sentinel to the socket and wait for it.
+ * Proves by ordering that nothing more will arrive on a connection for what was pushed
+ * to it before (with `wait: true`): pushes a nonce to socket `socketId` and waits until
+ * `listen(on)` (which subscribes `on` to the sentinel event and returns an unsubscribe
+ * function) hears it. The shape behind `sentinel` and `phoenixSentinel`.
  */
-async function sentinel(gw, socket, namespace) {
+async function sentinelVia(gw, socketId, listen, extra = {}, timeout = 8000) {
   const nonce = `s${++sentinelSeq}-${Date.now()}`;
+  let stop = () => {};
   const got = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`sentinel ${nonce} did not arrive`)), 8000);
-    const on = (n) => {
-      if (n === nonce) {
+    const t = setTimeout(() => reject(new Error(`sentinel ${nonce} did not arrive within ${timeout} ms`)), timeout);
+    stop = listen((data) => {
+      if (data && data.n === nonce) {
         clearTimeout(t);
-        socket.off("pushgate-test-sentinel", on);
         resolve();
       }
-    };
-    socket.on("pushgate-test-sentinel", on);
+    });
   });
-  const body = { to: { socket: socket.id }, event: "pushgate-test-sentinel", data: nonce, wait: true };
-  if (namespace) body.namespace = namespace;
-  await push(gw, body);
-  await got;
+  try {
+    await push(gw, { to: { socket: socketId }, event: SENTINEL_EVENT, data: { n: nonce }, wait: true, ...extra });
+    await got;
+  } finally {
+    stop();
+  }
+}
+
+/** `sentinelVia` for a socket.io-client socket (in `namespace`, if given). */
+function sentinel(gw, socket, namespace) {
+  const listen = (on) => {
+    socket.on(SENTINEL_EVENT, on);
+    return () => socket.off(SENTINEL_EVENT, on);
+  };
+  return sentinelVia(gw, socket.id, listen, namespace ? { namespace } : {});
 }
 
 /** Poll `fn` until it returns a truthy value (returned) or throw after `timeout`. */
@@ -390,12 +437,17 @@ async function eventually(fn, { timeout = 8000, interval = 50, what = "condition
 // ---------------------------------------------------------------- raw Engine.IO over ws
 
 /**
- * A raw WebSocket with a message queue (no message is ever lost between awaits).
- * `answerPings` replies `3` to every `2`.
+ * Queues what `ws` receives (`decode(data, isBinary)` of each message) on `r[list]`, so
+ * no message is lost between awaits, and gives `r`:
+ * - `closed`, resolving `{code, reason}` when the socket closes (also kept as `closeInfo`);
+ * - `next(pred, timeout)`, the next queued message matching `pred` (earlier non-matching
+ *   ones stay queued).
+ * The shape behind `rawWs` (Engine.IO) and `rawPhoenix`.
  */
-function rawWs(gw, query = "EIO=4&transport=websocket", { answerPings = false } = {}) {
-  const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket.io/?${query}`);
-  const r = { ws, gateway: gw, messages: [], pings: 0, closeInfo: null, error: null };
+function queueMessages(r, list, decode) {
+  const { ws } = r;
+  const queue = (r[list] = []);
+  r.closeInfo = null;
   const waiters = [];
   r.closed = new Promise((resolve) => {
     ws.on("close", (code, reason) => {
@@ -404,33 +456,19 @@ function rawWs(gw, query = "EIO=4&transport=websocket", { answerPings = false } 
       for (const w of waiters.splice(0)) w.reject(new Error(`socket closed (${code}) while waiting`));
     });
   });
-  ws.on("error", (e) => {
-    r.error = e;
-  });
-  r.opened = new Promise((resolve, reject) => {
-    ws.once("open", resolve);
-    ws.once("error", reject);
-    ws.once("unexpected-response", (req, res) => reject(new Error(`unexpected response ${res.statusCode}`)));
-  });
   ws.on("message", (data, isBinary) => {
-    const m = isBinary ? Buffer.from(data) : data.toString();
-    if (m === "2") {
-      r.pings++;
-      if (answerPings) ws.send("3");
-    }
-    r.messages.push(m);
+    queue.push(decode(data, isBinary));
     for (const w of [...waiters]) {
-      const i = r.messages.findIndex(w.pred);
+      const i = queue.findIndex(w.pred);
       if (i >= 0) {
         waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(r.messages.splice(i, 1)[0]);
+        w.resolve(queue.splice(i, 1)[0]);
       }
     }
   });
-  /** Next message matching `pred` (earlier non-matching ones stay queued). */
   r.next = (pred = () => true, timeout = 5000) => {
-    const i = r.messages.findIndex(pred);
-    if (i >= 0) return Promise.resolve(r.messages.splice(i, 1)[0]);
+    const i = queue.findIndex(pred);
+    if (i >= 0) return Promise.resolve(queue.splice(i, 1)[0]);
     if (r.closeInfo) return Promise.reject(new Error(`socket already closed (${r.closeInfo.code})`));
     return new Promise((resolve, reject) => {
       const w = {
@@ -440,13 +478,39 @@ function rawWs(gw, query = "EIO=4&transport=websocket", { answerPings = false } 
       };
       const t = setTimeout(() => {
         waiters.splice(waiters.indexOf(w), 1);
-        reject(new Error(`no matching message within ${timeout} ms; queued: ${JSON.stringify(r.messages.slice(0, 5))}`));
+        reject(new Error(`no matching ${list} entry within ${timeout} ms; queued: ${JSON.stringify(queue.slice(0, 5))}`));
       }, timeout);
       waiters.push(w);
     });
   };
-  r.send = (m) => ws.send(m);
   raws.add(r);
+  return r;
+}
+
+/**
+ * A raw Engine.IO WebSocket whose messages queue on `r.messages` (see `queueMessages`).
+ * `answerPings` replies `3` to every `2`.
+ */
+function rawWs(gw, query = "EIO=4&transport=websocket", { answerPings = false } = {}) {
+  const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket.io/?${query}`);
+  const r = { ws, gateway: gw, pings: 0, error: null };
+  ws.on("error", (e) => {
+    r.error = e;
+  });
+  r.opened = new Promise((resolve, reject) => {
+    ws.once("open", resolve);
+    ws.once("error", reject);
+    ws.once("unexpected-response", (req, res) => reject(new Error(`unexpected response ${res.statusCode}`)));
+  });
+  queueMessages(r, "messages", (data, isBinary) => {
+    const m = isBinary ? Buffer.from(data) : data.toString();
+    if (m === "2") {
+      r.pings++;
+      if (answerPings) ws.send("3");
+    }
+    return m;
+  });
+  r.send = (m) => ws.send(m);
   return r;
 }
 
@@ -602,6 +666,7 @@ module.exports = {
   SECRET,
   startGateway,
   cleanup,
+  closeClients,
   api,
   push,
   errorShapeProblem,
@@ -639,8 +704,6 @@ module.exports = {
 // which Node 20 lacks, so phoenix 1.7 is tested over websocket only.
 
 const PHOENIX = { "1.8": require("phoenix"), "1.7": require("phoenix17") };
-const phoenixSockets = new Set();
-const phoenixRaws = new Set();
 
 /** The phoenix.js endpoint of `gw` (`/socket`; the transports add `/websocket` or `/longpoll`). */
 const phoenixEndpoint = (gw) => `ws://127.0.0.1:${gw.port}/socket`;
@@ -750,50 +813,21 @@ async function phoenixLeave(channel, timeout = 8000) {
  * waitCount(n, timeout)}`.
  */
 function phoenixRecord(channel, event) {
-  const items = [];
-  const waiters = [];
-  channel.on(event, (payload, ref, joinRef) => {
-    items.push({ payload, ref, joinRef });
-    for (const w of [...waiters]) if (items.length >= w.n) w.resolve(items);
-  });
-  return {
-    items,
-    payloads: () => items.map((i) => i.payload),
-    refs: () => items.map((i) => i.ref),
-    waitCount(n, timeout = 8000) {
-      if (items.length >= n) return Promise.resolve(items);
-      return new Promise((resolve, reject) => {
-        const w = { n, resolve: (x) => (clearTimeout(t), resolve(x)) };
-        const t = setTimeout(() => {
-          waiters.splice(waiters.indexOf(w), 1);
-          reject(new Error(`phoenix "${channel.topic}" "${event}": got ${items.length} of ${n} within ${timeout} ms: ${JSON.stringify(items).slice(0, 300)}`));
-        }, timeout);
-        waiters.push(w);
-      });
-    },
-  };
+  const r = recorder(`phoenix "${channel.topic}" "${event}"`, (add) =>
+    channel.on(event, (payload, ref, joinRef) => add({ payload, ref, joinRef }))
+  );
+  r.payloads = () => r.items.map((i) => i.payload);
+  r.refs = () => r.items.map((i) => i.ref);
+  return r;
 }
 
-let phoenixSentinelSeq = 0;
-/**
- * Proves by ordering that nothing more will arrive on this connection for what was
- * pushed before (with `wait: true`): pushes a nonce to socket `socketId` (its `pushgate`
- * channel `direct` must be joined) and waits for it.
- */
-async function phoenixSentinel(gw, direct, socketId, timeout = 8000) {
-  const nonce = `ps${++phoenixSentinelSeq}-${Date.now()}`;
-  const got = new Promise((resolve, reject) => {
-    const t = setTimeout(() => reject(new Error(`phoenix sentinel ${nonce} did not arrive within ${timeout} ms`)), timeout);
-    const ref = direct.on("pushgate-test-sentinel", (p) => {
-      if (p && p.n === nonce) {
-        clearTimeout(t);
-        direct.off("pushgate-test-sentinel", ref);
-        resolve();
-      }
-    });
-  });
-  await push(gw, { to: { socket: socketId }, event: "pushgate-test-sentinel", data: { n: nonce }, wait: true });
-  await got;
+/** `sentinelVia` for a Phoenix socket `socketId` whose `pushgate` channel is `direct`. */
+function phoenixSentinel(gw, direct, socketId) {
+  const listen = (on) => {
+    const ref = direct.on(SENTINEL_EVENT, on);
+    return () => direct.off(SENTINEL_EVENT, ref);
+  };
+  return sentinelVia(gw, socketId, listen);
 }
 
 /**
@@ -809,66 +843,28 @@ function phoenixAuthToken(claims = {}) {
 }
 
 /**
- * A raw Phoenix WebSocket on `/socket/websocket?<query>` with a queue of frames
- * (parsed JSON arrays; text that is not JSON stays a string). Resolves once open;
- * rejects with `err.status` = the HTTP status when the upgrade is refused.
- * `r.next(pred, timeout)` takes the next matching frame (others stay queued),
- * `r.send(frame)` sends an array as JSON or a string as is, `r.closed` resolves
- * `{code, reason, at}` when the socket closes.
+ * A raw Phoenix WebSocket on `/socket/websocket?<query>` whose frames queue on `r.frames`
+ * (parsed JSON arrays; text that is not JSON stays a string; see `queueMessages`).
+ * Resolves once open; rejects with `err.status` = the HTTP status when the upgrade is
+ * refused. `r.reply(ref)` takes the `phx_reply` to the frame whose ref is `ref`;
+ * `r.send(frame)` sends an array as JSON or a string as it is.
  */
 function rawPhoenix(gw, { query = "vsn=2.0.0", token: tok, protocols, headers } = {}) {
   const q = tok === undefined ? query : `${query}&token=${encodeURIComponent(tok)}`;
   const ws = new WebSocket(`ws://127.0.0.1:${gw.port}/socket/websocket?${q}`, protocols, { headers });
-  const r = { ws, gateway: gw, frames: [], closeInfo: null, sent: 0 };
-  const waiters = [];
-  phoenixRaws.add(r);
-  r.closed = new Promise((resolve) => {
-    ws.on("close", (code, reason) => {
-      r.closeInfo = { code, reason: reason.toString(), at: Date.now() };
-      resolve(r.closeInfo);
-      for (const w of waiters.splice(0)) w.reject(new Error(`socket closed (${code}) while waiting for a frame`));
-    });
-  });
+  const r = { ws, gateway: gw };
   ws.on("error", () => {});
-  ws.on("message", (data, isBinary) => {
-    let f = isBinary ? Buffer.from(data) : data.toString();
-    if (typeof f === "string") {
-      try {
-        f = JSON.parse(f);
-      } catch {}
-    }
-    r.frames.push(f);
-    for (const w of [...waiters]) {
-      const i = r.frames.findIndex(w.pred);
-      if (i >= 0) {
-        waiters.splice(waiters.indexOf(w), 1);
-        w.resolve(r.frames.splice(i, 1)[0]);
-      }
+  queueMessages(r, "frames", (data, isBinary) => {
+    if (isBinary) return Buffer.from(data);
+    const text = data.toString();
+    try {
+      return JSON.parse(text);
+    } catch {
+      return text;
     }
   });
-  r.next = (pred = () => true, timeout = 5000) => {
-    const i = r.frames.findIndex(pred);
-    if (i >= 0) return Promise.resolve(r.frames.splice(i, 1)[0]);
-    if (r.closeInfo) return Promise.reject(new Error(`socket already closed (${r.closeInfo.code})`));
-    return new Promise((resolve, reject) => {
-      const w = {
-        pred,
-        resolve: (m) => (clearTimeout(t), resolve(m)),
-        reject: (e) => (clearTimeout(t), reject(e)),
-      };
-      const t = setTimeout(() => {
-        waiters.splice(waiters.indexOf(w), 1);
-        reject(new Error(`no matching phoenix frame within ${timeout} ms; queued: ${JSON.stringify(r.frames.slice(0, 5))}`));
-      }, timeout);
-      waiters.push(w);
-    });
-  };
-  /** The reply to the frame whose ref is `ref`. */
   r.reply = (ref, timeout) => r.next((f) => Array.isArray(f) && f[1] === ref && f[3] === "phx_reply", timeout);
-  r.send = (frame) => {
-    r.sent = Date.now();
-    ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
-  };
+  r.send = (frame) => ws.send(typeof frame === "string" ? frame : JSON.stringify(frame));
   return new Promise((resolve, reject) => {
     ws.once("open", () => resolve(r));
     ws.once("unexpected-response", (req, res) => {
@@ -907,22 +903,6 @@ async function phoenixLongpollGet(gw, query = "vsn=2.0.0", headers = {}) {
   return { httpStatus: res.status, body, text };
 }
 
-/** Disconnect every phoenix Socket and raw Phoenix WebSocket opened here. Use in `afterEach`. */
-async function phoenixCleanup() {
-  for (const s of phoenixSockets) {
-    try {
-      s.disconnect();
-    } catch {}
-  }
-  phoenixSockets.clear();
-  for (const r of phoenixRaws) {
-    try {
-      r.ws.terminate();
-    } catch {}
-  }
-  phoenixRaws.clear();
-}
-
 Object.assign(module.exports, {
   PHOENIX,
   phoenixEndpoint,
@@ -937,7 +917,6 @@ Object.assign(module.exports, {
   rawPhoenix,
   phoenixUpgradeStatus,
   phoenixLongpollGet,
-  phoenixCleanup,
 });
 
 // ---------------------------------------------------------------- event stream (GET /v1/events)

@@ -358,14 +358,14 @@ impl Phoenix {
     fn spawn_watchdog(&self, conn: Arc<Conn>) {
         let timeout = self.shared.config.timeout;
         self.shared.tasks.spawn(async move {
-            let mut closing_since: Option<Instant> = None;
+            let mut closing_since: Option<tokio::time::Instant> = None;
             loop {
                 tokio::time::sleep(WATCHDOG_STEP).await;
                 if conn.closed.load(std::sync::atomic::Ordering::Acquire) {
                     return;
                 }
                 if let Some(reason) = conn.outbox.closing() {
-                    let since = *closing_since.get_or_insert_with(Instant::now);
+                    let since = *closing_since.get_or_insert_with(tokio::time::Instant::now);
                     if since.elapsed() >= Duration::from_secs(1) {
                         return conn.close(reason);
                     }
@@ -393,7 +393,7 @@ impl Phoenix {
             closed: std::sync::atomic::AtomicBool::new(false),
             transport,
             poll_token: Mutex::new(None),
-            last_seen: Mutex::new(Instant::now()),
+            last_seen: Mutex::new(tokio::time::Instant::now()),
             polling: std::sync::atomic::AtomicBool::new(false),
         });
         s.connections.write().insert(id.clone(), conn.clone());
@@ -452,10 +452,24 @@ struct Conn {
     transport: &'static str,
     /// The long-poll session's token (`None` over WebSocket).
     poll_token: Mutex<Option<Box<str>>>,
-    /// When the long-poll client last made a request (the watchdog's clock).
-    last_seen: Mutex<Instant>,
+    /// When the long-poll client last made a request, on tokio's clock (the
+    /// watchdog's, which tests pause).
+    last_seen: Mutex<tokio::time::Instant>,
     /// A long-poll GET is pending.
     polling: std::sync::atomic::AtomicBool,
+}
+
+/// A long-poll GET in progress: while it lives the watchdog takes the session as
+/// alive; when it ends (answered or abandoned) the session was last seen now.
+struct PendingPoll<'a>(&'a Conn);
+
+impl Drop for PendingPoll<'_> {
+    fn drop(&mut self) {
+        self.0.seen();
+        self.0
+            .polling
+            .store(false, std::sync::atomic::Ordering::Release);
+    }
 }
 
 /// The request parameters Phoenix transports read.
@@ -509,7 +523,7 @@ fn json_response(body: String) -> Response {
 
 impl Conn {
     fn seen(&self) {
-        *self.last_seen.lock() = Instant::now();
+        *self.last_seen.lock() = tokio::time::Instant::now();
     }
 
     /// A long-poll GET: every queued frame, waiting up to [`POLL_HOLD`] for one.
@@ -522,6 +536,10 @@ impl Conn {
             codec::encode_poll_response(&mut out, 204, token, std::iter::empty::<&str>());
             return json_response(out);
         }
+        // Ends the pending poll however this future ends: answered, or dropped because
+        // the client went away mid-hold (hyper drops the handler), after which the
+        // watchdog must count the silence from now.
+        let _pending = PendingPoll(self);
         let deadline = tokio::time::Instant::now() + POLL_HOLD;
         let mut batch = Vec::new();
         let status = loop {
@@ -540,8 +558,6 @@ impl Conn {
                 break codec::poll_status::NO_CONTENT;
             }
         };
-        self.polling.store(false, Ordering::Release);
-        self.seen();
         let now = Instant::now();
         for q in &batch {
             self.written(q, now);
@@ -871,6 +887,66 @@ mod tests {
         assert_eq!(
             PhoenixCodec.encode(&empty, None),
             vec![Frame::text(r#"[null,null,"pushgate","msg",{}]"#)]
+        );
+    }
+
+    fn endpoint(timeout: Duration) -> Phoenix {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Arc::new(Hub::new(crate::codec::Codecs::new(), metrics.clone()));
+        Phoenix::new(
+            PhoenixConfig {
+                timeout,
+                max_payload: 1 << 16,
+                queue_capacity: 16,
+                queue_bytes: 1 << 16,
+            },
+            hub,
+            Tracker::new(metrics.clone()),
+            Arc::new(Authenticator::new(None)),
+            Arc::new(crate::presence::local::LocalPresence::new(metrics.clone())),
+            NodeId::from("n1"),
+            metrics,
+        )
+    }
+
+    fn get(query: &str) -> Request {
+        Request::get(format!("/socket/longpoll?{query}"))
+            .body(axum::body::Body::empty())
+            .unwrap()
+    }
+
+    async fn body(response: Response) -> Value {
+        let bytes = axum::body::to_bytes(response.into_body(), 1 << 16)
+            .await
+            .unwrap();
+        serde_json::from_slice(&bytes).unwrap()
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_long_poll_session_whose_held_poll_was_abandoned_is_closed_after_the_timeout() {
+        let timeout = Duration::from_secs(5);
+        let phoenix = endpoint(timeout);
+        let opened = body(phoenix.longpoll(get("vsn=2.0.0")).await).await;
+        assert_eq!(opened["status"], 410, "{opened}");
+        let token = opened["token"].as_str().unwrap().to_owned();
+        assert_eq!(phoenix.connection_count(), 1);
+
+        // The client holds a poll, then goes away: hyper drops the handler's future.
+        let held = phoenix.longpoll(get(&format!("vsn=2.0.0&token={token}")));
+        let abandoned = tokio::time::timeout(Duration::from_secs(1), held).await;
+        assert!(abandoned.is_err(), "the poll was still held");
+
+        tokio::time::sleep(timeout - Duration::from_secs(1)).await;
+        assert_eq!(
+            phoenix.connection_count(),
+            1,
+            "the silence counts from when the poll was abandoned"
+        );
+        tokio::time::sleep(Duration::from_secs(2) + WATCHDOG_STEP).await;
+        assert_eq!(
+            phoenix.connection_count(),
+            0,
+            "closed once silent for the timeout"
         );
     }
 
