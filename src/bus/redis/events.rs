@@ -169,7 +169,7 @@ impl RedisBus {
             // First the state (at once when the task starts: a node that has not
             // subscribed to the watch channel yet would miss an announcement).
             let want = *readers.borrow_and_update() > 0;
-            if !self.is_up() {
+            if !self.connected() {
                 setup = true;
             } else if setup {
                 setup = !self.setup_events(want).await;
@@ -338,7 +338,7 @@ impl RedisBus {
     async fn publish_events(&self, batch: &mut Vec<String>, following: bool) {
         let link = self.events.get().expect("carry_events set the link");
         let n = batch.len() as u64;
-        if !self.is_up() {
+        if !self.connected() {
             batch.clear();
             self.metrics
                 .events_dropped

@@ -503,7 +503,7 @@ describe("a second Pusher app is kept apart", () => {
 
 describe("pusher-js, socket.io-client and phoenix across two nodes", () => {
   after(async () => {
-    await h.phoenixCleanup();
+    h.closeClients();
     await h.cleanupCluster();
   });
 
