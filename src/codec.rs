@@ -12,7 +12,7 @@
 use std::sync::Arc;
 
 use crate::connection::Frame;
-use crate::id::Frontend;
+use crate::id::{Frontend, UserId};
 use crate::presence::Diff;
 use crate::push::Push;
 
@@ -30,6 +30,20 @@ pub trait PushCodec: Send + Sync {
     /// only when the push reaches at least one connection of this frontend, and never
     /// fails: [`PushCodec::check`] already refused what cannot be encoded.
     fn encode(&self, push: &Push, ack_id: Option<u64>) -> Vec<Frame>;
+
+    /// Whether this frontend's frame for a push to a user names the user (Pusher's
+    /// `#server-to-user-<id>` channel): the hub then encodes a push to several users
+    /// once per user for this frontend ([`PushCodec::encode_for_user`]), and once in
+    /// all for the others.
+    fn names_user(&self) -> bool {
+        false
+    }
+
+    /// Encodes a push to several users for one of them; only called when
+    /// [`PushCodec::names_user`].
+    fn encode_for_user(&self, push: &Push, _user: &UserId, ack_id: Option<u64>) -> Vec<Frame> {
+        self.encode(push, ack_id)
+    }
 
     /// Renders a presence diff for this frontend's members of its room, once per diff
     /// per node. Empty (the default) for a protocol without presence.

@@ -199,6 +199,8 @@ pub struct Hub {
     hasher: RandomState,
     /// One codec per frontend this node serves: the fan-out encodes through them.
     codecs: Codecs,
+    /// Which frontends' frames name the user (see `deliver_users`), read once.
+    names_user: [bool; Frontend::COUNT],
     metrics: Arc<Metrics>,
     /// Told about socket changes (and interest, when it tracks it).
     observer: Option<Arc<dyn Observer>>,
@@ -214,6 +216,7 @@ impl Hub {
         Self {
             shards: (0..SHARDS).map(|_| RwLock::default()).collect(),
             hasher: RandomState::new(),
+            names_user: Frontend::ALL.map(|f| codecs.get(f).is_some_and(|c| c.names_user())),
             codecs,
             metrics,
             observer: None,
@@ -547,6 +550,8 @@ impl Hub {
             ack_id,
             scope: push.scope(),
             frames: Default::default(),
+            user: None,
+            user_frames: HashMap::new(),
             delivered: [0; Frontend::COUNT],
             out: FanOut::default(),
         };
@@ -623,10 +628,14 @@ impl Hub {
         n
     }
 
-    fn deliver_users(&self, fan: &mut Fan<'_>, users: &[UserId]) {
+    /// A push to several users, in one pass: encoded once per frontend, except for a
+    /// frontend whose frame names the user ([`crate::codec::PushCodec::names_user`]),
+    /// which is encoded once per user it reaches.
+    fn deliver_users<'a>(&self, fan: &mut Fan<'a>, users: &'a [UserId]) {
         for shard in self.shards.iter() {
             let shard = shard.read();
             for user in users {
+                fan.user = Some(user);
                 for id in shard.users.get(user).into_iter().flatten() {
                     if let Some(m) = shard.members.get(id) {
                         self.offer(fan, id, m, true);
@@ -634,6 +643,7 @@ impl Hub {
                 }
             }
         }
+        fan.user = None;
     }
 
     /// Offers the push to one member. `direct`: the push is addressed to all, a user
@@ -648,10 +658,19 @@ impl Hub {
         }
         fan.out.sockets += 1;
         let i = m.frontend.index();
-        let frames = fan.frames[i].get_or_insert_with(|| match self.codecs.get(m.frontend) {
-            Some(codec) => codec.encode(fan.push, fan.ack_id),
-            None => Vec::new(),
-        });
+        let frames = match fan.user {
+            Some(user) if self.names_user[i] => fan
+                .user_frames
+                .entry((i, user.clone()))
+                .or_insert_with(|| match self.codecs.get(m.frontend) {
+                    Some(codec) => codec.encode_for_user(fan.push, user, fan.ack_id),
+                    None => Vec::new(),
+                }),
+            _ => fan.frames[i].get_or_insert_with(|| match self.codecs.get(m.frontend) {
+                Some(codec) => codec.encode(fan.push, fan.ack_id),
+                None => Vec::new(),
+            }),
+        };
         if frames.is_empty() {
             // No codec for this frontend: a registration bug, not the client's fault.
             fan.out.failed += 1;
@@ -771,6 +790,11 @@ struct Fan<'a> {
     ack_id: Option<u64>,
     scope: &'a str,
     frames: [Option<Vec<Frame>>; Frontend::COUNT],
+    /// The user being delivered to, in a push to several users.
+    user: Option<&'a UserId>,
+    /// Encodings per user, for frontends whose frame names the user; empty (and not
+    /// allocated) otherwise.
+    user_frames: HashMap<(usize, UserId), Vec<Frame>>,
     delivered: [u64; Frontend::COUNT],
     out: FanOut,
 }
@@ -1009,6 +1033,70 @@ mod tests {
         push(&hub, Target::Room(RoomName::from("r")), &[]);
         assert_eq!((count(&sio), count(&phx)), (2, 1));
         assert_eq!(received(&c), 1);
+    }
+
+    /// Names the user in its frame, like Pusher's `#server-to-user-<id>`.
+    struct PerUser(std::sync::atomic::AtomicUsize);
+    impl crate::codec::PushCodec for PerUser {
+        fn frontend(&self) -> Frontend {
+            Frontend::Pusher
+        }
+        fn check(&self, _: &Push) -> Result<(), String> {
+            Ok(())
+        }
+        fn encode(&self, push: &Push, _: Option<u64>) -> Vec<Frame> {
+            vec![Frame::text(push.event.clone())]
+        }
+        fn names_user(&self) -> bool {
+            true
+        }
+        fn encode_for_user(&self, _: &Push, user: &UserId, _: Option<u64>) -> Vec<Frame> {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            vec![Frame::text(format!("to {user}"))]
+        }
+    }
+
+    #[test]
+    fn a_push_to_several_users_is_encoded_per_user_only_for_a_frontend_that_names_the_user() {
+        let (mut codecs, sio, _) = codecs();
+        let per_user = Arc::new(PerUser(Default::default()));
+        codecs.register(per_user.clone());
+        let hub = Hub::new(codecs, Arc::new(Metrics::new()));
+        let (_, a_sio) = add(&hub, Some("a"), &[], 8);
+        let (_, a_pusher) = add_as(&hub, Frontend::Pusher, true, Some("a"), &[], 8);
+        let (_, a_pusher2) = add_as(&hub, Frontend::Pusher, true, Some("a"), &[], 8);
+        let (_, b_sio) = add(&hub, Some("b"), &[], 8);
+        let (_, b_pusher) = add_as(&hub, Frontend::Pusher, true, Some("b"), &[], 8);
+        let out = push(
+            &hub,
+            Target::Users(vec![UserId::from("a"), UserId::from("b")]),
+            &[],
+        );
+        assert_eq!(out.delivered, 5);
+        let count =
+            |n: &std::sync::atomic::AtomicUsize| n.load(std::sync::atomic::Ordering::Relaxed);
+        assert_eq!(
+            count(&sio.1),
+            1,
+            "one encoding serves every Socket.IO member"
+        );
+        assert_eq!(
+            count(&per_user.0),
+            2,
+            "one per user, shared by its connections"
+        );
+        let text = |conn: &TestConn| {
+            let mut out: Vec<Queued> = Vec::new();
+            conn.0.drain(&mut out);
+            match &out[0].frame {
+                Frame::Text(t) => t.to_string(),
+                Frame::Binary(_) => String::new(),
+            }
+        };
+        assert_eq!(text(&a_pusher), "to a");
+        assert_eq!(text(&a_pusher2), "to a");
+        assert_eq!(text(&b_pusher), "to b");
+        assert_eq!((text(&a_sio), text(&b_sio)), ("e".into(), "e".into()));
     }
 
     #[test]

@@ -67,29 +67,8 @@ impl LocalBus {
 /// Hands `push` to every matching connection of `hub` (which encodes it once per
 /// frontend it reaches): what a node does with a push it received, whichever bus
 /// brought it.
-///
-/// A push to several users is delivered one user at a time, as the Redis bus does
-/// (one envelope per user): a frontend may name the user in its frame (Pusher's
-/// `#server-to-user-<id>` channel), so one encoding must not serve several users.
 pub(crate) fn deliver(hub: &Hub, push: &Push, ack_id: Option<u64>) -> FanOut {
-    let crate::id::Target::Users(users) = &push.target else {
-        return hub.deliver(push, ack_id);
-    };
-    let mut total = FanOut::default();
-    let mut one = Push {
-        target: crate::id::Target::All,
-        ..push.clone()
-    };
-    for user in users {
-        one.target = crate::id::Target::User(user.clone());
-        let fan = hub.deliver(&one, ack_id);
-        total.sockets += fan.sockets;
-        total.delivered += fan.delivered;
-        total.failed += fan.failed;
-        total.unackable += fan.unackable;
-        total.delivered_to.extend(fan.delivered_to);
-    }
-    total
+    hub.deliver(push, ack_id)
 }
 
 impl Bus for LocalBus {

@@ -103,34 +103,47 @@ impl PushCodec for PusherCodec {
     }
 
     fn encode(&self, push: &Push, _ack_id: Option<u64>) -> Vec<Frame> {
-        let user_channel;
-        let channel = match &push.target {
-            Target::Room(room) => Some(channel_of_room(room.as_str())),
-            Target::User(user) => {
-                user_channel = format!(
-                    "{}{}",
-                    protocol::SERVER_TO_USER_PREFIX,
-                    channel_of_room(user.as_str())
-                );
-                Some(user_channel.as_str())
-            }
-            // A users push is delivered one user at a time (`bus::deliver`); all and
-            // socket pushes have no channel in the protocol.
-            Target::Users(_) | Target::All | Target::Socket(_) => None,
-        };
-        let text;
-        let data = match &push.data {
-            Some(Value::String(s)) => s.as_str(),
-            Some(other) => {
-                text = other.to_string();
-                text.as_str()
-            }
-            None => "{}",
-        };
-        let mut out = String::with_capacity(push.event.len() + data.len() + 64);
-        protocol::encode_event(&mut out, &push.event, channel, data);
-        vec![Frame::text(out)]
+        match &push.target {
+            Target::Room(room) => encode(push, Some(channel_of_room(room.as_str()))),
+            Target::User(user) => encode(push, Some(&user_channel(user))),
+            // A users push is encoded per user (`encode_for_user`); all and socket
+            // pushes have no channel in the protocol.
+            Target::Users(_) | Target::All | Target::Socket(_) => encode(push, None),
+        }
     }
+
+    fn names_user(&self) -> bool {
+        true
+    }
+
+    fn encode_for_user(&self, push: &Push, user: &UserId, _ack_id: Option<u64>) -> Vec<Frame> {
+        encode(push, Some(&user_channel(user)))
+    }
+}
+
+/// `#server-to-user-<id>`: the channel a signed-in user's pushes arrive on.
+fn user_channel(user: &UserId) -> String {
+    format!(
+        "{}{}",
+        protocol::SERVER_TO_USER_PREFIX,
+        channel_of_room(user.as_str())
+    )
+}
+
+/// One push as a Pusher event on `channel` (none for pushes to all or to a socket).
+fn encode(push: &Push, channel: Option<&str>) -> Vec<Frame> {
+    let text;
+    let data = match &push.data {
+        Some(Value::String(s)) => s.as_str(),
+        Some(other) => {
+            text = other.to_string();
+            text.as_str()
+        }
+        None => "{}",
+    };
+    let mut out = String::with_capacity(push.event.len() + data.len() + 64);
+    protocol::encode_event(&mut out, &push.event, channel, data);
+    vec![Frame::text(out)]
 }
 
 /// Settings of the Pusher frontend.
