@@ -294,11 +294,29 @@ fn refuse_while_draining(api: &Api) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The answer for an accepted push: 200 with its report when the caller waited, 202
+/// without; 207 when a push to several users reached only some of them, naming the
+/// others (`failed_users`) so a retry resends only those.
 fn accepted_json(accepted: &push_service::Accepted) -> (StatusCode, Value) {
-    match accepted.report {
-        Some(report) => (StatusCode::OK, json!({"id": accepted.id, "report": report})),
-        None => (StatusCode::ACCEPTED, json!({"id": accepted.id})),
+    let mut body = json!({"id": accepted.id});
+    if let Some(report) = accepted.report {
+        body["report"] = json!(report);
     }
+    if !accepted.refused.is_empty() {
+        body["failed_users"] = json!(accepted.refused);
+        body["error"] = json!({
+            "code": "unavailable",
+            "message": "the push could not be handed to the bus for failed_users (Redis \
+                        failed part way); the other users got it: retry with failed_users only",
+        });
+        return (StatusCode::MULTI_STATUS, body);
+    }
+    let status = if accepted.report.is_some() {
+        StatusCode::OK
+    } else {
+        StatusCode::ACCEPTED
+    };
+    (status, body)
 }
 
 async fn push_one(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
@@ -309,28 +327,58 @@ async fn push_one(State(api): Shared, JsonBody(body): JsonBody) -> Result<Respon
     Ok((status, Json(body)).into_response())
 }
 
+/// `POST /v1/push/batch`: every push is checked before any is sent (one invalid push
+/// refuses the batch with 400, nothing sent); then each is sent and answered in
+/// `results`, in order: `{"id", "report"?}` when accepted, `{"error"}` when not, and
+/// `failed_users` for a push to several users that reached only some. 200 when every
+/// push was accepted whole, 207 when some were not, 503 when none was.
 async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     refuse_while_draining(&api)?;
     let pushes = push::batch_from_json(body).map_err(|(index, e)| match index {
         Some(i) => ApiError::bad_request(format!("push {i}: {e}")),
         None => ApiError::from(e),
     })?;
-    // Every push checked before any is sent, so a refusal sends nothing.
     for (i, p) in pushes.iter().enumerate() {
         api.push
             .check(p)
             .map_err(|e| ApiError::bad_request(format!("push {i}: {e}")))?;
     }
+    let total = pushes.len();
     let sends = pushes.into_iter().map(|p| api.push.send(p));
-    let mut results = Vec::new();
-    for accepted in futures_util::future::join_all(sends).await {
-        let accepted = accepted?;
-        results.push(match accepted.report {
-            Some(report) => json!({"id": accepted.id, "report": report}),
-            None => json!({"id": accepted.id}),
+    let mut results = Vec::with_capacity(total);
+    let (mut whole, mut none) = (0, 0);
+    for outcome in futures_util::future::join_all(sends).await {
+        results.push(match outcome {
+            Ok(accepted) => {
+                let (status, body) = accepted_json(&accepted);
+                if status != StatusCode::MULTI_STATUS {
+                    whole += 1;
+                }
+                body
+            }
+            Err(e) => {
+                none += 1;
+                let e = ApiError::from(e);
+                json!({"error": {"code": e.code, "message": e.message}})
+            }
         });
     }
-    Ok(Json(json!({"results": results})).into_response())
+    let status = if whole == total {
+        StatusCode::OK
+    } else if none == total {
+        StatusCode::SERVICE_UNAVAILABLE
+    } else {
+        StatusCode::MULTI_STATUS
+    };
+    if status != StatusCode::OK {
+        tracing::warn!(
+            pushes = total,
+            whole,
+            failed = none,
+            "a batch was accepted only in part"
+        );
+    }
+    Ok((status, Json(json!({"results": results}))).into_response())
 }
 
 async fn push_report(State(api): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {

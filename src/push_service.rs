@@ -8,7 +8,7 @@ use crate::bus::{Bus, BusError, Published};
 use crate::codec::{Codecs, Refused};
 use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
 use crate::events::{Event, Events};
-use crate::id::PushId;
+use crate::id::{PushId, UserId};
 use crate::metrics::Metrics;
 use crate::push::Push;
 
@@ -29,6 +29,9 @@ pub struct Accepted {
     pub id: PushId,
     /// The final report, present when the caller asked to wait.
     pub report: Option<Report>,
+    /// Of a push to several users, those it could not be handed to the bus for (the
+    /// others got it; the report counts only them): a retry should name only these.
+    pub refused: Vec<UserId>,
 }
 
 /// Sends pushes through the bus and keeps their reports in the tracker.
@@ -113,12 +116,13 @@ impl PushService {
                     Published::Local(fan) => Some(Report::from_fan_out(fan)),
                     Published::Cluster { .. } => None,
                 },
-                nodes: match published {
-                    Published::Cluster { nodes } => Some(nodes),
+                nodes: match &published {
+                    Published::Cluster { nodes, .. } => Some(*nodes),
                     Published::Local(_) => None,
                 },
             });
         }
+        let mut refused = Vec::new();
         match published {
             Published::Local(fan) => {
                 tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
@@ -127,8 +131,12 @@ impl PushService {
                     None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
                 }
             }
-            Published::Cluster { nodes } => {
-                tracing::debug!(nodes, "published");
+            Published::Cluster {
+                nodes,
+                refused: not_sent,
+            } => {
+                tracing::debug!(nodes, refused = not_sent.len(), "published");
+                refused = not_sent;
                 let timeout = push.ack.unwrap_or(REPORT_TIMEOUT);
                 self.tracker.expect(&push.id, nodes, timeout);
             }
@@ -141,6 +149,7 @@ impl PushService {
         Ok(Accepted {
             id: push.id,
             report,
+            refused,
         })
     }
 }

@@ -580,3 +580,90 @@ async fn a_node_restarted_with_its_id_forgets_its_previous_runs_sockets() {
     })
     .await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_users_push_that_fails_part_way_names_the_users_it_did_not_reach() {
+    let redis = Redis::start();
+    // The accepting node's Redis user may not publish on bob's channel: that PUBLISH
+    // fails while the others succeed, as when Redis fails part way through.
+    let acl = redis.cmd(&[
+        b"ACL",
+        b"SETUSER",
+        b"partial",
+        b"on",
+        b">pw",
+        b"~*",
+        b"+@all",
+        b"resetchannels",
+        b"&pushgate:n:*",
+        b"&pushgate:b",
+        b"&pushgate:r:*",
+        b"&pushgate:e*",
+        b"&pushgate:u:alice",
+    ]);
+    assert!(acl.starts_with("+OK"), "{acl}");
+    let url = format!("redis://partial:pw@127.0.0.1:{}", redis.port);
+    let origin = Gateway::start(&[
+        ("PUSHGATE_REDIS_URL", &url),
+        ("PUSHGATE_NODE_ID", "n1"),
+        ("PUSHGATE_JWT_SECRET", SECRET),
+    ]);
+    let holder = start_node(&redis, "n2");
+    let nodes = [origin, holder];
+    let c = |user: &str| token(SECRET, json!({"sub": user, "exp": in_an_hour()}));
+    let mut alice = RawSocket::connect(&nodes[1], Some(json!({"token": c("alice")})))
+        .await
+        .unwrap();
+    let mut bob = RawSocket::connect(&nodes[1], Some(json!({"token": c("bob")})))
+        .await
+        .unwrap();
+    eventually(5, "both are registered", || async {
+        nodes[0].get("/v1/users/bob").await.1["sockets"]
+            .as_array()
+            .is_some_and(|s| s.len() == 1)
+    })
+    .await;
+
+    let (status, body) = nodes[0]
+        .post(
+            "/v1/push",
+            json!({"to": {"users": ["alice", "bob"]}, "event": "half", "wait": true}),
+        )
+        .await;
+    assert_eq!(status, 207, "{body}");
+    assert_eq!(body["failed_users"], json!(["bob"]));
+    assert_eq!(body["error"]["code"], "unavailable");
+    assert_eq!(body["report"]["delivered"], 1, "alice got it: {body}");
+    assert!(alice.next().await.starts_with("42[\"half\""));
+
+    // A batch answers each push: accepted whole, in part, or not at all.
+    let (status, body) = nodes[0]
+        .post(
+            "/v1/push/batch",
+            json!({"pushes": [
+                {"to": {"user": "alice"}, "event": "one"},
+                {"to": {"users": ["bob", "alice"]}, "event": "two"},
+                {"to": {"user": "bob"}, "event": "three"},
+            ]}),
+        )
+        .await;
+    assert_eq!(status, 207, "{body}");
+    let r = &body["results"];
+    assert!(
+        r[0]["id"].is_string() && r[0].get("error").is_none(),
+        "{body}"
+    );
+    assert_eq!(r[1]["failed_users"], json!(["bob"]), "{body}");
+    assert!(r[1]["id"].is_string(), "{body}");
+    assert_eq!(r[2]["error"]["code"], "unavailable", "{body}");
+    assert!(r[2].get("id").is_none(), "{body}");
+    // Bob got nothing at all; a push through the other node reaches him.
+    let (status, _) = nodes[1]
+        .post(
+            "/v1/push",
+            json!({"to": {"user": "bob"}, "event": "retry", "wait": true}),
+        )
+        .await;
+    assert_eq!(status, 200);
+    assert!(bob.next().await.starts_with("42[\"retry\""));
+}

@@ -35,8 +35,12 @@ pub enum Published {
     /// Delivered in this process; the fan-out is the whole story.
     Local(FanOut),
     /// Received by this many nodes, each of which reports its own fan-out to the
-    /// origin's tracker.
-    Cluster { nodes: usize },
+    /// origin's tracker. `refused`: users of a push to several users whose envelope
+    /// could not be published (the others got it); empty otherwise.
+    Cluster {
+        nodes: usize,
+        refused: Vec<crate::id::UserId>,
+    },
 }
 
 pub type BusFuture<'a> = Pin<Box<dyn Future<Output = Result<Published, BusError>> + Send + 'a>>;

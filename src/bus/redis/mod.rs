@@ -75,7 +75,7 @@ use super::envelope::{Envelope, Message, PushEnvelope, Request, WireTarget};
 use super::{Bus, BusError, BusFuture, Published};
 use crate::delivery::Tracker;
 use crate::hub::{Hub, Observer, SocketChange, Topic};
-use crate::id::{NodeId, PushId, RoomName, SocketId};
+use crate::id::{NodeId, PushId, RoomName, SocketId, Target};
 use crate::metrics::Metrics;
 use crate::push::Push;
 use crate::registry::{Keys, Registry};
@@ -423,31 +423,61 @@ impl RedisBus {
 }
 
 impl Bus for RedisBus {
+    /// One PUBLISH per envelope (one per user for a push to several users), sent in one
+    /// pipeline. Users whose PUBLISH failed are named in the answer: the push reached
+    /// the others, and a retry must resend only those.
     fn publish<'a>(&'a self, push: &'a Push, _ack_id: Option<u64>) -> BusFuture<'a> {
         Box::pin(async move {
             if !self.is_up() {
                 return Err(Self::unavailable());
             }
             let start = Instant::now();
-            let mut nodes = 0usize;
-            for (target, env) in PushEnvelope::of(push, self.node.as_str(), crate::id::now_ms()) {
+            let envelopes = PushEnvelope::of(push, self.node.as_str(), crate::id::now_ms());
+            let p = self.publisher.pipeline();
+            let mut kinds = Vec::with_capacity(envelopes.len());
+            for (target, env) in envelopes {
                 let channel = self.channel(&target);
                 let bytes = Envelope::new(Message::Push(env)).encode();
-                let n: i64 = self
-                    .publish_on(&self.publisher, channel, bytes)
+                let () = self
+                    .publish_on(&p, channel, bytes)
                     .await
                     .map_err(BusError::Redis)?;
-                nodes += n.max(0) as usize;
-                self.metrics
-                    .bus_messages
-                    .with_label_values(&["out", kind_of(&target)])
-                    .inc();
+                kinds.push(target);
+            }
+            let answers: Vec<FredResult<i64>> = p.try_all().await;
+            let mut nodes = 0usize;
+            let mut refused = Vec::new();
+            let mut last_error = None;
+            for (target, answer) in kinds.iter().zip(answers) {
+                match answer {
+                    Ok(n) => {
+                        nodes += n.max(0) as usize;
+                        self.metrics
+                            .bus_messages
+                            .with_label_values(&["out", kind_of(target)])
+                            .inc();
+                    }
+                    Err(e) => {
+                        if let WireTarget::User(u) = target {
+                            refused.push(crate::id::UserId::from(u.as_str()));
+                        }
+                        last_error = Some(e);
+                    }
+                }
             }
             self.metrics
                 .bus_publish_seconds
                 .observe(start.elapsed().as_secs_f64());
+            if let Some(e) = last_error {
+                // Nothing published, or a target that is not a list of users: the push
+                // was not accepted at all.
+                if refused.len() == kinds.len() || !matches!(push.target, Target::Users(_)) {
+                    return Err(BusError::Redis(e));
+                }
+                tracing::warn!(push = %push.id, refused = refused.len(), error = %e, "a push to several users reached only some of them");
+            }
             tracing::trace!(push = %push.id, nodes, "published");
-            Ok(Published::Cluster { nodes })
+            Ok(Published::Cluster { nodes, refused })
         })
     }
 
