@@ -25,7 +25,7 @@ use crate::bus::RedisBus;
 use crate::delivery::Tracker;
 use crate::events::{Events, Item};
 use crate::hub::{Hub, SocketInfo};
-use crate::id::{Frontend, NodeId, RoomName, SocketId, UserId};
+use crate::id::{Frontend, NodeId, PushId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
 use crate::presence::{self, PresenceError, Presences};
 use crate::push::{self, Push};
@@ -381,10 +381,19 @@ async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Resp
     Ok((status, Json(json!({"results": results}))).into_response())
 }
 
+/// `GET /v1/pushes/{id}`: from this node's tracker; in a cluster, a pending report
+/// from the node that accepted the push (its id names it), then a final one from
+/// Redis.
 async fn push_report(State(api): Shared, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
     let mut found = api.tracker.get(&id);
     if let (None, Some(c)) = (&found, &api.cluster) {
-        found = c.registry().report(&id).await?;
+        let push = PushId::from(id.as_str());
+        if let Some(origin) = push.origin().filter(|o| *o != api.node.as_str()) {
+            found = c.report_of(origin, &push).await?;
+        }
+        if found.is_none() {
+            found = c.registry().report(&id).await?;
+        }
     }
     let (state, report) =
         found.ok_or_else(|| ApiError::not_found(format!("no push {id} in the last 10 minutes")))?;

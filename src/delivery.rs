@@ -25,9 +25,12 @@ use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
+use std::future::Future;
+use std::pin::Pin;
+
 use crate::events::{Event, Events};
 use crate::hub::FanOut;
-use crate::id::{NodeId, PushId, SocketId};
+use crate::id::{NodeId, PushId, SocketId, Target};
 use crate::metrics::Metrics;
 
 /// How long a final report stays readable.
@@ -57,6 +60,12 @@ pub struct Report {
     /// socket keep their old shape (and old nodes' stored reports still read).
     #[serde(default, skip_serializing_if = "is_zero")]
     pub unackable: usize,
+    /// Cluster: sockets of the target on nodes that received the push but never
+    /// reported what they did with it (they died in between), as the registry knew
+    /// them at the deadline. Neither delivered nor failed: nobody can say. Written
+    /// only when not 0, like `unackable`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub unknown: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -101,10 +110,31 @@ struct Record {
 struct Nodes {
     /// How many nodes received the push (PUBLISH's answer), once known.
     expected: Option<usize>,
-    reported: usize,
+    /// The nodes that reported their fan-out so far.
+    reporters: Vec<NodeId>,
     /// Whether the push asked for acks.
     acks: bool,
+    /// Whom the push was for: to count the sockets of nodes that never reported.
+    target: Target,
+    /// The target's sockets per node, read when some report was late.
+    snapshot: Option<HashMap<String, usize>>,
 }
+
+/// Counts, in a cluster, the target's sockets per node: what nodes that received a
+/// push and died before reporting held (the report's `unknown`). The registry
+/// answers; an empty map when it cannot.
+pub trait Unreported: Send + Sync {
+    fn per_node<'a>(
+        &'a self,
+        target: &'a Target,
+    ) -> Pin<Box<dyn Future<Output = HashMap<String, usize>> + Send + 'a>>;
+}
+
+/// How long after a push was published the origin, still missing some node's report,
+/// reads the target's sockets per node: late enough that a live node has long
+/// reported, early enough that a dead node's registry entries are still there (a
+/// survivor removes them once its lease lapsed, after half the registry TTL).
+const UNREPORTED_SNAPSHOT: Duration = Duration::from_millis(400);
 
 /// A delivering node's view of an ack-tracked push from some origin.
 struct Relay {
@@ -146,6 +176,8 @@ pub struct Tracker {
     finals: OnceLock<mpsc::UnboundedSender<(PushId, Report)>>,
     /// The event stream, told of every final report (see [`Tracker::report_events`]).
     events: OnceLock<Arc<Events>>,
+    /// Cluster mode: counts the sockets of nodes that never reported.
+    unreported: OnceLock<Arc<dyn Unreported>>,
 }
 
 impl Tracker {
@@ -158,7 +190,14 @@ impl Tracker {
             forward: OnceLock::new(),
             finals: OnceLock::new(),
             events: OnceLock::new(),
+            unreported: OnceLock::new(),
         })
+    }
+
+    /// Cluster mode: how to count, at a deadline, the sockets of nodes that received a
+    /// push and never reported. Call once.
+    pub fn count_unreported_with(&self, unreported: Arc<dyn Unreported>) {
+        let _ = self.unreported.set(unreported);
     }
 
     /// Tells `events` of every final report from now on (the tracker is built before
@@ -184,7 +223,7 @@ impl Tracker {
 
     /// Cluster mode, on the origin: opens a pending record before the push is published
     /// (reports may arrive before PUBLISH answers).
-    pub fn open(&self, id: &PushId, acks: bool) {
+    pub fn open(&self, id: &PushId, acks: bool, target: &Target) {
         let mut r = self.records.lock();
         r.by_id.insert(
             id.clone(),
@@ -197,8 +236,10 @@ impl Tracker {
                 delivered: false,
                 nodes: Some(Nodes {
                     expected: None,
-                    reported: 0,
+                    reporters: Vec::new(),
                     acks,
+                    target: target.clone(),
+                    snapshot: None,
                 }),
                 waiters: Vec::new(),
             },
@@ -224,7 +265,7 @@ impl Tracker {
     }
 
     /// Cluster mode, on the origin: one delivering node's fan-out.
-    pub fn node_reported(&self, id: &PushId, fan: &FanOut) {
+    pub fn node_reported(&self, id: &PushId, node: &NodeId, fan: &FanOut) {
         let mut r = self.records.lock();
         let Some(rec) = r.by_id.get_mut(id) else {
             return;
@@ -235,7 +276,7 @@ impl Tracker {
         if rec.state == State::Final {
             return;
         }
-        n.reported += 1;
+        n.reporters.push(node.clone());
         rec.report.sockets += fan.sockets;
         rec.report.delivered += fan.delivered;
         rec.report.failed += fan.failed;
@@ -272,7 +313,7 @@ impl Tracker {
         let Some(n) = &rec.nodes else {
             return false;
         };
-        let all_reported = n.expected.is_some_and(|e| n.reported >= e);
+        let all_reported = n.expected.is_some_and(|e| n.reporters.len() >= e);
         let ackable = rec.report.delivered.saturating_sub(rec.report.unackable);
         let all_acked = !n.acks || rec.report.acked >= ackable;
         if all_reported && all_acked {
@@ -285,12 +326,54 @@ impl Tracker {
     fn arm(&self, id: PushId, timeout: Duration) {
         let tracker = self.this.clone();
         tokio::spawn(async move {
-            tokio::time::sleep(timeout).await;
-            if let Some(t) = tracker.upgrade() {
-                let mut r = t.records.lock();
-                t.finish(&mut r, &id);
+            let start = tokio::time::Instant::now();
+            // A report still missing a little after publishing: read where the target's
+            // sockets are, while a dead node's entries are still in the registry.
+            tokio::time::sleep(UNREPORTED_SNAPSHOT.min(timeout / 2)).await;
+            let Some(t) = tracker.upgrade() else {
+                return;
+            };
+            if let (Some(target), Some(counter)) = (t.missing(&id), t.unreported.get()) {
+                let per_node = counter.per_node(&target).await;
+                if let Some(n) = t
+                    .records
+                    .lock()
+                    .by_id
+                    .get_mut(&id)
+                    .and_then(|r| r.nodes.as_mut())
+                {
+                    n.snapshot = Some(per_node);
+                }
             }
+            drop(t);
+            tokio::time::sleep_until(start + timeout).await;
+            let Some(t) = tracker.upgrade() else {
+                return;
+            };
+            let mut r = t.records.lock();
+            if let Some(rec) = r.by_id.get_mut(&id) {
+                let unknown = match &rec.nodes {
+                    Some(n) if rec.state == State::Pending => Self::unreported(n),
+                    _ => 0,
+                };
+                if unknown > 0 {
+                    rec.report.unknown = unknown;
+                    tracing::info!(push = %id, unknown, "nodes that received a push never reported: its report counts their sockets as unknown");
+                }
+            }
+            t.finish(&mut r, &id);
         });
+    }
+
+    /// The target of a pending cluster record that some node that received it has
+    /// not reported on yet.
+    fn missing(&self, id: &PushId) -> Option<Target> {
+        let r = self.records.lock();
+        let rec = r.by_id.get(id)?;
+        let n = rec.nodes.as_ref()?;
+        let missing =
+            rec.state == State::Pending && n.expected.is_some_and(|e| n.reporters.len() < e);
+        missing.then(|| n.target.clone())
     }
 
     /// Cluster mode, on a delivering node: a node-local ack id for `push` from
@@ -488,6 +571,19 @@ impl Tracker {
         rx.await.ok()
     }
 
+    /// The sockets, as last read, of nodes that received a push but did not report.
+    fn unreported(n: &Nodes) -> usize {
+        let missing = n.expected.is_some_and(|e| n.reporters.len() < e);
+        match &n.snapshot {
+            Some(per_node) if missing => per_node
+                .iter()
+                .filter(|(node, _)| !n.reporters.iter().any(|r| r.as_str() == node.as_str()))
+                .map(|(_, count)| count)
+                .sum(),
+            _ => 0,
+        }
+    }
+
     /// Makes a record final: what is still awaited timed out; waiters are answered;
     /// the event stream hears of it; old final reports expire.
     fn finish(&self, r: &mut Records, id: &PushId) {
@@ -597,8 +693,8 @@ mod tests {
         );
 
         let cluster = PushId::generate();
-        t.open(&cluster, true);
-        t.node_reported(&cluster, &fan_n(3, 3, 2));
+        t.open(&cluster, true, &Target::All);
+        t.node_reported(&cluster, &NodeId::from("n1"), &fan_n(3, 3, 2));
         t.expect(&cluster, 1, Duration::from_millis(300));
         t.acked(&cluster, 1);
         let (state, report) = t.get(cluster.as_str()).unwrap();
@@ -691,12 +787,12 @@ mod tests {
     async fn a_cluster_report_sums_every_node_and_waits_for_their_acks() {
         let t = tracker();
         let id = PushId::generate();
-        t.open(&id, true);
-        t.node_reported(&id, &fan_n(2, 2, 0));
+        t.open(&id, true, &Target::All);
+        t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
         t.acked(&id, 1);
         t.expect(&id, 2, Duration::from_secs(5));
         assert_eq!(t.get(id.as_str()).unwrap().0, State::Pending);
-        t.node_reported(&id, &fan_n(1, 1, 0));
+        t.node_reported(&id, &NodeId::from("n2"), &fan_n(1, 1, 0));
         t.acked(&id, 1);
         assert_eq!(
             t.get(id.as_str()).unwrap().0,
@@ -713,9 +809,9 @@ mod tests {
     async fn a_node_that_never_reports_ends_in_a_final_report_at_the_deadline() {
         let t = tracker();
         let id = PushId::generate();
-        t.open(&id, true);
+        t.open(&id, true, &Target::All);
         t.expect(&id, 2, Duration::from_millis(300));
-        t.node_reported(&id, &fan_n(2, 2, 0));
+        t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
         t.acked(&id, 1);
         let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
             .await
@@ -725,6 +821,49 @@ mod tests {
             (report.delivered, report.acked, report.timed_out),
             (2, 1, 1)
         );
+    }
+
+    /// The registry's answer, as a table of sockets per node.
+    struct PerNode(&'static [(&'static str, usize)]);
+    impl Unreported for PerNode {
+        fn per_node<'a>(
+            &'a self,
+            _: &'a Target,
+        ) -> Pin<Box<dyn Future<Output = HashMap<String, usize>> + Send + 'a>> {
+            let map = self.0.iter().map(|(n, c)| (n.to_string(), *c)).collect();
+            Box::pin(std::future::ready(map))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn the_sockets_of_a_node_that_never_reported_are_counted_unknown() {
+        let t = tracker();
+        t.count_unreported_with(Arc::new(PerNode(&[("n1", 2), ("n2", 5)])));
+        let id = PushId::generate();
+        t.open(&id, false, &Target::All);
+        t.expect(&id, 2, Duration::from_millis(300));
+        t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
+        let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert_eq!(
+            (report.sockets, report.delivered, report.unknown),
+            (2, 2, 5)
+        );
+        let json = serde_json::to_value(report).unwrap();
+        assert_eq!(json["unknown"], 5);
+
+        let whole = PushId::generate();
+        t.open(&whole, false, &Target::All);
+        t.expect(&whole, 1, Duration::from_millis(300));
+        t.node_reported(&whole, &NodeId::from("n1"), &fan_n(2, 2, 0));
+        let report = t.get(whole.as_str()).unwrap().1;
+        assert_eq!(report.unknown, 0, "every node reported: nothing unknown");
+        assert!(serde_json::to_value(report)
+            .unwrap()
+            .get("unknown")
+            .is_none());
     }
 
     #[tokio::test(start_paused = true)]

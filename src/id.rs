@@ -217,6 +217,18 @@ impl PushId {
     pub fn generate() -> Self {
         Self::from(uuid::Uuid::new_v4().simple().to_string())
     }
+
+    /// A fresh push id accepted by `node`: `<node>.<32 hex>`, so any node can ask the
+    /// origin for a pending report without a lookup.
+    pub fn accepted_by(node: &NodeId) -> Self {
+        Self::from(format!("{node}.{}", uuid::Uuid::new_v4().simple()))
+    }
+
+    /// The node that accepted this push, read from the id itself (`None` for ids of
+    /// older versions, which name none).
+    pub fn origin(&self) -> Option<&str> {
+        self.0.split_once('.').map(|(node, _)| node)
+    }
 }
 
 #[cfg(test)]
@@ -230,6 +242,14 @@ mod tests {
         assert_eq!(sid.node(), Some("gw-1"));
         assert_eq!(sid.as_str().len(), 4 + 1 + SOCKET_ID_RANDOM_LEN);
         assert_ne!(sid, SocketId::generate(&node));
+    }
+
+    #[test]
+    fn a_push_id_names_the_node_that_accepted_it() {
+        let id = PushId::accepted_by(&NodeId::from("gw-2"));
+        assert_eq!(id.origin(), Some("gw-2"));
+        assert_ne!(id, PushId::accepted_by(&NodeId::from("gw-2")));
+        assert_eq!(PushId::generate().origin(), None);
     }
 
     #[test]

@@ -8,7 +8,7 @@ use crate::bus::{Bus, BusError, Published};
 use crate::codec::{Codecs, Refused};
 use crate::delivery::{Report, Tracker, REPORT_TIMEOUT};
 use crate::events::{Event, Events};
-use crate::id::{PushId, UserId};
+use crate::id::{NodeId, PushId, UserId};
 use crate::metrics::Metrics;
 use crate::push::Push;
 
@@ -36,6 +36,8 @@ pub struct Accepted {
 
 /// Sends pushes through the bus and keeps their reports in the tracker.
 pub struct PushService {
+    /// This node: the prefix of every push id it accepts.
+    node: NodeId,
     bus: Arc<dyn Bus>,
     /// Every frontend's codec, to refuse what one of them cannot carry.
     codecs: Codecs,
@@ -47,12 +49,14 @@ pub struct PushService {
 
 impl PushService {
     pub fn new(
+        node: NodeId,
         bus: Arc<dyn Bus>,
         codecs: Codecs,
         tracker: Arc<Tracker>,
         metrics: Arc<Metrics>,
     ) -> Self {
         Self {
+            node,
             bus,
             codecs,
             tracker,
@@ -81,13 +85,19 @@ impl PushService {
 
     /// Hands the push to the bus. An error means nothing was delivered and the caller
     /// may retry; a returned id means the push was delivered as its report says.
+    pub async fn send(&self, mut push: Push) -> Result<Accepted, SendError> {
+        push.id = PushId::accepted_by(&self.node);
+        self.send_as_accepted(push).await
+    }
+
     #[tracing::instrument(name = "push", skip_all, fields(id = %push.id, target = push.target.kind()))]
-    pub async fn send(&self, push: Push) -> Result<Accepted, SendError> {
+    async fn send_as_accepted(&self, push: Push) -> Result<Accepted, SendError> {
         self.check(&push)?;
         let cluster = self.bus.is_cluster();
         let ack_id = if cluster {
             // Reports may arrive before PUBLISH answers: the record must exist first.
-            self.tracker.open(&push.id, push.ack.is_some());
+            self.tracker
+                .open(&push.id, push.ack.is_some(), &push.target);
             None
         } else {
             push.ack.map(|_| self.tracker.begin(&push.id))

@@ -138,8 +138,14 @@ pub async fn run(
         redis.carry_events(events.clone());
     }
     let push = Arc::new(
-        PushService::new(bus.clone(), codecs, tracker.clone(), metrics.clone())
-            .with_events(events.clone()),
+        PushService::new(
+            config.node_id.clone(),
+            bus.clone(),
+            codecs,
+            tracker.clone(),
+            metrics.clone(),
+        )
+        .with_events(events.clone()),
     );
     let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
     let draining = CancellationToken::new();

@@ -667,3 +667,67 @@ async fn a_users_push_that_fails_part_way_names_the_users_it_did_not_reach() {
     assert_eq!(status, 200);
     assert!(bob.next().await.starts_with("42[\"retry\""));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_pending_report_is_readable_from_any_node() {
+    let c = Cluster::start();
+    let mut a1 = c.connect(0, "alice", &[]).await;
+    let _a2 = c.connect(1, "alice", &[]).await;
+    let (status, accepted) = c.nodes[2]
+        .post(
+            "/v1/push",
+            json!({"to": {"user": "alice"}, "event": "n", "ack": {"timeout_ms": 3000}}),
+        )
+        .await;
+    assert_eq!(status, 202, "{accepted}");
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    assert!(
+        id.starts_with("n3."),
+        "a push id names the node that accepted it: {id}"
+    );
+    receive(&mut a1, true).await;
+    // a2 does not ack: the report stays pending until the timeout, and every node
+    // reads it from n3 meanwhile.
+    let path = format!("/v1/pushes/{id}");
+    eventually(5, "n1 and n2 read the pending report from n3", || async {
+        let mut all = true;
+        for n in &c.nodes[..2] {
+            let (status, r) = n.get(&path).await;
+            all &= status == 200 && r["state"] == "pending" && r["report"] == report(2, 2, 1, 0);
+        }
+        all
+    })
+    .await;
+    eventually(10, "final everywhere after the timeout", || async {
+        let (_, r) = c.nodes[0].get(&path).await;
+        r["state"] == "final" && r["report"] == report(2, 2, 1, 1)
+    })
+    .await;
+    let (status, _) = c.nodes[1]
+        .get("/v1/pushes/n3.0123456789abcdef0123456789abcdef")
+        .await;
+    assert_eq!(status, 404);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_sockets_of_a_node_that_never_reports_are_counted_unknown() {
+    let c = Cluster::start();
+    let _a1 = c.connect(0, "alice", &["team"]).await;
+    let _a2 = c.connect(1, "alice", &["team"]).await;
+    let _b2 = c.connect(1, "bob", &["team"]).await;
+    // n2 receives the push (its subscription is open) but never reports.
+    c.nodes[1].freeze();
+    let (status, body) = c.nodes[2]
+        .post(
+            "/v1/push",
+            json!({"to": {"room": "team"}, "event": "e", "wait": true}),
+        )
+        .await;
+    c.nodes[1].resume();
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(
+        body["report"],
+        json!({"sockets": 1, "delivered": 1, "acked": 0, "timed_out": 0, "failed": 0, "unknown": 2}),
+        "n1's socket delivered, n2's two sockets unknown"
+    );
+}

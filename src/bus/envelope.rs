@@ -67,6 +67,14 @@ pub enum Message {
     },
     /// The answer to request `request`: how many sockets it applied to.
     Done { request: u64, n: u32 },
+    /// Send the report of `push`, a push the receiving node accepted; answer with
+    /// [`Message::Report`].
+    ReportOf { request: Request, push: String },
+    /// The answer to a [`Message::ReportOf`]: the report, `None` when unknown there.
+    Report {
+        request: u64,
+        report: Option<(crate::delivery::State, crate::delivery::Report)>,
+    },
     /// Connections entered or left a presence room; published on the room's channel by
     /// the node whose registry write made the change, for every node with members to
     /// render.
@@ -281,11 +289,26 @@ mod tests {
                 sockets: vec![],
             },
             Message::Leave {
-                request,
+                request: request.clone(),
                 room: "r".into(),
                 sockets: vec!["n.b".into()],
             },
             Message::Done { request: 7, n: 1 },
+            Message::ReportOf {
+                request,
+                push: "n1.abc".into(),
+            },
+            Message::Report {
+                request: 7,
+                report: Some((
+                    crate::delivery::State::Pending,
+                    crate::delivery::Report {
+                        sockets: 2,
+                        delivered: 2,
+                        ..Default::default()
+                    },
+                )),
+            },
             Message::Presence(crate::presence::Diff {
                 room: "presence-lobby".into(),
                 joins: vec![crate::presence::Change {

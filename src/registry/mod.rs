@@ -327,6 +327,69 @@ impl Registry {
         Ok(rooms)
     }
 
+    /// How many sockets `target` has on each node, dead nodes included (nothing is
+    /// filtered: this counts what nodes that died before reporting held). Sets are read
+    /// whole; for a push to all, every node's socket sets are counted.
+    pub async fn sockets_per_node(
+        &self,
+        target: &crate::id::Target,
+    ) -> Result<HashMap<String, usize>, RegistryError> {
+        use crate::id::Target;
+        let mut out: HashMap<String, usize> = HashMap::new();
+        let mut count = |sids: Vec<String>| {
+            for sid in sids {
+                if let Some(node) = SocketId::from(sid).node() {
+                    *out.entry(node.to_owned()).or_default() += 1;
+                }
+            }
+        };
+        match target {
+            Target::Socket(sid) => {
+                let exists: bool = self
+                    .client
+                    .exists(self.keys.socket(sid.as_str()))
+                    .await
+                    .map_err(|e| self.read_error(e))?;
+                if exists {
+                    count(vec![sid.to_string()]);
+                }
+            }
+            Target::User(u) => count(self.members(&self.keys.user(u.as_str())).await?),
+            Target::Users(users) => {
+                for u in users {
+                    count(self.members(&self.keys.user(u.as_str())).await?);
+                }
+            }
+            Target::Room(r) => count(self.members(&self.keys.room(r.as_str())).await?),
+            Target::All => {
+                let nodes: Vec<String> = self
+                    .client
+                    .hkeys(self.keys.nodes())
+                    .await
+                    .map_err(|e| self.read_error(e))?;
+                for node in nodes {
+                    let p = self.client.pipeline();
+                    for f in Frontend::ALL {
+                        let () = p
+                            .scard(self.keys.node_sockets(&node, f))
+                            .await
+                            .map_err(|e| self.read_error(e))?;
+                    }
+                    let counts: Vec<usize> = p.all().await.map_err(|e| self.read_error(e))?;
+                    out.insert(node, counts.iter().sum());
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn members(&self, set: &str) -> Result<Vec<String>, RegistryError> {
+        self.client
+            .smembers(set)
+            .await
+            .map_err(|e| self.read_error(e))
+    }
+
     /// Every node with a live lease, with its connection counts as written when they
     /// changed (exact up to the writer's few milliseconds).
     pub async fn nodes(&self) -> Result<Vec<NodeInfo>, RegistryError> {
@@ -470,6 +533,18 @@ impl Registry {
     /// This node's entry in `{p}:nodes`.
     fn node_json(&self) -> String {
         json!({"id": self.node, "started_at": self.started_at}).to_string()
+    }
+}
+
+impl crate::delivery::Unreported for Registry {
+    /// The target's sockets per node (none known when Redis cannot say, and then the
+    /// report cannot either).
+    fn per_node<'a>(
+        &'a self,
+        target: &'a crate::id::Target,
+    ) -> std::pin::Pin<Box<dyn std::future::Future<Output = HashMap<String, usize>> + Send + 'a>>
+    {
+        Box::pin(async move { self.sockets_per_node(target).await.unwrap_or_default() })
     }
 }
 

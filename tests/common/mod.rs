@@ -287,6 +287,24 @@ impl Drop for Redis {
 }
 
 impl Gateway {
+    /// SIGSTOP: the process holds its connections but does nothing (a node that hangs,
+    /// or one about to die); `resume` undoes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .args([sig, &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} failed");
+    }
+
     /// SIGKILL: no cleanup of any kind.
     pub fn kill(&mut self) {
         let _ = self.child.kill();

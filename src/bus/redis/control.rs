@@ -1,7 +1,17 @@
-//! Control requests between nodes: kick, join and leave sockets of another node, and
-//! the answers that tell the caller how many sockets changed.
+//! Control requests between nodes: kick, join and leave sockets of another node (the
+//! answers tell the caller how many sockets changed), and the report of a push another
+//! node accepted.
 
 use super::*;
+use crate::delivery::{Report, State};
+
+/// What a node answers to a control request.
+pub(super) enum Answer {
+    /// How many sockets a kick, join or leave applied to.
+    Count(u32),
+    /// The report of a push, `None` when the node does not know it.
+    Report(Option<(State, Report)>),
+}
 
 impl RedisBus {
     /// Sends a control message to `node` and waits for its answer: how many sockets it
@@ -11,6 +21,38 @@ impl RedisBus {
         node: &str,
         make: impl FnOnce(Request) -> Message,
     ) -> Result<u32, BusError> {
+        Ok(match self.ask(node, make).await? {
+            Some(Answer::Count(n)) => n,
+            _ => 0,
+        })
+    }
+
+    /// The pending or final report of a push that `node` accepted, from that node;
+    /// `None` when it does not know the push or did not answer in time.
+    pub async fn report_of(
+        &self,
+        node: &str,
+        push: &PushId,
+    ) -> Result<Option<(State, Report)>, BusError> {
+        let push = push.to_string();
+        Ok(
+            match self
+                .ask(node, |request| Message::ReportOf { request, push })
+                .await?
+            {
+                Some(Answer::Report(r)) => r,
+                _ => None,
+            },
+        )
+    }
+
+    /// Sends a control message to `node` and waits for its answer (`None` when the
+    /// node is gone or did not answer within [`REQUEST_TIMEOUT`]).
+    async fn ask(
+        &self,
+        node: &str,
+        make: impl FnOnce(Request) -> Message,
+    ) -> Result<Option<Answer>, BusError> {
         if !self.is_up() {
             return Err(Self::unavailable());
         }
@@ -29,12 +71,11 @@ impl RedisBus {
             )
             .await;
         let answer = match sent {
-            Ok(0) => Ok(0),
+            Ok(0) => Ok(None),
             Ok(_) => Ok(tokio::time::timeout(REQUEST_TIMEOUT, rx)
                 .await
                 .ok()
-                .and_then(Result::ok)
-                .unwrap_or(0)),
+                .and_then(Result::ok)),
             Err(e) => Err(BusError::Redis(e)),
         };
         self.requests.lock().remove(&id);

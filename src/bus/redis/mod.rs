@@ -174,7 +174,7 @@ pub struct RedisBus {
     writer: mpsc::UnboundedSender<writer::Work>,
     outbox: mpsc::UnboundedSender<(String, Bytes)>,
     /// Control requests waiting for their answer.
-    requests: Mutex<HashMap<u64, oneshot::Sender<u32>>>,
+    requests: Mutex<HashMap<u64, oneshot::Sender<control::Answer>>>,
     next_request: AtomicU64,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -272,6 +272,7 @@ impl RedisBus {
             tracing::warn!(url = %redact(&settings.url), "Redis is not reachable yet; the node is not ready until it is");
         }
         bus.check_health();
+        bus.tracker.count_unreported_with(bus.registry.clone());
         let acks = bus.tracker.forward_acks();
         let finals = bus.tracker.final_reports();
         let tasks = vec![

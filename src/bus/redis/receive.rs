@@ -55,13 +55,14 @@ impl RedisBus {
             Message::Push(push) => self.deliver(push),
             Message::Delivered {
                 push,
+                node,
                 sockets,
                 delivered,
                 failed,
                 unackable,
-                ..
             } => self.tracker.node_reported(
                 &PushId::from(push),
+                &NodeId::from(node),
                 &crate::hub::FanOut {
                     sockets: sockets as usize,
                     delivered: delivered as usize,
@@ -102,9 +103,24 @@ impl RedisBus {
             Message::Done { request, n } => {
                 let waiting = self.requests.lock().remove(&request);
                 if let Some(tx) = waiting {
-                    let _ = tx.send(n);
+                    let _ = tx.send(control::Answer::Count(n));
                 } else {
                     self.on_watch_answer(request);
+                }
+            }
+            Message::ReportOf { request, push } => {
+                let report = self.tracker.get(&push);
+                self.send(
+                    &request.from,
+                    Message::Report {
+                        request: request.id,
+                        report,
+                    },
+                );
+            }
+            Message::Report { request, report } => {
+                if let Some(tx) = self.requests.lock().remove(&request) {
+                    let _ = tx.send(control::Answer::Report(report));
                 }
             }
             Message::Presence(diff) => {
@@ -130,7 +146,7 @@ impl RedisBus {
         let local_ack = push.ack.map(|_| self.tracker.relay(&push.id, &origin));
         let fan = crate::bus::deliver(&self.hub, &push, local_ack);
         if origin == self.node {
-            self.tracker.node_reported(&push.id, &fan);
+            self.tracker.node_reported(&push.id, &self.node, &fan);
         } else {
             self.send(
                 origin.as_str(),
