@@ -22,7 +22,6 @@ use std::sync::{Arc, OnceLock, Weak};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
-use serde::{Deserialize, Serialize};
 use tokio::sync::{mpsc, oneshot};
 
 use std::future::Future;
@@ -46,50 +45,7 @@ pub const REPORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// deadline on the wire is still forwarded (the origin ignores it if final).
 const RELAY_GRACE: Duration = Duration::from_secs(1);
 
-/// The outcome of a push.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Report {
-    pub sockets: usize,
-    pub delivered: usize,
-    pub acked: usize,
-    pub timed_out: usize,
-    pub failed: usize,
-    /// Of `delivered`, deliveries of an ack-tracked push to sockets whose protocol has
-    /// no client acks (Pusher): they are neither acked nor timed out. Written only
-    /// when not 0, and read as 0 when absent, so reports of pushes that reach no such
-    /// socket keep their old shape (and old nodes' stored reports still read).
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub unackable: usize,
-    /// Cluster: sockets of the target on nodes that received the push but never
-    /// reported what they did with it (they died in between), as the registry knew
-    /// them at the deadline. Neither delivered nor failed: nobody can say. Written
-    /// only when not 0, like `unackable`.
-    #[serde(default, skip_serializing_if = "is_zero")]
-    pub unknown: usize,
-}
-
-fn is_zero(n: &usize) -> bool {
-    *n == 0
-}
-
-impl Report {
-    pub fn from_fan_out(fan: &FanOut) -> Self {
-        Report {
-            sockets: fan.sockets,
-            delivered: fan.delivered,
-            failed: fan.failed,
-            unackable: fan.unackable,
-            ..Report::default()
-        }
-    }
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum State {
-    Pending,
-    Final,
-}
+pub use crate::report::{Report, State};
 
 struct Record {
     report: Report,
@@ -471,7 +427,7 @@ impl Tracker {
             let Some(rec) = r.by_id.get_mut(id) else {
                 return;
             };
-            rec.report = Report::from_fan_out(&fan);
+            rec.report = fan.report();
             rec.delivered = true;
             let early = std::mem::take(&mut rec.early);
             for socket in fan.delivered_to {

@@ -33,9 +33,9 @@ use serde::ser::SerializeMap;
 use serde::{Serialize, Serializer};
 use tokio::sync::{mpsc, watch, Notify};
 
-use crate::delivery::Report;
 use crate::id::{Frontend, NodeId, PushId, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
+use crate::report::Report;
 
 /// Events a reader may fall behind by before it is dropped: a console or an app that
 /// reads keeps up with thousands of events per second; one that stopped reading costs

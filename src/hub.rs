@@ -28,6 +28,7 @@ use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
 use crate::presence::Diff;
 use crate::push::{Push, DEFAULT_SCOPE};
+use crate::report::Report;
 
 /// Enough shards that two cores rarely meet on one lock, few enough that a room
 /// fan-out's per-shard lookups stay cheap.
@@ -89,6 +90,19 @@ pub struct FanOut {
     pub unackable: usize,
     /// The sockets that got it, when asked for (ack-tracked pushes only).
     pub delivered_to: Vec<SocketId>,
+}
+
+impl FanOut {
+    /// The report of a push whose whole fan-out this is (a single node's).
+    pub fn report(&self) -> Report {
+        Report {
+            sockets: self.sockets,
+            delivered: self.delivered,
+            failed: self.failed,
+            unackable: self.unackable,
+            ..Report::default()
+        }
+    }
 }
 
 /// What a node may subscribe to on the bus because it holds matching local members.

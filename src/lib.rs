@@ -10,6 +10,7 @@
 //! - [`push_service`] — checks a push against every frontend and hands it to the bus.
 //! - [`codec`] — the frontend seam: how each frontend encodes a push.
 //! - [`delivery`] — the delivery tracker: reports and acks.
+//! - [`report`] — a push's report, the vocabulary below the tracker and the event stream.
 //! - [`events`] — the event stream (`GET /v1/events`): connects, disconnects, joins,
 //!   pushes and reports, for the dev console and apps.
 //! - [`console`] — the dev console's static pages (`/console`).
@@ -41,5 +42,6 @@ pub mod presence;
 pub mod push;
 pub mod push_service;
 pub mod registry;
+pub mod report;
 pub mod server;
 pub mod transport;

@@ -123,7 +123,7 @@ impl PushService {
                 event: push.event.clone(),
                 ack_timeout_ms: push.ack.map(|t| t.as_millis() as u64),
                 report: match &published {
-                    Published::Local(fan) => Some(Report::from_fan_out(fan)),
+                    Published::Local(fan) => Some(fan.report()),
                     Published::Cluster { .. } => None,
                 },
                 nodes: match &published {
@@ -138,7 +138,7 @@ impl PushService {
                 tracing::debug!(sockets = fan.sockets, delivered = fan.delivered, "pushed");
                 match push.ack {
                     Some(timeout) => self.tracker.delivered(&push.id, fan, timeout),
-                    None => self.tracker.complete(&push.id, Report::from_fan_out(&fan)),
+                    None => self.tracker.complete(&push.id, fan.report()),
                 }
             }
             Published::Cluster {
