@@ -172,10 +172,10 @@ pub struct Flags {
     /// Connections not yet authenticated on this node; 0 = no limit [env: PUSHGATE_MAX_PENDING_CONNECTIONS] [default: 10000]
     #[arg(long)]
     pub max_pending_connections: Option<String>,
-    /// New connections per second per client address; 0 = no limit [env: PUSHGATE_CONNECT_RATE_PER_IP] [default: 20]
+    /// New connections per second per client address; 0 = no limit [env: PUSHGATE_CONNECT_RATE_PER_IP] [default: 50]
     #[arg(long)]
     pub connect_rate_per_ip: Option<String>,
-    /// Burst of new connections per client address [env: PUSHGATE_CONNECT_BURST_PER_IP] [default: 100]
+    /// Burst of new connections per client address [env: PUSHGATE_CONNECT_BURST_PER_IP] [default: 500]
     #[arg(long)]
     pub connect_burst_per_ip: Option<String>,
     /// Rooms per connection; 0 = no limit [env: PUSHGATE_MAX_ROOMS_PER_CONNECTION] [default: 1000]

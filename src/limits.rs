@@ -56,9 +56,11 @@ pub const DEFAULT_MAX_CONNECTIONS_PER_USER: usize = 100;
 pub const DEFAULT_MAX_PENDING: usize = 10_000;
 /// New connections per second from one address, with a burst: a page load opens one
 /// or two; a NAT'd office reconnecting after a node restart opens its burst at once
-/// and the rest back off (every client library here retries with backoff).
-pub const DEFAULT_CONNECT_RATE_PER_IP: u32 = 20;
-pub const DEFAULT_CONNECT_BURST_PER_IP: u32 = 100;
+/// and the rest back off (every client library here retries with backoff), all back
+/// within seconds. A handshake flood from one address is held to 50 a second, a few
+/// milliseconds of CPU.
+pub const DEFAULT_CONNECT_RATE_PER_IP: u32 = 50;
+pub const DEFAULT_CONNECT_BURST_PER_IP: u32 = 500;
 /// Rooms one connection may be in, however it joined them (token, client, API).
 /// Enough for any real page, few enough that one client cannot grow the hub's
 /// indexes without bound.
@@ -738,6 +740,7 @@ impl Limits {
             limits: self.clone(),
             address,
             pending: AtomicBool::new(pending),
+            released: AtomicBool::new(false),
         })
     }
 
@@ -751,6 +754,7 @@ impl Limits {
         Ok(UserSlot {
             limits: self.clone(),
             user: user.clone(),
+            released: AtomicBool::new(false),
         })
     }
 
@@ -834,12 +838,14 @@ impl Limits {
 }
 
 /// A connection's place on the node: its share of the node's and its address's
-/// connections, and while it has not authenticated, of the pending ones. Dropping it
-/// gives them back.
+/// connections, and while it has not authenticated, of the pending ones.
+/// [`Admission::release`] (when the connection closes) or dropping it gives them
+/// back, once.
 pub struct Admission {
     limits: Arc<Limits>,
     address: Address,
     pending: AtomicBool,
+    released: AtomicBool,
 }
 
 impl Admission {
@@ -853,16 +859,24 @@ impl Admission {
     pub fn is_pending(&self) -> bool {
         self.pending.load(Ordering::Acquire)
     }
-}
 
-impl Drop for Admission {
-    fn drop(&mut self) {
+    /// The connection closed: gives its counts back (idempotent).
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
         self.authenticated();
         let l = &self.limits;
         l.connections.give();
         if l.settings.max_connections_per_ip.is_some() {
             l.by_address.remove(&self.address);
         }
+    }
+}
+
+impl Drop for Admission {
+    fn drop(&mut self) {
+        self.release();
     }
 }
 
@@ -874,17 +888,29 @@ impl fmt::Debug for Admission {
     }
 }
 
-/// One connection of a user; dropping it gives the count back.
+/// One connection of a user; [`UserSlot::release`] or dropping it gives the count
+/// back, once.
 pub struct UserSlot {
     limits: Arc<Limits>,
     user: UserId,
+    released: AtomicBool,
+}
+
+impl UserSlot {
+    /// The socket closed: gives its count back (idempotent).
+    pub fn release(&self) {
+        if self.released.swap(true, Ordering::AcqRel) {
+            return;
+        }
+        if self.limits.settings.max_connections_per_user.is_some() {
+            self.limits.by_user.remove(&self.user);
+        }
+    }
 }
 
 impl Drop for UserSlot {
     fn drop(&mut self) {
-        if self.limits.settings.max_connections_per_user.is_some() {
-            self.limits.by_user.remove(&self.user);
-        }
+        self.release();
     }
 }
 
@@ -1025,8 +1051,13 @@ mod tests {
         assert_eq!(full.limit, Limit::Connections);
         assert_eq!(full.retry_after_secs(), Some(1));
         assert_eq!(l.connections(), 3);
+        a.release();
         drop(a);
-        assert_eq!(l.by_address.get(&Address::from(ip("10.0.0.1"))), 1);
+        assert_eq!(
+            l.by_address.get(&Address::from(ip("10.0.0.1"))),
+            1,
+            "released once"
+        );
         let _d = l
             .admit(ip("10.0.0.1"), Frontend::SocketIo, false, now)
             .unwrap();

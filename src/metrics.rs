@@ -440,6 +440,7 @@ const DISCONNECT_REASONS: &[&str] = &[
     "too_large",
     "slow_client",
     "kicked",
+    "over_quota",
     "shutdown",
 ];
 /// `crate::auth::AuthError::code` and the Socket.IO handler's refusals.
@@ -568,6 +569,7 @@ mod tests {
             TooLarge,
             SlowClient,
             Kicked,
+            OverQuota,
             Shutdown,
         ] {
             assert!(DISCONNECT_REASONS.contains(&r.as_str()), "{}", r.as_str());

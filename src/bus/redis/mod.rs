@@ -54,6 +54,8 @@ mod receive;
 mod sync;
 mod writer;
 
+use control::Answer;
+pub use control::RoomChange;
 use sync::{Barrier, Note};
 pub use sync::{ClusterObserver, Notes};
 
@@ -174,7 +176,7 @@ pub struct RedisBus {
     writer: mpsc::UnboundedSender<writer::Work>,
     outbox: mpsc::UnboundedSender<(String, Bytes)>,
     /// Control requests waiting for their answer.
-    requests: Mutex<HashMap<u64, oneshot::Sender<u32>>>,
+    requests: Mutex<HashMap<u64, oneshot::Sender<Answer>>>,
     next_request: AtomicU64,
     cancel: CancellationToken,
     tasks: Mutex<Vec<JoinHandle<()>>>,

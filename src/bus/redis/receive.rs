@@ -86,6 +86,7 @@ impl RedisBus {
                     Message::Done {
                         request: request.id,
                         n,
+                        refused: Vec::new(),
                     },
                 );
             }
@@ -99,10 +100,14 @@ impl RedisBus {
                 room,
                 sockets,
             } => self.rooms(request, room, sockets, false),
-            Message::Done { request, n } => {
+            Message::Done {
+                request,
+                n,
+                refused,
+            } => {
                 let waiting = self.requests.lock().remove(&request);
                 if let Some(tx) = waiting {
-                    let _ = tx.send(n);
+                    let _ = tx.send(Answer { n, refused });
                 } else {
                     self.on_watch_answer(request);
                 }
