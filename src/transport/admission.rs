@@ -97,7 +97,8 @@ impl Gate {
     }
 
     /// Refuses a browser request whose `Origin` is not allowed (requests without one
-    /// pass: see [`Origins`]).
+    /// pass: see [`Origins`]). A page the gateway served itself (the dev console:
+    /// `Origin` names the request's own `Host`) always may.
     pub fn check_origin(&self, headers: &HeaderMap, frontend: Frontend) -> Result<(), Refusal> {
         if self.origins.is_any() {
             return Ok(());
@@ -105,7 +106,7 @@ impl Gate {
         let origin = headers
             .get(header::ORIGIN)
             .map(|v| v.to_str().unwrap_or("null"));
-        if self.origins.allows(origin) {
+        if self.origins.allows(origin) || is_same_origin(origin, headers.get(header::HOST)) {
             return Ok(());
         }
         self.metrics
@@ -159,6 +160,16 @@ impl Gate {
 }
 
 const X_FORWARDED_FOR: &str = "x-forwarded-for";
+
+/// Whether `origin` (`scheme://authority`) names the host the request was sent to.
+fn is_same_origin(origin: Option<&str>, host: Option<&HeaderValue>) -> bool {
+    let (Some(origin), Some(host)) = (origin, host.and_then(|h| h.to_str().ok())) else {
+        return false;
+    };
+    origin
+        .split_once("://")
+        .is_some_and(|(_, authority)| !host.is_empty() && authority.eq_ignore_ascii_case(host))
+}
 
 /// The client address of a request from `peer`: `peer` itself unless it is one of
 /// `proxies`; then, walking `X-Forwarded-For` from the right (the entry the nearest
@@ -281,6 +292,24 @@ mod tests {
             ip("127.0.0.1"),
             "no trusted proxies: the header means nothing"
         );
+    }
+
+    #[test]
+    fn a_page_the_gateway_served_is_its_own_origin() {
+        let host = HeaderValue::from_static("gw.example.com:3000");
+        assert!(is_same_origin(
+            Some("http://gw.example.com:3000"),
+            Some(&host)
+        ));
+        assert!(is_same_origin(
+            Some("https://GW.example.com:3000"),
+            Some(&host)
+        ));
+        assert!(!is_same_origin(Some("http://gw.example.com"), Some(&host)));
+        assert!(!is_same_origin(Some("http://evil.com"), Some(&host)));
+        assert!(!is_same_origin(Some("null"), Some(&host)));
+        assert!(!is_same_origin(None, Some(&host)));
+        assert!(!is_same_origin(Some("http://gw.example.com:3000"), None));
     }
 
     #[test]
