@@ -163,6 +163,37 @@ if subprocess.run(["sh", "-c", "command -v haproxy"], capture_output=True).retur
             r = subprocess.run(["haproxy", "-c", "-q", "-f", out], capture_output=True, text=True)
             ok = r.returncode == 0
         check(ok, "the compose HAProxy command renders a config `haproxy -c` accepts", (r.stderr or r.stdout).strip())
+    # README "TLS at HAProxy": the same servers rendered with --tls-cert (a throwaway
+    # self-signed certificate) is accepted, and README's snippet is what it renders.
+    if subprocess.run(["sh", "-c", "command -v openssl"], capture_output=True).returncode == 0:
+        with tempfile.TemporaryDirectory() as d:
+            key, crt, pem = (os.path.join(d, n) for n in ("key.pem", "crt.pem", "tls.pem"))
+            g = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key,
+                                "-out", crt, "-days", "1", "-subj", "/CN=localhost"], capture_output=True, text=True)
+            ok = g.returncode == 0
+            detail = g.stderr.strip()
+            if ok:
+                with open(pem, "w") as f:
+                    f.write(open(crt).read() + open(key).read())
+                out = os.path.join(d, "haproxy-tls.cfg")
+                render = [os.path.join(repo, "pm/render-haproxy.sh"), "--servers", servers, "--api-keys-set",
+                          "--tls-cert", pem, "--listen", "0.0.0.0:443", "--output", out]
+                r = subprocess.run(render, capture_output=True, text=True)
+                ok = r.returncode == 0
+                if ok:
+                    r = subprocess.run(["haproxy", "-c", "-q", "-f", out], capture_output=True, text=True)
+                    ok = r.returncode == 0
+                detail = (r.stderr or r.stdout).strip()
+            check(ok, "HAProxy rendered with --tls-cert (README: TLS at HAProxy) passes `haproxy -c`", detail)
+            if ok:
+                rendered_tls = [l.rstrip() for l in open(out).read().replace(pem, "/etc/haproxy/certs/pushgate.pem").splitlines()]
+                m = re.search(r"<!-- tls-snippet -->\s*```[a-z]*\n(.*?)```", read("README.md"), re.S)
+                snippet = [l.rstrip() for l in (m.group(1).splitlines() if m else []) if l.strip() and l.strip() != "..."]
+                missing = [l for l in snippet if l not in rendered_tls]
+                check(bool(snippet) and not missing, "README's TLS snippet is what render-haproxy.sh --tls-cert renders",
+                      "no snippet after <!-- tls-snippet -->" if not snippet else f"not rendered: {missing}")
+    else:
+        print("note   openssl is not installed: the TLS rendering was not checked")
 else:
     print("note   haproxy is not installed: the rendered config was not checked with haproxy -c")
 

@@ -32,6 +32,8 @@ lb_port=${PUSHGATE_LB_PORT:-3000}
 lb_host=${PUSHGATE_LB_HOST:-127.0.0.1}
 run_dir=${PUSHGATE_RUN_DIR:-$repo/target/dev-cluster}
 dev_redis=${PUSHGATE_DEV_REDIS:-1}
+# HAProxy runs on this host: its X-Forwarded-For names the clients (per-address limits).
+trusted_proxies=${PUSHGATE_TRUSTED_PROXIES:-127.0.0.1}
 # The gateway drains for PUSHGATE_SHUTDOWN_TIMEOUT_MS (10 s by default) on SIGTERM.
 gw_stop_secs=$(((${PUSHGATE_SHUTDOWN_TIMEOUT_MS:-10000} + 999) / 1000 + 10))
 
@@ -258,10 +260,10 @@ start_all() {
         port=$((base_port + i - 1))
         if [[ $dev_redis == 1 ]]; then
             spawn "gw$i" env PUSHGATE_LISTEN="127.0.0.1:$port" PUSHGATE_NODE_ID="gw$i" \
-                PUSHGATE_REDIS_URL="$redis_url" "$bin"
+                PUSHGATE_TRUSTED_PROXIES="$trusted_proxies" PUSHGATE_REDIS_URL="$redis_url" "$bin"
         else
             spawn "gw$i" env -u PUSHGATE_REDIS_URL PUSHGATE_LISTEN="127.0.0.1:$port" \
-                PUSHGATE_NODE_ID="gw$i" "$bin"
+                PUSHGATE_TRUSTED_PROXIES="$trusted_proxies" PUSHGATE_NODE_ID="gw$i" "$bin"
         fi
         urls+=("http://127.0.0.1:$port")
     done

@@ -18,6 +18,9 @@
 #       --api-keys-set       the gateways have PUSHGATE_API_KEYS: let /v1 through
 #                            from anywhere (the gateways check the key). Without
 #                            it, /v1 is answered 403 here for non-loopback callers.
+#       --tls-cert PEM       terminate TLS here: clients use https:// and wss://, the
+#                            gateways get plain HTTP with X-Forwarded-Proto: https.
+#                            PEM holds the certificate chain and its private key.
 #       --log-level LEVEL    HAProxy log level (default notice; info logs every request)
 #   -o, --output FILE        write there instead of stdout
 #   -t, --template FILE      template (default: haproxy.cfg.tmpl beside this script)
@@ -34,6 +37,7 @@ maxconn=${PUSHGATE_LB_MAXCONN:-100000}
 stats_socket=""
 resolver=""
 api_keys_set=0
+tls_cert=""
 log_level=notice
 output=""
 template="$here/haproxy.cfg.tmpl"
@@ -52,6 +56,7 @@ while [[ $# -gt 0 ]]; do
         --stats-socket) need_arg "$@"; stats_socket=$2; shift 2 ;;
         --resolver) need_arg "$@"; resolver=$2; shift 2 ;;
         --api-keys-set) api_keys_set=1; shift ;;
+        --tls-cert) need_arg "$@"; tls_cert=$2; shift 2 ;;
         --log-level) need_arg "$@"; log_level=$2; shift 2 ;;
         -o | --output) need_arg "$@"; output=$2; shift 2 ;;
         -t | --template) need_arg "$@"; template=$2; shift 2 ;;
@@ -127,6 +132,18 @@ else
     api_policy="    http-request return status 403 content-type application/json string '{\"error\":{\"code\":\"forbidden\",\"message\":\"/v1 is served to loopback callers only (set PUSHGATE_API_KEYS and render with --api-keys-set)\"}}' if is_api !from_local"
 fi
 
+if [[ -n $tls_cert ]]; then
+    [[ $tls_cert != *[[:space:]]* ]] || die "--tls-cert path must not contain spaces: '$tls_cert'"
+    bind_options=" ssl crt $tls_cert alpn http/1.1"
+    tls_rules="    # TLS ends here (--tls-cert): clients speak https:// and wss://; the gateways
+    # behind get plain HTTP and learn the scheme from X-Forwarded-Proto.
+    http-request set-header X-Forwarded-Proto https
+    http-response set-header Strict-Transport-Security \"max-age=31536000\""
+else
+    bind_options=""
+    tls_rules="    # Plain HTTP. Render with --tls-cert PEM to terminate TLS here (README: TLS)."
+fi
+
 # A gateway that is not up yet when HAProxy starts must not stop it.
 server_init="init-addr last,libc,none"
 
@@ -143,9 +160,10 @@ render() {
             @@STATS_SOCKET@@) if [[ -n $stats_block ]]; then printf '%s\n' "$stats_block"; fi ;;
             @@RESOLVERS@@) if [[ -n $resolvers_block ]]; then printf '%s\n' "$resolvers_block"; fi ;;
             @@API_POLICY@@) printf '%s\n' "$api_policy" ;;
+            @@TLS_RULES@@) printf '%s\n' "$tls_rules" ;;
             *)
                 line=${line//@@MAXCONN@@/$maxconn}
-                line=${line//@@BIND@@/$listen}
+                line=${line//@@BIND@@/$listen$bind_options}
                 line=${line//@@LOG_LEVEL@@/$log_level}
                 line=${line//@@STICK_SIZE@@/$stick_size}
                 line=${line//@@SERVER_INIT@@/$server_init}

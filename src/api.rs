@@ -3,7 +3,10 @@
 //! This is the only module that knows HTTP status codes. Every error answer has the
 //! body `{"error": {"code": "...", "message": "..."}}`. Requests to `/v1` carry a
 //! bearer key when keys are configured; with none configured only loopback callers
-//! are served.
+//! are served. Each key (or, without keys, each caller's address) has a request rate
+//! (`PUSHGATE_API_RATE`): beyond it, 429 with `Retry-After`. Requests with a wrong or
+//! missing key spend their address's tokens, so guessing keys is rate-limited too.
+//! Keys are never logged, and neither is any header.
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
@@ -26,11 +29,13 @@ use crate::delivery::Tracker;
 use crate::events::{Events, Item};
 use crate::hub::{Hub, SocketInfo};
 use crate::id::{Frontend, NodeId, PushId, RoomName, SocketId, UserId};
+use crate::limits::{Address, Caller, Limit, Refused};
 use crate::metrics::Metrics;
 use crate::presence::{self, PresenceError, Presences};
 use crate::push::{self, Push};
 use crate::push_service::{self, PushService, SendError};
 use crate::registry::NodeInfo;
+use crate::transport::admission::Gate;
 
 /// An error answer.
 #[derive(Debug)]
@@ -38,6 +43,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After`, in seconds, when waiting helps.
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -46,6 +53,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -61,7 +69,35 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response
+                .headers_mut()
+                .insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        }
+        response
+    }
+}
+
+/// A limit's refusal: 429 for the caller's own request rate, 503 for the node's
+/// pending acked pushes (a node-wide resource other callers filled: retry later, or
+/// on another node), 400 for a request larger than the limits allow. The code is the
+/// limit's name.
+impl From<Refused> for ApiError {
+    fn from(r: Refused) -> Self {
+        let status = match r.limit {
+            Limit::ApiRate => StatusCode::TOO_MANY_REQUESTS,
+            Limit::PendingAcks | Limit::Connections | Limit::Pending => {
+                StatusCode::SERVICE_UNAVAILABLE
+            }
+            _ => StatusCode::BAD_REQUEST,
+        };
+        Self {
+            status,
+            code: r.limit.as_str(),
+            message: r.to_string(),
+            retry_after: r.retry_after_secs(),
+        }
     }
 }
 
@@ -108,6 +144,7 @@ impl From<SendError> for ApiError {
         match e {
             SendError::Refused(r) => r.into(),
             SendError::Bus(b) => b.into(),
+            SendError::Limit(l) => l.into(),
         }
     }
 }
@@ -166,6 +203,8 @@ pub struct Api {
     pub cluster: Option<Arc<RedisBus>>,
     /// Presence, wherever it is kept (in memory, or the cluster registry).
     pub presence: Arc<dyn Presences>,
+    /// The node's limits, and callers' addresses (through trusted proxies).
+    pub gate: Arc<Gate>,
 }
 
 impl Api {
@@ -228,6 +267,9 @@ async fn authorize(
     req: Request,
     next: Next,
 ) -> Result<Response, ApiError> {
+    let limits = api.gate.limits();
+    let now = Instant::now();
+    let address = Caller::Address(Address::from(api.gate.client_address(&req)));
     if api.keys.is_empty() {
         if !peer.ip().is_loopback() {
             return Err(ApiError::new(
@@ -236,27 +278,33 @@ async fn authorize(
                 "no API keys are configured (PUSHGATE_API_KEYS); /v1 answers loopback callers only",
             ));
         }
+        limits.api_request(address, now)?;
     } else {
         let presented = req
             .headers()
             .get(header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "));
-        match presented {
-            Some(key) if api.keys.accepts(key.trim()) => {}
-            Some(_) => {
+        let key = presented.and_then(|k| api.keys.find(k.trim()));
+        match (key, presented) {
+            (Some(index), _) => limits.api_request(Caller::Key(index), now)?,
+            // A wrong or missing key spends its address's tokens: past the rate,
+            // guesses get 429 instead of an answer.
+            (None, Some(_)) => {
+                limits.api_request(address, now)?;
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "the API key is not valid",
-                ))
+                ));
             }
-            None => {
+            (None, None) => {
+                limits.api_request(address, now)?;
                 return Err(ApiError::new(
                     StatusCode::UNAUTHORIZED,
                     "unauthorized",
                     "missing API key: send Authorization: Bearer <key>",
-                ))
+                ));
             }
         }
     }
@@ -319,9 +367,18 @@ fn accepted_json(accepted: &push_service::Accepted) -> (StatusCode, Value) {
     (status, body)
 }
 
+/// Refuses a push that names more users than a push may.
+fn check_targets(api: &Api, push: &Push) -> Result<(), Refused> {
+    match &push.target {
+        crate::id::Target::Users(users) => api.gate.limits().push_targets(users.len()),
+        _ => Ok(()),
+    }
+}
+
 async fn push_one(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     refuse_while_draining(&api)?;
     let push = Push::from_json(body)?;
+    check_targets(&api, &push)?;
     let accepted = api.push.send(push).await?;
     let (status, body) = accepted_json(&accepted);
     Ok((status, Json(body)).into_response())
@@ -334,15 +391,29 @@ async fn push_one(State(api): Shared, JsonBody(body): JsonBody) -> Result<Respon
 /// push was accepted whole, 207 when some were not, 503 when none was.
 async fn push_batch(State(api): Shared, JsonBody(body): JsonBody) -> Result<Response, ApiError> {
     refuse_while_draining(&api)?;
-    let pushes = push::batch_from_json(body).map_err(|(index, e)| match index {
-        Some(i) => ApiError::bad_request(format!("push {i}: {e}")),
-        None => ApiError::from(e),
-    })?;
+    let limits = api.gate.limits();
+    if let Some(list) = body.get("pushes").and_then(Value::as_array) {
+        limits.batch(list.len())?;
+    }
+    let pushes = push::batch_from_json(body, limits.settings().max_batch).map_err(
+        |(index, e)| match index {
+            Some(i) => ApiError::bad_request(format!("push {i}: {e}")),
+            None => ApiError::from(e),
+        },
+    )?;
     for (i, p) in pushes.iter().enumerate() {
         api.push
             .check(p)
             .map_err(|e| ApiError::bad_request(format!("push {i}: {e}")))?;
+        check_targets(&api, p).map_err(|r| {
+            let mut e = ApiError::from(r);
+            e.message = format!("push {i}: {}", e.message);
+            e
+        })?;
     }
+    // The batch's ack-tracked pushes must all fit among the node's pending ones now
+    // (each still takes its own place when sent).
+    limits.pending_acks_fit(pushes.iter().filter(|p| p.ack.is_some()).count())?;
     let total = pushes.len();
     let sends = pushes.into_iter().map(|p| api.push.send(p));
     let mut results = Vec::with_capacity(total);
@@ -569,36 +640,59 @@ async fn join_room(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = room_name(&room)?;
-    let n = change_rooms(&api, &name, members_of(&api, body).await?, true).await?;
-    Ok(Json(json!({"room": room, "sockets": n})))
+    let (n, refused) = change_rooms(&api, &name, members_of(&api, body).await?, true).await?;
+    let mut answer = json!({"room": room, "sockets": n});
+    // Only when some socket could not join, so answers keep their old shape.
+    if !refused.is_empty() {
+        let max = api.gate.limits().settings().max_rooms.unwrap_or(0);
+        let error = json!({
+            "code": Limit::Rooms.as_str(),
+            "message": format!("at most {max} rooms per connection"),
+        });
+        answer["refused"] = refused
+            .into_iter()
+            .map(|s| json!({"socket": s, "error": error}))
+            .collect();
+    }
+    Ok(Json(answer))
 }
 
 /// Joins or leaves `sockets` to `room` on whichever node holds them; answers once the
-/// change is in effect for pushes (subscriptions made) and returns how many changed.
+/// change is in effect for pushes (subscriptions made) with how many changed and
+/// which sockets could not join (in as many rooms as a connection may be).
 async fn change_rooms(
     api: &Api,
     room: &RoomName,
     sockets: Vec<SocketId>,
     join: bool,
-) -> Result<usize, ApiError> {
+) -> Result<(usize, Vec<SocketId>), ApiError> {
     let (local, remote) = by_node(api, sockets);
-    let mut n = local
-        .iter()
-        .filter(|s| {
-            if join {
-                api.hub.join(s, room)
-            } else {
-                api.hub.leave(s, room)
+    let mut refused = Vec::new();
+    let mut n = 0;
+    for s in local {
+        let changed = if join {
+            match api.hub.try_join(&s, room) {
+                crate::hub::Join::Joined => true,
+                crate::hub::Join::Full { .. } => {
+                    refused.push(s);
+                    false
+                }
+                _ => false,
             }
-        })
-        .count();
+        } else {
+            api.hub.leave(&s, room)
+        };
+        n += usize::from(changed);
+    }
     if let Some(c) = &api.cluster {
         for (node, sockets) in remote {
-            n += c.change_room(&node, room, sockets, join).await? as usize;
+            let change = c.change_room(&node, room, sockets, join).await?;
+            n += change.changed as usize;
+            refused.extend(change.refused);
         }
         c.subscribed().await;
     }
-    Ok(n)
+    Ok((n, refused))
 }
 
 async fn leave_room(
@@ -607,7 +701,7 @@ async fn leave_room(
     JsonBody(body): JsonBody,
 ) -> Result<Json<Value>, ApiError> {
     let name = room_name(&room)?;
-    let n = change_rooms(&api, &name, members_of(&api, body).await?, false).await?;
+    let (n, _) = change_rooms(&api, &name, members_of(&api, body).await?, false).await?;
     Ok(Json(json!({"room": room, "sockets": n})))
 }
 

@@ -7,13 +7,15 @@
 //! [`Config`] from a map without touching the process environment.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::auth::{Origins, TokenRules};
 use crate::id::{InvalidNodeId, NodeId};
+use crate::limits::{self, Networks, Rate};
 
 /// Engine.IO's own default: long enough that idle mobile clients are cheap, short enough
 /// that a dead peer is noticed within a minute.
@@ -23,8 +25,11 @@ pub const DEFAULT_PING_TIMEOUT_MS: u64 = 20_000;
 /// A Phoenix connection silent this long is closed: phoenix.js beats every 30 s, and
 /// Phoenix's own server gives a socket 60 s.
 pub const DEFAULT_PHOENIX_TIMEOUT_MS: u64 = 60_000;
-/// Socket.IO's default: a session that never joins a namespace is closed after this.
-pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 45_000;
+/// An Engine.IO session that has not connected a namespace (not authenticated) is
+/// closed after this. socket.io-client sends its CONNECT right after the handshake, so
+/// a real client needs one round trip; Socket.IO's own 45 s let an unauthenticated
+/// handshake hold a session and a task for most of a minute.
+pub const DEFAULT_CONNECT_TIMEOUT_MS: u64 = 10_000;
 /// Engine.IO's `maxHttpBufferSize` default (1 MB).
 pub const DEFAULT_MAX_PAYLOAD: u64 = 1_000_000;
 /// Engine.IO's default upgrade window.
@@ -131,6 +136,69 @@ pub struct Flags {
     /// Pusher connections per app on this node; 0 = no limit [env: PUSHGATE_PUSHER_MAX_CONNECTIONS] [default: 0]
     #[arg(long)]
     pub pusher_max_connections: Option<String>,
+    /// File holding the API keys (comma- or newline-separated) [env: PUSHGATE_API_KEYS_FILE]
+    #[arg(long)]
+    pub api_keys_file: Option<PathBuf>,
+    /// File holding the JWT secret [env: PUSHGATE_JWT_SECRET_FILE]
+    #[arg(long)]
+    pub jwt_secret_file: Option<PathBuf>,
+    /// File holding the Pusher apps (comma- or newline-separated) [env: PUSHGATE_PUSHER_APPS_FILE]
+    #[arg(long)]
+    pub pusher_apps_file: Option<PathBuf>,
+    /// Tolerance for a token's exp and nbf [env: PUSHGATE_JWT_LEEWAY_MS] [default: 30000]
+    #[arg(long)]
+    pub jwt_leeway_ms: Option<String>,
+    /// Comma-separated accepted `aud` values; unset = not checked [env: PUSHGATE_JWT_AUDIENCE]
+    #[arg(long)]
+    pub jwt_audience: Option<String>,
+    /// Comma-separated accepted `iss` values; unset = not checked [env: PUSHGATE_JWT_ISSUER]
+    #[arg(long)]
+    pub jwt_issuer: Option<String>,
+    /// Comma-separated browser origins allowed to connect; unset = any [env: PUSHGATE_ALLOWED_ORIGINS]
+    #[arg(long)]
+    pub allowed_origins: Option<String>,
+    /// Comma-separated proxies (addresses, CIDRs) whose X-Forwarded-For is believed [env: PUSHGATE_TRUSTED_PROXIES]
+    #[arg(long)]
+    pub trusted_proxies: Option<String>,
+    /// Connections on this node; 0 = no limit [env: PUSHGATE_MAX_CONNECTIONS] [default: 200000]
+    #[arg(long)]
+    pub max_connections: Option<String>,
+    /// Connections per client address; 0 = no limit [env: PUSHGATE_MAX_CONNECTIONS_PER_IP] [default: 1000]
+    #[arg(long)]
+    pub max_connections_per_ip: Option<String>,
+    /// Connections per user on this node; 0 = no limit [env: PUSHGATE_MAX_CONNECTIONS_PER_USER] [default: 100]
+    #[arg(long)]
+    pub max_connections_per_user: Option<String>,
+    /// Connections not yet authenticated on this node; 0 = no limit [env: PUSHGATE_MAX_PENDING_CONNECTIONS] [default: 10000]
+    #[arg(long)]
+    pub max_pending_connections: Option<String>,
+    /// New connections per second per client address; 0 = no limit [env: PUSHGATE_CONNECT_RATE_PER_IP] [default: 50]
+    #[arg(long)]
+    pub connect_rate_per_ip: Option<String>,
+    /// Burst of new connections per client address [env: PUSHGATE_CONNECT_BURST_PER_IP] [default: 500]
+    #[arg(long)]
+    pub connect_burst_per_ip: Option<String>,
+    /// Rooms per connection; 0 = no limit [env: PUSHGATE_MAX_ROOMS_PER_CONNECTION] [default: 1000]
+    #[arg(long)]
+    pub max_rooms_per_connection: Option<String>,
+    /// Users one push may name [env: PUSHGATE_MAX_PUSH_TARGETS] [default: 1000]
+    #[arg(long)]
+    pub max_push_targets: Option<String>,
+    /// Pushes in one batch [env: PUSHGATE_MAX_BATCH] [default: 1000]
+    #[arg(long)]
+    pub max_batch: Option<String>,
+    /// HTTP API requests per second per key (per address without keys); 0 = no limit [env: PUSHGATE_API_RATE] [default: 5000]
+    #[arg(long)]
+    pub api_rate: Option<String>,
+    /// Burst of HTTP API requests per key [env: PUSHGATE_API_BURST] [default: 5000]
+    #[arg(long)]
+    pub api_burst: Option<String>,
+    /// Ack-tracked pushes pending on this node; 0 = no limit [env: PUSHGATE_MAX_PENDING_ACKS] [default: 10000]
+    #[arg(long)]
+    pub max_pending_acks: Option<String>,
+    /// Addresses remembered by each per-address rate table [env: PUSHGATE_ADDRESS_TABLE_SIZE] [default: 100000]
+    #[arg(long)]
+    pub address_table_size: Option<String>,
 }
 
 /// The TOML file's shape: the same names as the flags, in snake_case, typed.
@@ -160,6 +228,27 @@ struct FileSettings {
     pusher_activity_timeout_ms: Option<u64>,
     pusher_pong_timeout_ms: Option<u64>,
     pusher_max_connections: Option<u64>,
+    api_keys_file: Option<PathBuf>,
+    jwt_secret_file: Option<PathBuf>,
+    pusher_apps_file: Option<PathBuf>,
+    jwt_leeway_ms: Option<u64>,
+    jwt_audience: Option<Vec<String>>,
+    jwt_issuer: Option<Vec<String>>,
+    allowed_origins: Option<Vec<String>>,
+    trusted_proxies: Option<Vec<String>>,
+    max_connections: Option<u64>,
+    max_connections_per_ip: Option<u64>,
+    max_connections_per_user: Option<u64>,
+    max_pending_connections: Option<u64>,
+    connect_rate_per_ip: Option<u64>,
+    connect_burst_per_ip: Option<u64>,
+    max_rooms_per_connection: Option<u64>,
+    max_push_targets: Option<u64>,
+    max_batch: Option<u64>,
+    api_rate: Option<u64>,
+    api_burst: Option<u64>,
+    max_pending_acks: Option<u64>,
+    address_table_size: Option<u64>,
 }
 
 /// The resolved configuration of one node. Its `Debug` output redacts the secrets
@@ -202,6 +291,14 @@ pub struct Config {
     pub pusher_pong_timeout: Duration,
     /// Pusher connections per app on this node; `None` = no limit.
     pub pusher_max_connections: Option<usize>,
+    /// What this node admits (connections, rates, sizes, pending acks).
+    pub limits: limits::Settings,
+    /// How connection tokens are checked beyond their signature.
+    pub token_rules: TokenRules,
+    /// Browser origins allowed to open client connections.
+    pub allowed_origins: Origins,
+    /// Proxies whose `X-Forwarded-For` names the client address.
+    pub trusted_proxies: Networks,
 }
 
 /// One Pusher app: its id (in HTTP API paths), its key (in client URLs and signed
@@ -318,6 +415,10 @@ impl std::fmt::Debug for Config {
             .field("pusher_activity_timeout", &self.pusher_activity_timeout)
             .field("pusher_pong_timeout", &self.pusher_pong_timeout)
             .field("pusher_max_connections", &self.pusher_max_connections)
+            .field("limits", &self.limits)
+            .field("token_rules", &self.token_rules)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("trusted_proxies", &self.trusted_proxies)
             .finish()
     }
 }
@@ -342,6 +443,13 @@ pub enum ConfigError {
         path: PathBuf,
         #[source]
         source: toml::de::Error,
+    },
+    #[error("{name}: cannot read {path}")]
+    ReadSecret {
+        name: &'static str,
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
     },
     #[error(transparent)]
     NodeId(#[from] InvalidNodeId),
@@ -376,11 +484,22 @@ impl Config {
         Self::resolve(flags, env, file)
     }
 
-    /// Resolves flags, then `env`, then the file (path and text), then defaults.
+    /// Resolves flags, then `env`, then the file (path and text), then defaults;
+    /// secrets named by a `…_FILE` setting are read from the file system.
     pub fn resolve(
         flags: Flags,
         env: impl Fn(&str) -> Option<String>,
         file: Option<(PathBuf, String)>,
+    ) -> Result<Self, ConfigError> {
+        Self::resolve_with(flags, env, file, |p| std::fs::read_to_string(p))
+    }
+
+    /// [`Config::resolve`] with `read` for the secret files (tests pass a map).
+    pub fn resolve_with(
+        flags: Flags,
+        env: impl Fn(&str) -> Option<String>,
+        file: Option<(PathBuf, String)>,
+        read: impl Fn(&Path) -> std::io::Result<String>,
     ) -> Result<Self, ConfigError> {
         let file: FileSettings = match file {
             Some((path, text)) => {
@@ -415,15 +534,62 @@ impl Config {
             .parse()
             .map_err(|e| invalid("PUSHGATE_LISTEN", &listen_text, e))?;
 
-        let api_keys = match pick(
-            flags.api_keys,
+        // A secret given directly or in a file (`…_FILE`), never both.
+        let secret = |name: &'static str,
+                      file_name: &'static str,
+                      value: Option<String>,
+                      path: Option<PathBuf>|
+         -> Result<Option<String>, ConfigError> {
+            match (value, path) {
+                (Some(_), Some(_)) => Err(ConfigError::Invalid {
+                    name,
+                    value: "<redacted>".into(),
+                    message: format!("set either {name} or {file_name}, not both"),
+                }),
+                (Some(v), None) => Ok(Some(v)),
+                (None, None) => Ok(None),
+                (None, Some(path)) => {
+                    let text = read(&path).map_err(|source| ConfigError::ReadSecret {
+                        name: file_name,
+                        path: path.clone(),
+                        source,
+                    })?;
+                    // One trailing newline (or several, or CRLF) is how editors and
+                    // `echo` end a file; it is never part of the secret.
+                    let text = text.trim_end_matches(['\n', '\r']).to_owned();
+                    if text.is_empty() {
+                        return Err(ConfigError::Invalid {
+                            name: file_name,
+                            value: path.display().to_string(),
+                            message: "the file is empty".into(),
+                        });
+                    }
+                    Ok(Some(text))
+                }
+            }
+        };
+        let path_of = |flag: Option<PathBuf>, var: &str, file: Option<PathBuf>| {
+            flag.or_else(|| env(var).map(PathBuf::from)).or(file)
+        };
+
+        let api_keys = match secret(
             "PUSHGATE_API_KEYS",
-            file.api_keys.map(|v| v.join(",")),
-        ) {
+            "PUSHGATE_API_KEYS_FILE",
+            pick(
+                flags.api_keys,
+                "PUSHGATE_API_KEYS",
+                file.api_keys.map(|v| v.join(",")),
+            ),
+            path_of(
+                flags.api_keys_file,
+                "PUSHGATE_API_KEYS_FILE",
+                file.api_keys_file,
+            ),
+        )? {
             None => Vec::new(),
             Some(v) => {
                 let keys: Vec<String> = v
-                    .split(',')
+                    .split([',', '\n'])
                     .map(str::trim)
                     .filter(|k| !k.is_empty())
                     .map(str::to_owned)
@@ -498,6 +664,181 @@ impl Config {
         let redis_url = pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url)
             .map(|url| check_redis_url(&url).map(|()| url))
             .transpose()?;
+        let jwt_secret = secret(
+            "PUSHGATE_JWT_SECRET",
+            "PUSHGATE_JWT_SECRET_FILE",
+            pick(flags.jwt_secret, "PUSHGATE_JWT_SECRET", file.jwt_secret),
+            path_of(
+                flags.jwt_secret_file,
+                "PUSHGATE_JWT_SECRET_FILE",
+                file.jwt_secret_file,
+            ),
+        )?;
+        let pusher_apps = match secret(
+            "PUSHGATE_PUSHER_APPS",
+            "PUSHGATE_PUSHER_APPS_FILE",
+            pick(
+                flags.pusher_apps,
+                "PUSHGATE_PUSHER_APPS",
+                file.pusher_apps.map(|v| v.join(",")),
+            ),
+            path_of(
+                flags.pusher_apps_file,
+                "PUSHGATE_PUSHER_APPS_FILE",
+                file.pusher_apps_file,
+            ),
+        )? {
+            None => Vec::new(),
+            Some(v) => parse_pusher_apps(&v.replace(['\n', '\r'], ","))?,
+        };
+
+        // A comma-separated list; `None` when unset.
+        let list = |flag: Option<String>, var: &str, file: Option<Vec<String>>| {
+            pick(flag, var, file.map(|v| v.join(","))).map(|v| {
+                v.split(',')
+                    .map(str::trim)
+                    .filter(|s| !s.is_empty())
+                    .map(str::to_owned)
+                    .collect::<Vec<_>>()
+            })
+        };
+        // A limit: 0 means none.
+        let limit = |name: &'static str, flag, file, default: usize| {
+            num(name, flag, file, default as u64).map(|v| (v > 0).then_some(v as usize))
+        };
+        let rate = |name: &'static str,
+                    flag,
+                    file,
+                    default: u32,
+                    burst_name: &'static str,
+                    burst_flag,
+                    burst_file,
+                    default_burst: u32|
+         -> Result<Option<Rate>, ConfigError> {
+            let per_second = num(name, flag, file, u64::from(default))?;
+            let burst = positive(burst_name, burst_flag, burst_file, u64::from(default_burst))?;
+            let as_u32 = |name: &'static str, v: u64| {
+                u32::try_from(v).map_err(|_| invalid(name, &v.to_string(), "too large"))
+            };
+            Ok((per_second > 0).then_some(Rate {
+                per_second: as_u32(name, per_second)?,
+                burst: as_u32(burst_name, burst)?,
+            }))
+        };
+        let limits = limits::Settings {
+            max_connections: limit(
+                "PUSHGATE_MAX_CONNECTIONS",
+                flags.max_connections,
+                file.max_connections,
+                limits::DEFAULT_MAX_CONNECTIONS,
+            )?,
+            max_connections_per_ip: limit(
+                "PUSHGATE_MAX_CONNECTIONS_PER_IP",
+                flags.max_connections_per_ip,
+                file.max_connections_per_ip,
+                limits::DEFAULT_MAX_CONNECTIONS_PER_IP,
+            )?,
+            max_connections_per_user: limit(
+                "PUSHGATE_MAX_CONNECTIONS_PER_USER",
+                flags.max_connections_per_user,
+                file.max_connections_per_user,
+                limits::DEFAULT_MAX_CONNECTIONS_PER_USER,
+            )?,
+            max_pending: limit(
+                "PUSHGATE_MAX_PENDING_CONNECTIONS",
+                flags.max_pending_connections,
+                file.max_pending_connections,
+                limits::DEFAULT_MAX_PENDING,
+            )?,
+            connect_rate: rate(
+                "PUSHGATE_CONNECT_RATE_PER_IP",
+                flags.connect_rate_per_ip,
+                file.connect_rate_per_ip,
+                limits::DEFAULT_CONNECT_RATE_PER_IP,
+                "PUSHGATE_CONNECT_BURST_PER_IP",
+                flags.connect_burst_per_ip,
+                file.connect_burst_per_ip,
+                limits::DEFAULT_CONNECT_BURST_PER_IP,
+            )?,
+            max_rooms: limit(
+                "PUSHGATE_MAX_ROOMS_PER_CONNECTION",
+                flags.max_rooms_per_connection,
+                file.max_rooms_per_connection,
+                limits::DEFAULT_MAX_ROOMS_PER_CONNECTION,
+            )?,
+            max_push_targets: positive(
+                "PUSHGATE_MAX_PUSH_TARGETS",
+                flags.max_push_targets,
+                file.max_push_targets,
+                limits::DEFAULT_MAX_PUSH_TARGETS as u64,
+            )? as usize,
+            max_batch: positive(
+                "PUSHGATE_MAX_BATCH",
+                flags.max_batch,
+                file.max_batch,
+                limits::DEFAULT_MAX_BATCH as u64,
+            )? as usize,
+            api_rate: rate(
+                "PUSHGATE_API_RATE",
+                flags.api_rate,
+                file.api_rate,
+                limits::DEFAULT_API_RATE,
+                "PUSHGATE_API_BURST",
+                flags.api_burst,
+                file.api_burst,
+                limits::DEFAULT_API_BURST,
+            )?,
+            max_pending_acks: limit(
+                "PUSHGATE_MAX_PENDING_ACKS",
+                flags.max_pending_acks,
+                file.max_pending_acks,
+                limits::DEFAULT_MAX_PENDING_ACKS,
+            )?,
+            address_table: positive(
+                "PUSHGATE_ADDRESS_TABLE_SIZE",
+                flags.address_table_size,
+                file.address_table_size,
+                limits::DEFAULT_ADDRESS_TABLE_SIZE as u64,
+            )? as usize,
+        };
+        let token_rules = TokenRules {
+            leeway: Duration::from_millis(num(
+                "PUSHGATE_JWT_LEEWAY_MS",
+                flags.jwt_leeway_ms,
+                file.jwt_leeway_ms,
+                crate::auth::DEFAULT_LEEWAY.as_millis() as u64,
+            )?),
+            audience: list(
+                flags.jwt_audience,
+                "PUSHGATE_JWT_AUDIENCE",
+                file.jwt_audience,
+            )
+            .unwrap_or_default(),
+            issuer: list(flags.jwt_issuer, "PUSHGATE_JWT_ISSUER", file.jwt_issuer)
+                .unwrap_or_default(),
+            max_rooms: limits.max_rooms,
+        };
+        let allowed_origins = match pick(
+            flags.allowed_origins,
+            "PUSHGATE_ALLOWED_ORIGINS",
+            file.allowed_origins.map(|v| v.join(",")),
+        ) {
+            None => Origins::any(),
+            Some(v) => {
+                Origins::parse(&v).map_err(|e| invalid("PUSHGATE_ALLOWED_ORIGINS", &v, e))?
+            }
+        };
+        let trusted_proxies = match pick(
+            flags.trusted_proxies,
+            "PUSHGATE_TRUSTED_PROXIES",
+            file.trusted_proxies.map(|v| v.join(",")),
+        ) {
+            None => Networks::default(),
+            Some(v) => {
+                Networks::parse(&v).map_err(|e| invalid("PUSHGATE_TRUSTED_PROXIES", &v, e))?
+            }
+        };
+
         let ms = Duration::from_millis;
         let config = Config {
             listen,
@@ -505,7 +846,7 @@ impl Config {
             redis_prefix,
             registry_ttl: ms(registry_ttl_ms),
             api_keys,
-            jwt_secret: pick(flags.jwt_secret, "PUSHGATE_JWT_SECRET", file.jwt_secret),
+            jwt_secret,
             node_id,
             namespaces,
             ping_interval: ms(positive(
@@ -577,14 +918,7 @@ impl Config {
                 0 => None,
                 n => Some(n as usize),
             },
-            pusher_apps: match pick(
-                flags.pusher_apps,
-                "PUSHGATE_PUSHER_APPS",
-                file.pusher_apps.map(|v| v.join(",")),
-            ) {
-                None => Vec::new(),
-                Some(v) => parse_pusher_apps(&v)?,
-            },
+            pusher_apps,
             pusher_activity_timeout: ms(positive(
                 "PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS",
                 flags.pusher_activity_timeout_ms,
@@ -606,6 +940,10 @@ impl Config {
                 0 => None,
                 n => Some(n as usize),
             },
+            limits,
+            token_rules,
+            allowed_origins,
+            trusted_proxies,
         };
         if config.jwt_secret.as_deref() == Some("") {
             return Err(invalid("PUSHGATE_JWT_SECRET", "", "must not be empty"));
@@ -910,6 +1248,198 @@ mod tests {
         let c = from_env(&[("PUSHGATE_PUSHER_APPS", "1:k:hunter2")]).unwrap();
         assert!(!format!("{c:?}").contains("hunter2"));
         assert!(from_env(&[("PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS", "0")]).is_err());
+    }
+
+    /// Resolves from environment variables and an in-memory file system.
+    fn with_files(vars: &[(&str, &str)], files: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let env: HashMap<String, String> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let fs: HashMap<PathBuf, String> = files
+            .iter()
+            .map(|(k, v)| (PathBuf::from(k), v.to_string()))
+            .collect();
+        Config::resolve_with(
+            Flags::default(),
+            |k| env.get(k).cloned(),
+            None,
+            |p| {
+                fs.get(p).cloned().ok_or_else(|| {
+                    std::io::Error::new(std::io::ErrorKind::NotFound, "No such file or directory")
+                })
+            },
+        )
+    }
+
+    #[test]
+    fn limits_have_defaults_and_zero_means_none() {
+        let c = from_env(&[]).unwrap();
+        assert_eq!(c.limits, limits::Settings::default());
+        assert_eq!(c.connect_timeout, Duration::from_secs(10));
+        assert_eq!(c.token_rules.leeway, Duration::from_secs(30));
+        assert!(c.allowed_origins.is_any() && c.trusted_proxies.is_empty());
+        let c = from_env(&[
+            ("PUSHGATE_MAX_CONNECTIONS", "0"),
+            ("PUSHGATE_MAX_CONNECTIONS_PER_IP", "7"),
+            ("PUSHGATE_CONNECT_RATE_PER_IP", "0"),
+            ("PUSHGATE_API_RATE", "50"),
+            ("PUSHGATE_API_BURST", "60"),
+            ("PUSHGATE_MAX_ROOMS_PER_CONNECTION", "3"),
+            ("PUSHGATE_MAX_BATCH", "10"),
+            ("PUSHGATE_MAX_PENDING_ACKS", "0"),
+        ])
+        .unwrap();
+        assert_eq!(c.limits.max_connections, None);
+        assert_eq!(c.limits.max_connections_per_ip, Some(7));
+        assert_eq!(c.limits.connect_rate, None);
+        assert_eq!(
+            c.limits.api_rate,
+            Some(Rate {
+                per_second: 50,
+                burst: 60
+            })
+        );
+        assert_eq!(c.limits.max_rooms, Some(3));
+        assert_eq!(
+            c.token_rules.max_rooms,
+            Some(3),
+            "tokens follow the room limit"
+        );
+        assert_eq!(c.limits.max_batch, 10);
+        assert_eq!(c.limits.max_pending_acks, None);
+        for (k, v) in [
+            ("PUSHGATE_MAX_BATCH", "0"),
+            ("PUSHGATE_MAX_PUSH_TARGETS", "0"),
+            ("PUSHGATE_CONNECT_BURST_PER_IP", "0"),
+            ("PUSHGATE_MAX_CONNECTIONS", "many"),
+            ("PUSHGATE_API_RATE", "99999999999"),
+        ] {
+            let err = from_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
+        let file =
+            "max_connections_per_user = 4\nallowed_origins = [\"https://a.example\"]\n".to_owned();
+        let c = Config::resolve(Flags::default(), |_| None, Some(("f.toml".into(), file))).unwrap();
+        assert_eq!(c.limits.max_connections_per_user, Some(4));
+        assert!(c.allowed_origins.allows(Some("https://a.example")));
+    }
+
+    #[test]
+    fn security_settings_are_read_and_checked() {
+        let c = from_env(&[
+            ("PUSHGATE_JWT_LEEWAY_MS", "1500"),
+            ("PUSHGATE_JWT_AUDIENCE", "pushgate, push"),
+            ("PUSHGATE_JWT_ISSUER", "https://app.example.com"),
+            (
+                "PUSHGATE_ALLOWED_ORIGINS",
+                "https://app.example.com,https://*.example.org",
+            ),
+            ("PUSHGATE_TRUSTED_PROXIES", "127.0.0.1, 10.0.0.0/8"),
+        ])
+        .unwrap();
+        assert_eq!(c.token_rules.leeway, Duration::from_millis(1500));
+        assert_eq!(c.token_rules.audience, vec!["pushgate", "push"]);
+        assert_eq!(c.token_rules.issuer, vec!["https://app.example.com"]);
+        assert!(c.allowed_origins.allows(Some("https://x.example.org")));
+        assert!(!c.allowed_origins.allows(Some("https://evil.example.net")));
+        assert!(c.trusted_proxies.contains("10.1.2.3".parse().unwrap()));
+        for (k, v) in [
+            ("PUSHGATE_ALLOWED_ORIGINS", "app.example.com"),
+            ("PUSHGATE_ALLOWED_ORIGINS", " , "),
+            ("PUSHGATE_TRUSTED_PROXIES", "10.0.0.0/40"),
+            ("PUSHGATE_JWT_LEEWAY_MS", "-1"),
+        ] {
+            let err = from_env(&[(k, v)]).unwrap_err().to_string();
+            assert!(err.contains(k), "{k}={v}: {err}");
+        }
+    }
+
+    #[test]
+    fn secrets_are_read_from_files_with_the_trailing_newline_trimmed() {
+        let c = with_files(
+            &[
+                ("PUSHGATE_API_KEYS_FILE", "/run/secrets/keys"),
+                ("PUSHGATE_JWT_SECRET_FILE", "/run/secrets/jwt"),
+                ("PUSHGATE_PUSHER_APPS_FILE", "/run/secrets/pusher"),
+            ],
+            &[
+                ("/run/secrets/keys", "k1\nk2, k3\n"),
+                ("/run/secrets/jwt", "s3cret with spaces \r\n"),
+                ("/run/secrets/pusher", "1:key:sec:ret\n2:key2:other\n"),
+            ],
+        )
+        .unwrap();
+        assert_eq!(c.api_keys, vec!["k1", "k2", "k3"]);
+        assert_eq!(c.jwt_secret.as_deref(), Some("s3cret with spaces "));
+        assert_eq!(c.pusher_apps.len(), 2);
+        assert_eq!(c.pusher_apps[0].secret, "sec:ret");
+        assert_eq!(c.pusher_apps[1].secret, "other");
+        let shown = format!("{c:?}");
+        for secret in ["k1", "s3cret", "sec:ret", "other"] {
+            assert!(!shown.contains(secret), "{secret} leaked: {shown}");
+        }
+        // The TOML file can name them too.
+        let file = "jwt_secret_file = \"/s/jwt\"\n".to_owned();
+        let c = Config::resolve_with(
+            Flags::default(),
+            |_| None,
+            Some(("f.toml".into(), file)),
+            |p| {
+                assert_eq!(p, Path::new("/s/jwt"));
+                Ok("from-file\n".into())
+            },
+        )
+        .unwrap();
+        assert_eq!(c.jwt_secret.as_deref(), Some("from-file"));
+    }
+
+    #[test]
+    fn a_secret_given_both_ways_or_unreadable_is_a_clear_error() {
+        for (name, value, file_var) in [
+            ("PUSHGATE_API_KEYS", "k1", "PUSHGATE_API_KEYS_FILE"),
+            ("PUSHGATE_JWT_SECRET", "hunter2", "PUSHGATE_JWT_SECRET_FILE"),
+            (
+                "PUSHGATE_PUSHER_APPS",
+                "1:k:hunter2",
+                "PUSHGATE_PUSHER_APPS_FILE",
+            ),
+        ] {
+            let err = with_files(
+                &[(name, value), (file_var, "/s/x")],
+                &[("/s/x", "hunter2\n")],
+            )
+            .unwrap_err()
+            .to_string();
+            assert!(err.contains(name) && err.contains(file_var), "{err}");
+            assert!(err.contains("not both"), "{err}");
+            assert!(!err.contains("hunter2"), "{err}");
+
+            let err = with_files(&[(file_var, "/nowhere/secret")], &[]).unwrap_err();
+            let text = format!("{err}: {}", std::error::Error::source(&err).unwrap());
+            assert!(text.contains(file_var), "{text}");
+            assert!(text.contains("/nowhere/secret"), "{text}");
+            assert!(text.contains("No such file"), "{text}");
+
+            let err = with_files(&[(file_var, "/s/empty")], &[("/s/empty", "\n")])
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(file_var) && err.contains("empty"), "{err}");
+        }
+        // The real file system: a directory cannot be read as a secret.
+        let err = Config::resolve(
+            Flags {
+                jwt_secret_file: Some(std::env::temp_dir()),
+                ..Flags::default()
+            },
+            |_| None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.to_string().contains("PUSHGATE_JWT_SECRET_FILE"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -76,6 +76,9 @@ pub enum CloseReason {
     SlowClient,
     /// Disconnected through the HTTP API.
     Kicked,
+    /// A limit refused what the connection asked for in a way that ends it (a Pusher
+    /// sign-in past the user's connection limit).
+    OverQuota,
     /// The node is shutting down.
     Shutdown,
 }
@@ -92,6 +95,7 @@ impl CloseReason {
             CloseReason::TooLarge => "too_large",
             CloseReason::SlowClient => "slow_client",
             CloseReason::Kicked => "kicked",
+            CloseReason::OverQuota => "over_quota",
             CloseReason::Shutdown => "shutdown",
         }
     }

@@ -30,6 +30,7 @@ use std::pin::Pin;
 use crate::events::{Event, Events};
 use crate::hub::FanOut;
 use crate::id::{NodeId, PushId, SocketId, Target};
+use crate::limits::{AckSlot, Limits, Refused};
 use crate::metrics::Metrics;
 
 /// How long a final report stays readable.
@@ -60,6 +61,8 @@ struct Record {
     /// Cluster mode: what the delivering nodes reported so far.
     nodes: Option<Nodes>,
     waiters: Vec<oneshot::Sender<Report>>,
+    /// An ack-tracked push's place among the node's pending ones, until it is final.
+    slot: Option<AckSlot>,
 }
 
 /// The origin's count of delivering nodes for one push.
@@ -134,6 +137,8 @@ pub struct Tracker {
     events: OnceLock<Arc<Events>>,
     /// Cluster mode: counts the sockets of nodes that never reported.
     unreported: OnceLock<Arc<dyn Unreported>>,
+    /// The limit of pending ack-tracked pushes (see [`Tracker::limit_pending`]).
+    limits: OnceLock<Arc<Limits>>,
 }
 
 impl Tracker {
@@ -147,6 +152,7 @@ impl Tracker {
             finals: OnceLock::new(),
             events: OnceLock::new(),
             unreported: OnceLock::new(),
+            limits: OnceLock::new(),
         })
     }
 
@@ -154,6 +160,17 @@ impl Tracker {
     /// push and never reported. Call once.
     pub fn count_unreported_with(&self, unreported: Arc<dyn Unreported>) {
         let _ = self.unreported.set(unreported);
+    }
+
+    /// Refuses new ack-tracked pushes while `limits`' maximum of them is pending
+    /// (`PUSHGATE_MAX_PENDING_ACKS`); without it there is no limit. Call once.
+    pub fn limit_pending(&self, limits: Arc<Limits>) {
+        let _ = self.limits.set(limits);
+    }
+
+    /// A slot for one more pending ack-tracked push, or the refusal.
+    fn pending_slot(&self) -> Result<Option<AckSlot>, Refused> {
+        self.limits.get().map(|l| l.pending_ack()).transpose()
     }
 
     /// Tells `events` of every final report from now on (the tracker is built before
@@ -178,8 +195,10 @@ impl Tracker {
     }
 
     /// Cluster mode, on the origin: opens a pending record before the push is published
-    /// (reports may arrive before PUBLISH answers).
-    pub fn open(&self, id: &PushId, acks: bool, target: &Target) {
+    /// (reports may arrive before PUBLISH answers). An ack-tracked push is refused
+    /// when the node has its maximum of them pending.
+    pub fn open(&self, id: &PushId, acks: bool, target: &Target) -> Result<(), Refused> {
+        let slot = if acks { self.pending_slot()? } else { None };
         let mut r = self.records.lock();
         r.by_id.insert(
             id.clone(),
@@ -198,8 +217,10 @@ impl Tracker {
                     snapshot: None,
                 }),
                 waiters: Vec::new(),
+                slot,
             },
         );
+        Ok(())
     }
 
     /// Cluster mode, on the origin: `nodes` received the push; the report is final when
@@ -389,8 +410,10 @@ impl Tracker {
         }
     }
 
-    /// Opens a pending record for an ack-tracked push and returns its ack id.
-    pub fn begin(&self, id: &PushId) -> u64 {
+    /// Opens a pending record for an ack-tracked push and returns its ack id; refused
+    /// when the node has its maximum of them pending.
+    pub fn begin(&self, id: &PushId) -> Result<u64, Refused> {
+        let slot = self.pending_slot()?;
         let ack_id = self.next_ack.fetch_add(1, Ordering::Relaxed);
         let mut r = self.records.lock();
         r.by_ack.insert(ack_id, id.clone());
@@ -405,9 +428,10 @@ impl Tracker {
                 delivered: false,
                 nodes: None,
                 waiters: Vec::new(),
+                slot,
             },
         );
-        ack_id
+        Ok(ack_id)
     }
 
     /// Forgets a push the bus refused before anything was delivered.
@@ -463,6 +487,7 @@ impl Tracker {
                 delivered: true,
                 nodes: None,
                 waiters: Vec::new(),
+                slot: None,
             },
         );
         self.finish(&mut r, id);
@@ -579,6 +604,8 @@ impl Tracker {
             });
         }
         rec.awaiting = HashSet::new();
+        // No longer pending: another ack-tracked push may take its place.
+        rec.slot = None;
         for w in rec.waiters.drain(..) {
             let _ = w.send(rec.report);
         }
@@ -630,7 +657,7 @@ mod tests {
         let t = tracker();
         let id = PushId::generate();
         let a = SocketId::from("n.a");
-        let ack = t.begin(&id);
+        let ack = t.begin(&id).unwrap();
         let mut f = fan(&[&a]);
         f.delivered = 2;
         f.sockets = 2;
@@ -649,7 +676,7 @@ mod tests {
         );
 
         let cluster = PushId::generate();
-        t.open(&cluster, true, &Target::All);
+        t.open(&cluster, true, &Target::All).unwrap();
         t.node_reported(&cluster, &NodeId::from("n1"), &fan_n(3, 3, 2));
         t.expect(&cluster, 1, Duration::from_millis(300));
         t.acked(&cluster, 1);
@@ -674,7 +701,7 @@ mod tests {
         let reader = events.reader();
         let s1 = SocketId::from("n1.a");
         let id = PushId::from("p1");
-        let ack_id = t.begin(&id);
+        let ack_id = t.begin(&id).unwrap();
         t.delivered(&id, fan(&[&s1]), Duration::from_secs(5));
         assert!(t.ack(ack_id, &s1));
         assert!(!t.ack(ack_id, &s1), "a second ack changes nothing");
@@ -696,7 +723,7 @@ mod tests {
         let t = tracker();
         let id = PushId::generate();
         let (a, b) = (SocketId::from("n.a"), SocketId::from("n.b"));
-        let ack = t.begin(&id);
+        let ack = t.begin(&id).unwrap();
         t.delivered(&id, fan(&[&a, &b]), Duration::from_secs(5));
         assert_eq!(t.get(id.as_str()).unwrap().0, State::Pending);
         assert!(t.ack(ack, &a));
@@ -713,7 +740,7 @@ mod tests {
         let t = tracker();
         let id = PushId::generate();
         let (a, b) = (SocketId::from("n.a"), SocketId::from("n.b"));
-        let ack = t.begin(&id);
+        let ack = t.begin(&id).unwrap();
         t.delivered(&id, fan(&[&a, &b]), Duration::from_millis(300));
         t.ack(ack, &a);
         let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
@@ -732,7 +759,7 @@ mod tests {
         let t = tracker();
         let id = PushId::generate();
         let a = SocketId::from("n.a");
-        let ack = t.begin(&id);
+        let ack = t.begin(&id).unwrap();
         assert!(t.ack(ack, &a));
         t.delivered(&id, fan(&[&a]), Duration::from_secs(5));
         let (state, report) = t.get(id.as_str()).unwrap();
@@ -743,7 +770,7 @@ mod tests {
     async fn a_cluster_report_sums_every_node_and_waits_for_their_acks() {
         let t = tracker();
         let id = PushId::generate();
-        t.open(&id, true, &Target::All);
+        t.open(&id, true, &Target::All).unwrap();
         t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
         t.acked(&id, 1);
         t.expect(&id, 2, Duration::from_secs(5));
@@ -765,7 +792,7 @@ mod tests {
     async fn a_node_that_never_reports_ends_in_a_final_report_at_the_deadline() {
         let t = tracker();
         let id = PushId::generate();
-        t.open(&id, true, &Target::All);
+        t.open(&id, true, &Target::All).unwrap();
         t.expect(&id, 2, Duration::from_millis(300));
         t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
         t.acked(&id, 1);
@@ -796,7 +823,7 @@ mod tests {
         let t = tracker();
         t.count_unreported_with(Arc::new(PerNode(&[("n1", 2), ("n2", 5)])));
         let id = PushId::generate();
-        t.open(&id, false, &Target::All);
+        t.open(&id, false, &Target::All).unwrap();
         t.expect(&id, 2, Duration::from_millis(300));
         t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
         let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
@@ -811,7 +838,7 @@ mod tests {
         assert_eq!(json["unknown"], 5);
 
         let whole = PushId::generate();
-        t.open(&whole, false, &Target::All);
+        t.open(&whole, false, &Target::All).unwrap();
         t.expect(&whole, 1, Duration::from_millis(300));
         t.node_reported(&whole, &NodeId::from("n1"), &fan_n(2, 2, 0));
         let report = t.get(whole.as_str()).unwrap().1;

@@ -223,6 +223,23 @@ pub struct Hub {
     /// The event stream, told of connects, disconnects, joins and leaves (outside the
     /// shard locks, and only built while someone reads).
     events: Option<Arc<Events>>,
+    /// Rooms one member may be in (`PUSHGATE_MAX_ROOMS_PER_CONNECTION`), enforced
+    /// here because only the shard lock makes "count, then add" one step.
+    max_rooms: Option<usize>,
+}
+
+/// What [`Hub::try_join`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Join {
+    Joined,
+    /// It was in the room already.
+    Already,
+    /// It is in the most rooms a connection may be in; nothing changed.
+    Full {
+        max: usize,
+    },
+    /// No such socket on this node.
+    Unknown,
 }
 
 impl Hub {
@@ -236,7 +253,14 @@ impl Hub {
             observer: None,
             interest: None,
             events: None,
+            max_rooms: None,
         }
+    }
+
+    /// The same hub, refusing joins past `max` rooms per member (`None`: no limit).
+    pub fn with_max_rooms(mut self, max: Option<usize>) -> Self {
+        self.max_rooms = max;
+        self
     }
 
     /// The same hub, telling `events` what happens to its sockets.
@@ -416,10 +440,26 @@ impl Hub {
         Some(member)
     }
 
-    /// Adds a socket to a room; false when it is unknown here or already in it.
+    /// Adds a socket to a room; false when it is unknown here, already in it, or in
+    /// as many rooms as it may be (see [`Hub::try_join`]).
     pub fn join(&self, socket: &SocketId, room: &RoomName) -> bool {
-        let Some(user) = self.join_locked(socket, room) else {
-            return false;
+        self.try_join(socket, room) == Join::Joined
+    }
+
+    /// Adds a socket to a room, saying why not when it did not. A refusal for the
+    /// room limit is counted in `pushgate_limit_refusals_total{limit="rooms"}`.
+    pub fn try_join(&self, socket: &SocketId, room: &RoomName) -> Join {
+        let user = match self.join_locked(socket, room) {
+            Ok(user) => user,
+            Err(outcome) => {
+                if let Join::Full { .. } = outcome {
+                    self.metrics
+                        .limit_refusals
+                        .with_label_values(&[crate::limits::Limit::Rooms.as_str()])
+                        .inc();
+                }
+                return outcome;
+            }
         };
         self.emit(|| Event::Joined {
             socket: socket.clone(),
@@ -435,16 +475,21 @@ impl Hub {
                 at: crate::id::now_ms(),
             });
         }
-        true
+        Join::Joined
     }
 
     /// Joins under the shard lock; the member's user when it joined.
-    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> Option<Option<UserId>> {
+    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> Result<Option<UserId>, Join> {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
-        let member = shard.members.get_mut(socket)?;
+        let member = shard.members.get_mut(socket).ok_or(Join::Unknown)?;
         if member.rooms.contains(room) {
-            return None;
+            return Err(Join::Already);
+        }
+        if let Some(max) = self.max_rooms {
+            if member.rooms.len() >= max {
+                return Err(Join::Full { max });
+            }
         }
         member.rooms.push(room.clone());
         let user = member.user.clone();
@@ -453,7 +498,7 @@ impl Hub {
             .entry(room.clone())
             .or_default()
             .insert(socket.clone());
-        Some(user)
+        Ok(user)
     }
 
     /// Removes a socket from a room; false when it was not in it.
@@ -928,6 +973,29 @@ mod tests {
         let mut p = Push::new(target, "e", None);
         p.except = except.iter().cloned().collect();
         hub.deliver(&p, Some(1))
+    }
+
+    #[test]
+    fn joins_stop_at_the_room_limit_and_say_why() {
+        let metrics = Arc::new(Metrics::new());
+        let hub = Hub::new(codecs().0, metrics.clone()).with_max_rooms(Some(2));
+        let (id, _) = add(&hub, None, &["a"], 8);
+        assert_eq!(hub.try_join(&id, &RoomName::from("b")), Join::Joined);
+        assert_eq!(hub.try_join(&id, &RoomName::from("b")), Join::Already);
+        assert_eq!(
+            hub.try_join(&id, &RoomName::from("c")),
+            Join::Full { max: 2 }
+        );
+        assert!(!hub.join(&id, &RoomName::from("c")));
+        assert_eq!(hub.socket(&id).unwrap().rooms.len(), 2, "nothing changed");
+        assert!(hub.leave(&id, &RoomName::from("a")));
+        assert_eq!(hub.try_join(&id, &RoomName::from("c")), Join::Joined);
+        let unknown = SocketId::from("n1.nobody");
+        assert_eq!(hub.try_join(&unknown, &RoomName::from("c")), Join::Unknown);
+        assert_eq!(
+            metrics.limit_refusals.with_label_values(&["rooms"]).get(),
+            2
+        );
     }
 
     #[test]

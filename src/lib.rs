@@ -22,6 +22,7 @@
 //! - [`transport`] — WebSocket and heartbeat, shared by the frontends.
 //! - [`frontend`] — client protocols (Socket.IO: codecs, Engine.IO sessions, handler).
 //! - [`auth`] — connection tokens and API keys.
+//! - [`limits`] — what one node admits: connections, rates, sizes, pending acks.
 //! - [`metrics`] — every Prometheus metric.
 //! - [`id`] — the vocabulary's identifiers.
 
@@ -37,6 +38,7 @@ pub mod events;
 pub mod frontend;
 pub mod hub;
 pub mod id;
+pub mod limits;
 pub mod metrics;
 pub mod presence;
 pub mod push;

@@ -68,6 +68,21 @@ pub struct Metrics {
     /// Events not sent to readers on other nodes, by `reason` (`queue_full`,
     /// `unavailable`).
     pub events_dropped: IntCounterVec,
+    /// Connections, requests and pushes refused by a limit, by `limit`
+    /// ([`crate::limits::Limit`]).
+    pub limit_refusals: IntCounterVec,
+    /// Each limit's configured value by `limit` (0 = no limit; rates per second).
+    pub limit: IntGaugeVec,
+    /// Connections admitted that have not authenticated yet (Engine.IO sessions
+    /// without a namespace).
+    pub pending_connections: IntGauge,
+    /// Ack-tracked pushes accepted on this node whose report is not final yet.
+    pub pending_acked_pushes: IntGauge,
+    /// Entries of the per-address token-bucket tables, by `table` (`connect_rate`,
+    /// `api_rate`).
+    pub limit_addresses: IntGaugeVec,
+    /// Entries those tables forgot before they refilled, to stay bounded, by `table`.
+    pub limit_address_evictions: IntCounterVec,
     /// Resolved series for each frontend's hot path, by [`Frontend::index`].
     frontends: [FrontendSeries; Frontend::COUNT],
 }
@@ -245,6 +260,38 @@ impl Metrics {
                 "Events not sent to readers on other nodes, by reason.",
                 &["reason"]
             )),
+            limit_refusals: reg!(counter(
+                "pushgate_limit_refusals_total",
+                "Connections, requests and pushes refused by a limit, by limit.",
+                &["limit"]
+            )),
+            limit: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "pushgate_limit",
+                    "Configured value of each limit (0 = no limit; rates per second)."
+                ),
+                &["limit"]
+            )),
+            pending_connections: reg!(IntGauge::new(
+                "pushgate_pending_connections",
+                "Connections admitted that have not authenticated yet."
+            )),
+            pending_acked_pushes: reg!(IntGauge::new(
+                "pushgate_pending_acked_pushes",
+                "Ack-tracked pushes accepted on this node whose report is not final."
+            )),
+            limit_addresses: reg!(IntGaugeVec::new(
+                Opts::new(
+                    "pushgate_limit_addresses",
+                    "Entries of the per-address token-bucket tables, by table."
+                ),
+                &["table"]
+            )),
+            limit_address_evictions: reg!(counter(
+                "pushgate_limit_address_evictions_total",
+                "Token buckets forgotten before they refilled, to keep the tables bounded.",
+                &["table"]
+            )),
             connections,
             deliveries,
             frontends,
@@ -365,6 +412,14 @@ impl Metrics {
         for reason in EVENTS_DROP_REASONS {
             self.events_dropped.with_label_values(&[reason]);
         }
+        for limit in crate::limits::Limit::ALL.map(crate::limits::Limit::as_str) {
+            self.limit_refusals.with_label_values(&[limit]);
+            self.limit.with_label_values(&[limit]);
+        }
+        for table in LIMIT_TABLES {
+            self.limit_addresses.with_label_values(&[table]);
+            self.limit_address_evictions.with_label_values(&[table]);
+        }
     }
 }
 
@@ -385,6 +440,7 @@ const DISCONNECT_REASONS: &[&str] = &[
     "too_large",
     "slow_client",
     "kicked",
+    "over_quota",
     "shutdown",
 ];
 /// `crate::auth::AuthError::code` and the Socket.IO handler's refusals.
@@ -395,7 +451,23 @@ const CONNECT_ERROR_REASONS: &[&str] = &[
     "invalid_token",
     "invalid_namespace",
     "duplicate",
+    // Connection tokens (`crate::auth::AuthError::code`).
+    "bad_algorithm",
+    "not_yet_valid",
+    "bad_audience",
+    "bad_issuer",
+    "rooms",
+    // The Origin allow-list (`PUSHGATE_ALLOWED_ORIGINS`).
+    "origin",
+    // Connection limits (`crate::limits::Limit::as_str`).
+    "node_connections",
+    "ip_connections",
+    "user_connections",
+    "pending_connections",
+    "connect_rate",
 ];
+/// The token-bucket tables of `crate::limits`.
+const LIMIT_TABLES: &[&str] = &["connect_rate", "api_rate"];
 /// `crate::push::Target`'s `target` label.
 const PUSH_TARGETS: &[&str] = &["all", "user", "users", "room", "socket"];
 /// The hub's failed enqueues.
@@ -497,6 +569,7 @@ mod tests {
             TooLarge,
             SlowClient,
             Kicked,
+            OverQuota,
             Shutdown,
         ] {
             assert!(DISCONNECT_REASONS.contains(&r.as_str()), "{}", r.as_str());

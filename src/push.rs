@@ -20,8 +20,6 @@ use crate::id::{PushId, RoomName, SocketId, UserId};
 pub const MAX_ACK_TIMEOUT_MS: u64 = 300_000;
 /// Longest event name, like Pusher's limit.
 pub const MAX_EVENT_LEN: usize = 200;
-/// Pushes in one batch request.
-pub const MAX_BATCH: usize = 1000;
 /// The scope of a push that names none, and of connections of frontends without
 /// namespaces.
 pub const DEFAULT_SCOPE: &str = "/";
@@ -229,8 +227,8 @@ fn parse_target(v: Value) -> Result<Target, PushError> {
     })
 }
 
-/// A batch's pushes, validated all before any is sent.
-pub fn batch_from_json(value: Value) -> Result<Vec<Push>, (Option<usize>, PushError)> {
+/// A batch's pushes (1 to `max`), validated all before any is sent.
+pub fn batch_from_json(value: Value, max: usize) -> Result<Vec<Push>, (Option<usize>, PushError)> {
     let mut obj: Map<String, Value> = match value {
         Value::Object(o) => o,
         _ => return Err((None, PushError::NotAnObject)),
@@ -238,8 +236,8 @@ pub fn batch_from_json(value: Value) -> Result<Vec<Push>, (Option<usize>, PushEr
     let Some(Value::Array(list)) = obj.remove("pushes") else {
         return Err((None, field("pushes", "a list of pushes")));
     };
-    if list.is_empty() || list.len() > MAX_BATCH {
-        return Err((None, field("pushes", format!("1 to {MAX_BATCH} pushes"))));
+    if list.is_empty() || list.len() > max {
+        return Err((None, field("pushes", format!("1 to {max} pushes"))));
     }
     list.into_iter()
         .enumerate()
@@ -327,8 +325,10 @@ mod tests {
     #[test]
     fn a_batch_names_the_index_of_its_bad_push() {
         let ok = json!({"to": {"all": true}, "event": "e"});
-        let err = batch_from_json(json!({"pushes": [ok.clone(), ok, {"to": {}}]})).unwrap_err();
+        let err = batch_from_json(json!({"pushes": [ok.clone(), ok.clone(), {"to": {}}]}), 10)
+            .unwrap_err();
         assert_eq!(err.0, Some(2));
-        assert!(batch_from_json(json!({"pushes": []})).is_err());
+        assert!(batch_from_json(json!({"pushes": []}), 10).is_err());
+        assert!(batch_from_json(json!({"pushes": [ok.clone(), ok]}), 1).is_err());
     }
 }

@@ -21,6 +21,10 @@ pub enum SendError {
     /// The bus did not take it (HTTP 503); nothing was delivered, the caller may retry.
     #[error(transparent)]
     Bus(#[from] BusError),
+    /// A limit refused it (ack-tracked pushes pending on this node: HTTP 503 with
+    /// `Retry-After`); nothing was sent, the caller may retry.
+    #[error(transparent)]
+    Limit(#[from] crate::limits::Refused),
 }
 
 /// What the caller gets back for an accepted push.
@@ -97,10 +101,10 @@ impl PushService {
         let ack_id = if cluster {
             // Reports may arrive before PUBLISH answers: the record must exist first.
             self.tracker
-                .open(&push.id, push.ack.is_some(), &push.target);
+                .open(&push.id, push.ack.is_some(), &push.target)?;
             None
         } else {
-            push.ack.map(|_| self.tracker.begin(&push.id))
+            push.ack.map(|_| self.tracker.begin(&push.id)).transpose()?
         };
         let published = match self.bus.publish(&push, ack_id).await {
             Ok(p) => p,

@@ -31,10 +31,12 @@ use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
 use crate::frontend::pusher::{Pusher, PusherCodec, PusherConfig};
 use crate::frontend::socketio::{Engine, EngineConfig, Gateway, SocketIo, SocketIoCodec};
 use crate::hub::Hub;
+use crate::limits::Limits;
 use crate::metrics::Metrics;
 use crate::presence::local::LocalPresence;
 use crate::presence::Presences;
 use crate::push_service::PushService;
+use crate::transport::admission::Gate;
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
 /// were closed.
@@ -69,7 +71,16 @@ pub async fn run(
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> Result<(), ServerError> {
     let metrics = Arc::new(Metrics::new());
+    // What this node admits: every frontend's handshake, the API and the tracker ask.
+    let limits = Limits::new(config.limits.clone(), metrics.clone());
+    let gate = Arc::new(Gate::new(
+        limits.clone(),
+        config.allowed_origins.clone(),
+        config.trusted_proxies.clone(),
+        metrics.clone(),
+    ));
     let tracker = Tracker::new(metrics.clone());
+    tracker.limit_pending(limits.clone());
     // What happens on this node, for `GET /v1/events` (free while nobody reads).
     let events = Events::new(config.node_id.clone(), metrics.clone());
     tracker.report_events(events.clone());
@@ -96,7 +107,8 @@ pub async fn run(
             let (observer, notes) = ClusterObserver::new();
             let hub = Arc::new(
                 Hub::with_observer(codecs.clone(), metrics.clone(), observer)
-                    .with_events(events.clone()),
+                    .with_events(events.clone())
+                    .with_max_rooms(config.limits.max_rooms),
             );
             let redis = RedisBus::connect(
                 RedisSettings {
@@ -124,7 +136,8 @@ pub async fn run(
             let presence = Arc::new(LocalPresence::new(metrics.clone()));
             let hub = Arc::new(
                 Hub::with_observer(codecs.clone(), metrics.clone(), presence.clone())
-                    .with_events(events.clone()),
+                    .with_events(events.clone())
+                    .with_max_rooms(config.limits.max_rooms),
             );
             Layers {
                 hub: hub.clone(),
@@ -147,7 +160,10 @@ pub async fn run(
         )
         .with_events(events.clone()),
     );
-    let auth = Arc::new(Authenticator::new(config.jwt_secret.as_deref()));
+    let auth = Arc::new(Authenticator::with_rules(
+        config.jwt_secret.as_deref(),
+        config.token_rules.clone(),
+    ));
     let draining = CancellationToken::new();
 
     let engine = Engine::new(
@@ -167,9 +183,11 @@ pub async fn run(
             config.namespaces.clone(),
             Gateway::new(auth.clone(), metrics.clone()),
             metrics.clone(),
-        ),
+        )
+        .with_limits(limits.clone()),
         metrics.clone(),
-    );
+    )
+    .with_gate(gate.clone());
     let phoenix = Phoenix::new(
         PhoenixConfig {
             timeout: config.phoenix_timeout,
@@ -183,7 +201,8 @@ pub async fn run(
         presences.clone(),
         config.node_id.clone(),
         metrics.clone(),
-    );
+    )
+    .with_gate(gate.clone());
     let pusher = (!config.pusher_apps.is_empty()).then(|| {
         Pusher::new(
             PusherConfig {
@@ -191,6 +210,7 @@ pub async fn run(
                 activity_timeout: config.pusher_activity_timeout,
                 pong_timeout: config.pusher_pong_timeout,
                 max_connections: config.pusher_max_connections,
+                max_channels: config.limits.max_rooms,
                 max_payload: config.max_payload as usize,
                 max_body_bytes: config.max_body_bytes,
                 queue_capacity: config.queue_capacity,
@@ -203,6 +223,7 @@ pub async fn run(
             config.node_id.clone(),
             metrics.clone(),
         )
+        .with_gate(gate.clone())
     });
     let api = Arc::new(Api {
         push,
@@ -217,6 +238,7 @@ pub async fn run(
         presence: presences.clone(),
         draining: draining.clone(),
         max_body_bytes: config.max_body_bytes,
+        gate,
     });
     let mut app = socketio_routes(engine.clone(), "/socket.io")
         .merge(phoenix_routes(phoenix.clone()))
@@ -242,6 +264,7 @@ pub async fn run(
     if !auth.requires_token() {
         tracing::warn!("PUSHGATE_JWT_SECRET is not set: anonymous connections are allowed");
     }
+    tracing::debug!(limits = ?config.limits, origins = ?config.allowed_origins, "limits");
     let addr = listener.local_addr().map_err(ServerError::Serve)?;
     tracing::info!(node = %config.node_id, mode, "listening on {addr}");
 

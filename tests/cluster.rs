@@ -420,8 +420,11 @@ async fn garbage_and_foreign_versions_on_the_bus_are_counted_and_skipped() {
     let mut a = c.connect(0, "alice", &[]).await;
     c.redis
         .cmd(&[b"PUBLISH", b"pushgate:u:alice", b"\xc1 not msgpack"]);
-    let mut future =
-        pushgate::bus::Envelope::new(pushgate::bus::Message::Done { request: 1, n: 1 });
+    let mut future = pushgate::bus::Envelope::new(pushgate::bus::Message::Done {
+        request: 1,
+        n: 1,
+        refused: Vec::new(),
+    });
     future.v = pushgate::bus::VERSION + 1;
     c.redis
         .cmd(&[b"PUBLISH", b"pushgate:n:n1", &future.encode()]);

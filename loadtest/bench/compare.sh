@@ -291,6 +291,16 @@ wait_http() { # url
   echo "$1 did not answer 200" >&2; return 1
 }
 
+# The load tool connects from one loopback address at thousands a second and pushes at
+# up to tens of thousands a second without an API key: pushgate's per-address and rate
+# limits (README "Limits"), made for production traffic, are off for these runs unless
+# set in the environment. Both sides of a comparison get the same; older builds ignore
+# the variables.
+export PUSHGATE_MAX_CONNECTIONS_PER_IP="${PUSHGATE_MAX_CONNECTIONS_PER_IP:-0}"
+export PUSHGATE_CONNECT_RATE_PER_IP="${PUSHGATE_CONNECT_RATE_PER_IP:-0}"
+export PUSHGATE_API_RATE="${PUSHGATE_API_RATE:-0}"
+export PUSHGATE_MAX_PENDING_ACKS="${PUSHGATE_MAX_PENDING_ACKS:-0}"
+
 start_pushgate() { # nodes [binary]
   local n="$1" bin="${2:-$gw_bin}" i port w
   start_redis

@@ -42,8 +42,10 @@ timeout -k 5 300 redis-server --port "$rport" --bind 127.0.0.1 --save "" --appen
 pids+=("$!")
 for _ in $(seq 50); do redis-cli -p "$rport" ping >/dev/null 2>&1 && break; sleep 0.1; done
 gport="$(free_port)"
+# Limits made for production traffic are off for the load tool (README "Limits").
 PUSHGATE_LISTEN="127.0.0.1:$gport" PUSHGATE_JWT_SECRET=s PUSHGATE_REDIS_URL="redis://127.0.0.1:$rport" \
-  RUST_LOG=warn timeout -k 5 300 "$root/target/release/pushgate" >"$dir/pushgate.log" 2>&1 &
+  PUSHGATE_MAX_CONNECTIONS_PER_IP=0 PUSHGATE_CONNECT_RATE_PER_IP=0 PUSHGATE_API_RATE=0 \
+  PUSHGATE_MAX_PENDING_ACKS=0 RUST_LOG=warn timeout -k 5 300 "$root/target/release/pushgate" >"$dir/pushgate.log" 2>&1 &
 w="$!"; pids+=("$w")
 sleep 0.3
 gw="$(tr -d ' ' <"/proc/$w/task/$w/children")"

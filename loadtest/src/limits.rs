@@ -271,11 +271,16 @@ impl FailKind {
                  raise net.ipv4.tcp_mem / net.core.*mem_max, or use fewer connections"
                 .to_owned(),
             FailKind::HttpStatus => "the WebSocket upgrade was refused with an HTTP error: \
-                 check --path, the target, and the server log"
+                 403, 429 or 503 from pushgate are its limits (connections per address, connect \
+                 rate per address, connections per node): start the gateways for load runs with \
+                 PUSHGATE_MAX_CONNECTIONS_PER_IP=0 PUSHGATE_CONNECT_RATE_PER_IP=0 (README \
+                 \"Limits\"); otherwise check --path, the target, and the server log"
                 .to_owned(),
             FailKind::Auth => "the server refused the connection (Socket.IO CONNECT_ERROR, \
                  Phoenix 403 or a refused phx_join: token missing, bad or expired?): check \
-                 --jwt-secret against the server's secret"
+                 --jwt-secret against the server's secret; a Phoenix 403 is also pushgate's \
+                 per-address limits (PUSHGATE_MAX_CONNECTIONS_PER_IP=0 \
+                 PUSHGATE_CONNECT_RATE_PER_IP=0 for load runs)"
                 .to_owned(),
             FailKind::Protocol => "unexpected frames in the handshake: is the target a \
                  server of --protocol (Socket.IO v4, Phoenix Channels v2) at --path?"

@@ -65,8 +65,16 @@ pub enum Message {
         room: String,
         sockets: Vec<String>,
     },
-    /// The answer to request `request`: how many sockets it applied to.
-    Done { request: u64, n: u32 },
+    /// The answer to request `request`: how many sockets it applied to, and (a join)
+    /// the sockets a limit kept out (`PUSHGATE_MAX_ROOMS_PER_CONNECTION`). `refused`
+    /// is left out when empty and read as empty when absent, so nodes without it
+    /// still understand each other.
+    Done {
+        request: u64,
+        n: u32,
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        refused: Vec<String>,
+    },
     /// Send the report of `push`, a push the receiving node accepted; answer with
     /// [`Message::Report`].
     ReportOf { request: Request, push: String },
@@ -293,7 +301,16 @@ mod tests {
                 room: "r".into(),
                 sockets: vec!["n.b".into()],
             },
-            Message::Done { request: 7, n: 1 },
+            Message::Done {
+                request: 7,
+                n: 1,
+                refused: Vec::new(),
+            },
+            Message::Done {
+                request: 8,
+                n: 0,
+                refused: vec!["n1.abc".into()],
+            },
             Message::ReportOf {
                 request,
                 push: "n1.abc".into(),
@@ -357,7 +374,11 @@ mod tests {
             Envelope::decode(&future).unwrap_err(),
             DecodeError::UnknownVersion(3)
         );
-        let mut e = Envelope::new(Message::Done { request: 1, n: 1 });
+        let mut e = Envelope::new(Message::Done {
+            request: 1,
+            n: 1,
+            refused: Vec::new(),
+        });
         e.v = 9;
         assert_eq!(
             Envelope::decode(&e.encode()).unwrap_err().reason(),

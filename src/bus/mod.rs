@@ -14,7 +14,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 pub use envelope::{DecodeError, Envelope, Message, WireTarget, VERSION};
-pub use redis::{ClusterObserver, RedisBus, RedisSettings};
+pub use redis::{ClusterObserver, RedisBus, RedisSettings, RoomChange};
 
 use crate::hub::{FanOut, Hub};
 use crate::push::Push;

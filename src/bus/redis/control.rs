@@ -7,10 +7,28 @@ use crate::delivery::{Report, State};
 
 /// What a node answers to a control request.
 pub(super) enum Answer {
-    /// How many sockets a kick, join or leave applied to.
-    Count(u32),
+    /// How a kick, join or leave went.
+    Count(Counted),
     /// The report of a push, `None` when the node does not know it.
     Report(Option<(State, Report)>),
+}
+
+/// How many sockets a kick, join or leave applied to.
+#[derive(Debug, Default)]
+pub(super) struct Counted {
+    /// Sockets it applied to.
+    pub n: u32,
+    /// Sockets a limit kept out of a room (joins only).
+    pub refused: Vec<String>,
+}
+
+/// What a room change on another node did.
+#[derive(Debug, Default)]
+pub struct RoomChange {
+    /// Sockets that joined (or left).
+    pub changed: u32,
+    /// Sockets already in as many rooms as they may be, which did not join.
+    pub refused: Vec<SocketId>,
 }
 
 impl RedisBus {
@@ -20,10 +38,10 @@ impl RedisBus {
         &self,
         node: &str,
         make: impl FnOnce(Request) -> Message,
-    ) -> Result<u32, BusError> {
+    ) -> Result<Counted, BusError> {
         Ok(match self.ask(node, make).await? {
-            Some(Answer::Count(n)) => n,
-            _ => 0,
+            Some(Answer::Count(c)) => c,
+            _ => Counted::default(),
         })
     }
 
@@ -91,17 +109,18 @@ impl RedisBus {
         let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
         self.request(node, |request| Message::Kick { request, sockets })
             .await
+            .map(|a| a.n)
     }
 
     /// Adds (`join`) or removes sockets of `node` to or from `room`; returns how many
-    /// changed.
+    /// changed and which could not join.
     pub async fn change_room(
         &self,
         node: &str,
         room: &RoomName,
         sockets: Vec<SocketId>,
         join: bool,
-    ) -> Result<u32, BusError> {
+    ) -> Result<RoomChange, BusError> {
         let sockets = sockets.into_iter().map(|s| s.to_string()).collect();
         let room = room.to_string();
         self.request(node, |request| {
@@ -120,21 +139,32 @@ impl RedisBus {
             }
         })
         .await
+        .map(|a| RoomChange {
+            changed: a.n,
+            refused: a.refused.into_iter().map(SocketId::from).collect(),
+        })
     }
 
     pub(super) fn rooms(&self, request: Request, room: String, sockets: Vec<String>, join: bool) {
         let room = RoomName::from(room);
-        let n = sockets
-            .into_iter()
-            .map(SocketId::from)
-            .filter(|s| {
-                if join {
-                    self.hub.join(s, &room)
-                } else {
-                    self.hub.leave(s, &room)
+        let mut n = 0u32;
+        let mut refused = Vec::new();
+        for sid in sockets {
+            let socket = SocketId::from(sid.as_str());
+            let changed = if join {
+                match self.hub.try_join(&socket, &room) {
+                    crate::hub::Join::Joined => true,
+                    crate::hub::Join::Full { .. } => {
+                        refused.push(sid);
+                        false
+                    }
+                    _ => false,
                 }
-            })
-            .count() as u32;
+            } else {
+                self.hub.leave(&socket, &room)
+            };
+            n += u32::from(changed);
+        }
         // Answer once the subscription for the room is in place, so that a push the
         // caller sends after the answer reaches the sockets.
         let (tx, rx) = oneshot::channel();
@@ -148,6 +178,7 @@ impl RedisBus {
                 Envelope::new(Message::Done {
                     request: request.id,
                     n,
+                    refused,
                 })
                 .encode(),
             ));

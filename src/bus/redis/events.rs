@@ -129,6 +129,7 @@ impl RedisBus {
             Message::Done {
                 request: request.id,
                 n: 1,
+                refused: Vec::new(),
             },
         );
     }

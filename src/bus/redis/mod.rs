@@ -54,6 +54,7 @@ mod receive;
 mod sync;
 mod writer;
 
+pub use control::RoomChange;
 use sync::{Barrier, Note};
 pub use sync::{ClusterObserver, Notes};
 

@@ -87,6 +87,7 @@ impl RedisBus {
                     Message::Done {
                         request: request.id,
                         n,
+                        refused: Vec::new(),
                     },
                 );
             }
@@ -100,10 +101,14 @@ impl RedisBus {
                 room,
                 sockets,
             } => self.rooms(request, room, sockets, false),
-            Message::Done { request, n } => {
+            Message::Done {
+                request,
+                n,
+                refused,
+            } => {
                 let waiting = self.requests.lock().remove(&request);
                 if let Some(tx) = waiting {
-                    let _ = tx.send(control::Answer::Count(n));
+                    let _ = tx.send(control::Answer::Count(control::Counted { n, refused }));
                 } else {
                     self.on_watch_answer(request);
                 }

@@ -40,9 +40,11 @@ use crate::connection::{CloseReason, Frame, Outbox, Queued};
 use crate::delivery::Tracker;
 use crate::hub::{Connection, Hub, Member};
 use crate::id::{Frontend, NodeId, RoomName, SocketId, Target};
+use crate::limits::{Admission, UserSlot};
 use crate::metrics::Metrics;
 use crate::presence::{is_presence_room, Diff, Meta, Presences};
 use crate::push::Push;
+use crate::transport::admission::{Gate, Refusal};
 use crate::transport::heartbeat::{Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer};
 
@@ -171,7 +173,13 @@ struct Shared {
     polls: RwLock<HashMap<Box<str>, Arc<Conn>>>,
     /// Set when the node drains: new connections are refused with 503.
     draining: CancellationToken,
+    /// Origin and limits checks of new connections; `None` admits everything.
+    gate: Option<Arc<Gate>>,
 }
+
+/// What a new connection holds once admitted: its place on the node and its share of
+/// its user's connections.
+type Admitted = (Option<Admission>, Option<UserSlot>);
 
 /// The Phoenix endpoint.
 #[derive(Clone)]
@@ -204,8 +212,43 @@ impl Phoenix {
                 connections: RwLock::new(HashMap::new()),
                 polls: RwLock::new(HashMap::new()),
                 draining: CancellationToken::new(),
+                gate: None,
             }),
         }
+    }
+
+    /// The same endpoint, checking new connections' origins and limits against
+    /// `gate`. Call before serving (the endpoint must not be shared yet).
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.gate = Some(gate);
+        }
+        self
+    }
+
+    /// The gate's checks for a new connection, then its token, then its user's
+    /// connections: the identity and what it holds, or the refusal. Phoenix has no
+    /// unauthenticated connections: the token is checked before one exists.
+    fn admit(&self, req: &Request, token: Option<&str>) -> Result<(Identity, Admitted), Refused> {
+        let gate = self.shared.gate.as_deref();
+        if let Some(g) = gate {
+            g.check_origin(req.headers(), Frontend::Phoenix)
+                .map_err(Refused::Gate)?;
+        }
+        let admission = gate
+            .map(|g| g.admit(req, Frontend::Phoenix, false))
+            .transpose()
+            .map_err(Refused::Gate)?;
+        let identity = self.authenticate(token).map_err(Refused::Token)?;
+        let user = match (gate, &identity.user) {
+            (Some(g), Some(user)) => Some(
+                g.limits()
+                    .user(user, Frontend::Phoenix)
+                    .map_err(|r| Refused::Gate(Refusal::Limit(r)))?,
+            ),
+            _ => None,
+        };
+        Ok((identity, (admission, user)))
     }
 
     pub fn connection_count(&self) -> usize {
@@ -234,10 +277,21 @@ impl Phoenix {
         if let Ok(Some(raw)) = codec::auth_token_from_protocols(&protocols) {
             token = String::from_utf8(raw).ok();
         }
-        let identity = match self.authenticate(token.as_deref()) {
-            Ok(identity) => identity,
-            // Phoenix refuses a connect with a bare 403; phoenix.js retries.
-            Err(message) => return (StatusCode::FORBIDDEN, message).into_response(),
+        let (identity, admitted) = match self.admit(&req, token.as_deref()) {
+            Ok(admitted) => admitted,
+            // Phoenix refuses a connect with a bare 403; phoenix.js retries with backoff.
+            Err(Refused::Token(message)) => {
+                return (StatusCode::FORBIDDEN, message).into_response()
+            }
+            // The same for the gate's refusals, with their own status (429, 503) and
+            // `Retry-After` for other clients.
+            Err(Refused::Gate(refusal)) => {
+                let mut response = (refusal.status(), refusal.to_string()).into_response();
+                if let Some(after) = refusal.retry_after() {
+                    response.headers_mut().insert(header::RETRY_AFTER, after);
+                }
+                return response;
+            }
         };
         let subprotocol =
             codec::offers_phoenix_subprotocol(&protocols).then_some(codec::SUBPROTOCOL_PHOENIX);
@@ -257,7 +311,7 @@ impl Phoenix {
             else {
                 return;
             };
-            let conn = endpoint.open(identity, "websocket");
+            let conn = endpoint.open(identity, "websocket", admitted);
             let beat = Heartbeat::new(
                 Mode::ClientBeats {
                     timeout: endpoint.shared.config.timeout,
@@ -294,6 +348,12 @@ impl Phoenix {
             codec::encode_poll_status(&mut out, 400);
             return json_response(out);
         }
+        if let Some(g) = &self.shared.gate {
+            if g.check_origin(req.headers(), Frontend::Phoenix).is_err() {
+                codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN);
+                return json_response(out);
+            }
+        }
         let session = params
             .session
             .as_deref()
@@ -310,9 +370,11 @@ impl Phoenix {
                     .get("x-phoenix-authtoken")
                     .and_then(|v| v.to_str().ok());
                 let token = header.map(str::to_owned).or(params.token);
-                match self.authenticate(token.as_deref()) {
-                    Ok(identity) => {
-                        let conn = self.open(identity, "longpoll");
+                // Every refusal is 403 here: the one status phoenix.js's LongPoll
+                // treats as a refusal (it closes and reconnects with backoff).
+                match self.admit(&req, token.as_deref()) {
+                    Ok((identity, admitted)) => {
+                        let conn = self.open(identity, "longpoll", admitted);
                         let token = poll_token();
                         *conn.poll_token.lock() = Some(token.clone());
                         self.shared
@@ -381,7 +443,7 @@ impl Phoenix {
         });
     }
 
-    fn open(&self, identity: Identity, transport: &'static str) -> Arc<Conn> {
+    fn open(&self, identity: Identity, transport: &'static str, admitted: Admitted) -> Arc<Conn> {
         let s = &self.shared;
         let id = SocketId::generate(&s.node);
         let conn = Arc::new(Conn {
@@ -389,6 +451,7 @@ impl Phoenix {
             shared: self.shared.clone(),
             outbox: Outbox::new(s.config.queue_capacity, s.config.queue_bytes),
             identity,
+            admitted,
             joined: Mutex::new(Vec::new()),
             closed: std::sync::atomic::AtomicBool::new(false),
             transport,
@@ -439,12 +502,22 @@ impl Phoenix {
 /// A joined topic and the ref of the join that opened it.
 type Joined = (Box<str>, Option<Box<str>>);
 
+/// Why a new Phoenix connection was refused.
+enum Refused {
+    /// Its token (the message says why).
+    Token(String),
+    /// Its origin or a limit.
+    Gate(Refusal),
+}
+
 /// One Phoenix connection.
 struct Conn {
     id: SocketId,
     shared: Arc<Shared>,
     outbox: Outbox,
     identity: Identity,
+    /// Its place among the node's and its user's connections, given back at close.
+    admitted: Admitted,
     /// Joined topics with their join refs. A socket joins a few topics, so a list.
     joined: Mutex<Vec<Joined>>,
     closed: std::sync::atomic::AtomicBool,
@@ -625,6 +698,7 @@ impl Conn {
         if topic == TOPIC_PUSHGATE {
             hub.set_direct(&self.id, enter);
         } else if enter {
+            // The room limit was checked by the join (see `handle`).
             hub.join(&self.id, &RoomName::from(topic));
         } else {
             hub.leave(&self.id, &RoomName::from(topic));
@@ -700,8 +774,20 @@ impl Conn {
                         &json!({}),
                     );
                     self.outbox.push_control(Frame::text(out));
-                } else {
+                } else if m.topic == TOPIC_PUSHGATE {
                     self.enter(&m.topic, true);
+                } else if let crate::hub::Join::Full { max } = self
+                    .shared
+                    .hub
+                    .try_join(&self.id, &RoomName::from(m.topic.as_str()))
+                {
+                    self.shared
+                        .metrics
+                        .client_joins
+                        .with_label_values(&[op, "refused"])
+                        .inc();
+                    tracing::debug!(socket = %self.id, topic = %m.topic, "phoenix join refused: room limit");
+                    return self.error(&m, &format!("at most {max} rooms per connection"));
                 }
                 self.joined.lock().push((
                     Box::from(m.topic.as_str()),
@@ -834,6 +920,12 @@ impl Peer for Conn {
             s.polls.write().remove(&token);
         }
         s.hub.unregister(&self.id);
+        if let Some(a) = &self.admitted.0 {
+            a.release();
+        }
+        if let Some(u) = &self.admitted.1 {
+            u.release();
+        }
         s.metrics.frontend(Frontend::Phoenix).connections.dec();
         s.metrics
             .disconnects

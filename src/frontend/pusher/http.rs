@@ -39,6 +39,8 @@ pub struct ApiError {
     status: StatusCode,
     code: &'static str,
     message: String,
+    /// `Retry-After` in seconds (a rate limit).
+    retry_after: Option<u64>,
 }
 
 impl ApiError {
@@ -47,6 +49,7 @@ impl ApiError {
             status,
             code,
             message: message.into(),
+            retry_after: None,
         }
     }
 
@@ -58,7 +61,31 @@ impl ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"error": {"code": self.code, "message": self.message}});
-        (self.status, Json(body)).into_response()
+        let mut response = (self.status, Json(body)).into_response();
+        if let Some(secs) = self.retry_after {
+            response.headers_mut().insert(
+                axum::http::header::RETRY_AFTER,
+                axum::http::HeaderValue::from(secs),
+            );
+        }
+        response
+    }
+}
+
+/// A limit's refusal: 429 (with `Retry-After`) for the app's request rate, 503 for
+/// the node's resources.
+impl From<crate::limits::Refused> for ApiError {
+    fn from(r: crate::limits::Refused) -> Self {
+        let status = match r.limit {
+            crate::limits::Limit::ApiRate => StatusCode::TOO_MANY_REQUESTS,
+            _ => StatusCode::SERVICE_UNAVAILABLE,
+        };
+        Self {
+            status,
+            code: r.limit.as_str(),
+            message: r.to_string(),
+            retry_after: r.retry_after_secs(),
+        }
     }
 }
 
@@ -87,6 +114,7 @@ impl From<SendError> for ApiError {
         match e {
             SendError::Refused(r) => Self::bad_request(r.to_string()),
             SendError::Bus(b) => b.into(),
+            SendError::Limit(l) => l.into(),
         }
     }
 }
@@ -199,6 +227,12 @@ impl Pusher {
                 ApiError::new(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string())
             },
         )?;
+        // The app's request rate, as `/v1` limits each key's (`PUSHGATE_API_RATE`).
+        if let Some(gate) = &self.shared.gate {
+            let index = self.shared.apps.iter().position(|a| a.config.id == c.id);
+            let caller = crate::limits::Caller::App(index.unwrap_or_default());
+            gate.limits().api_request(caller, Instant::now())?;
+        }
         Ok(Signed { app, params, body })
     }
 

@@ -50,18 +50,17 @@ use crate::bus::{Bus, RedisBus};
 use crate::codec::PushCodec;
 use crate::config::PusherApp;
 use crate::connection::{CloseReason, Frame, Outbox, Queued};
-use crate::hub::{Connection, Hub, Member};
+use crate::hub::{Connection, Hub, Join, Member};
 use crate::id::{Frontend, NodeId, RoomName, SocketId, Target, UserId};
+use crate::limits::{Admission, UserSlot};
 use crate::metrics::Metrics;
 use crate::push::Push;
 use crate::push_service::PushService;
+use crate::transport::admission::{Gate, Refusal as GateRefusal};
 use crate::transport::heartbeat::{Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer};
 use protocol::{ChannelKind, ClientMessage};
 
-/// Channels one connection may be subscribed to: enough for any real page, few
-/// enough that a misbehaving client cannot grow the hub's indexes without bound.
-pub const MAX_CHANNELS_PER_CONNECTION: usize = 1000;
 /// Client events one connection may send per second (Pusher's documented limit).
 pub const CLIENT_EVENTS_PER_SECOND: u32 = 10;
 /// Client events waiting to be published, node-wide. They go out in order through one
@@ -156,6 +155,9 @@ pub struct PusherConfig {
     pub pong_timeout: Duration,
     /// Connections per app on this node; `None` = no limit.
     pub max_connections: Option<usize>,
+    /// Channels one connection may be subscribed to (`PUSHGATE_MAX_ROOMS_PER_CONNECTION`;
+    /// `None`: no limit).
+    pub max_channels: Option<usize>,
     pub max_payload: usize,
     pub max_body_bytes: usize,
     pub queue_capacity: usize,
@@ -233,6 +235,8 @@ struct Shared {
     client_events: mpsc::Sender<Push>,
     /// Set when the node drains: new connections and API pushes are refused.
     draining: CancellationToken,
+    /// Origin and limits checks of new connections; `None` admits everything.
+    gate: Option<Arc<Gate>>,
 }
 
 /// The Pusher endpoint: WebSocket connections and the HTTP API.
@@ -283,8 +287,18 @@ impl Pusher {
                 connections: RwLock::new(HashMap::new()),
                 client_events: tx,
                 draining: CancellationToken::new(),
+                gate: None,
             }),
         }
+    }
+
+    /// The same endpoint, checking new connections' origins and limits (and signed-in
+    /// users' connection counts) against `gate`. Call before serving.
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.gate = Some(gate);
+        }
+        self
     }
 
     pub fn connection_count(&self) -> usize {
@@ -308,6 +322,16 @@ impl Pusher {
         let protocol = form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
             .find(|(k, _)| k == "protocol")
             .map(|(_, v)| v.into_owned());
+        // Checked before the upgrade, told in the protocol after it. Pusher connections
+        // authenticate with the app key in the URL, so none is ever pending.
+        let gate = self.shared.gate.as_deref();
+        let admitted = match gate {
+            None => Ok(None),
+            Some(g) => g
+                .check_origin(req.headers(), Frontend::Pusher)
+                .and_then(|()| g.admit(&req, Frontend::Pusher, false))
+                .map(Some),
+        };
         let accepted = match websocket::accept(req, None) {
             Ok(a) => a,
             Err(e) => {
@@ -324,6 +348,14 @@ impl Pusher {
             else {
                 return;
             };
+            let admission = match admitted {
+                Ok(a) => a,
+                // Counted by the gate.
+                Err(refusal) => {
+                    let code = gate_code(&refusal);
+                    return refuse(ws, code, &refusal.to_string()).await;
+                }
+            };
             let app = match endpoint.admit(&key, protocol.as_deref()) {
                 Ok(app) => app,
                 Err(refusal) => {
@@ -337,7 +369,7 @@ impl Pusher {
                     return refuse(ws, refusal.code, &refusal.message).await;
                 }
             };
-            let conn = endpoint.open(app);
+            let conn = endpoint.open(app, admission);
             let activity = endpoint.shared.config.activity_timeout;
             let mut hello = String::new();
             protocol::encode_connection_established(
@@ -404,7 +436,7 @@ impl Pusher {
         Ok(app.clone())
     }
 
-    fn open(&self, app: Arc<App>) -> Arc<Conn> {
+    fn open(&self, app: Arc<App>, admission: Option<Admission>) -> Arc<Conn> {
         use rand::Rng;
         let s = &self.shared;
         let mut raw = String::with_capacity(s.node.as_str().len() + 1 + SOCKET_ID_DIGITS);
@@ -424,6 +456,7 @@ impl Pusher {
             outbox: Outbox::new(s.config.queue_capacity, s.config.queue_bytes),
             state: Mutex::new(ConnState::default()),
             closed: AtomicBool::new(false),
+            admission,
         });
         s.connections.write().insert(id.clone(), conn.clone());
         s.hub.register(
@@ -464,6 +497,17 @@ impl Pusher {
     }
 }
 
+/// The Pusher code of a gate's refusal: 4009 for an origin not allowed, 4004 (over
+/// quota: pusher-js does not retry) for the address's connections, 4100 (over
+/// capacity: pusher-js backs off and retries) for a full node or a connect rate.
+fn gate_code(refusal: &GateRefusal) -> u16 {
+    match refusal {
+        GateRefusal::Origin => protocol::code::UNAUTHORIZED,
+        GateRefusal::Limit(r) if r.limit.is_transient() => protocol::code::OVER_CAPACITY,
+        GateRefusal::Limit(_) => protocol::code::OVER_QUOTA,
+    }
+}
+
 /// Why a connection was refused before it opened.
 struct Refusal {
     code: u16,
@@ -497,6 +541,8 @@ struct ConnState {
     channels: Vec<Box<str>>,
     /// The signed-in user, as the app names it.
     user: Option<Box<str>>,
+    /// Its share of the user's connections, once signed in.
+    user_slot: Option<UserSlot>,
     /// The start of the current one-second window of client events, and how many
     /// were sent in it.
     window: Option<Instant>,
@@ -515,6 +561,8 @@ struct Conn {
     /// Held for in-memory bookkeeping only, never across an await or a hub call.
     state: Mutex<ConnState>,
     closed: AtomicBool,
+    /// Its place among the node's connections, given back at close.
+    admission: Option<Admission>,
 }
 
 impl Conn {
@@ -629,16 +677,12 @@ impl Conn {
         }
         let added = {
             let mut state = self.state.lock();
+            let max = self.shared.config.max_channels;
             if state.channels.iter().any(|c| **c == *channel) {
                 false
-            } else if state.channels.len() >= MAX_CHANNELS_PER_CONNECTION {
+            } else if let Some(max) = max.filter(|m| state.channels.len() >= *m) {
                 drop(state);
-                return self.refuse_subscription(
-                    &channel,
-                    None,
-                    429,
-                    &format!("at most {MAX_CHANNELS_PER_CONNECTION} channels per connection"),
-                );
+                return self.refuse_channels(&channel, max);
             } else {
                 state.channels.push(channel.as_str().into());
                 true
@@ -646,7 +690,12 @@ impl Conn {
         };
         // Joined before the client hears of it, so a push it triggers next reaches it.
         if added && !matches!(kind, ChannelKind::ServerToUser(_)) {
-            self.shared.hub.join(&self.id, &self.app.room(&channel));
+            // Rooms joined through the API count against the same limit.
+            if let Join::Full { max } = self.shared.hub.try_join(&self.id, &self.app.room(&channel))
+            {
+                self.state.lock().channels.retain(|c| **c != *channel);
+                return self.refuse_channels(&channel, max);
+            }
         }
         self.shared
             .metrics
@@ -656,6 +705,17 @@ impl Conn {
         let mut out = String::new();
         protocol::encode_subscription_succeeded(&mut out, &channel);
         self.send(out);
+    }
+
+    /// Refuses a subscription past the per-connection limit (429, as Pusher answers
+    /// a limit).
+    fn refuse_channels(&self, channel: &str, max: usize) {
+        self.refuse_subscription(
+            channel,
+            None,
+            429,
+            &format!("at most {max} channels per connection"),
+        );
     }
 
     fn unsubscribe(&self, channel: &str) {
@@ -696,8 +756,26 @@ impl Conn {
                     format!("sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"),
                 ),
                 Some(id) => {
-                    self.state.lock().user = Some(id.as_str().into());
-                    self.shared.hub.set_user(&self.id, self.app.user(&id));
+                    let user = self.app.user(&id);
+                    let slot = match &self.shared.gate {
+                        None => None,
+                        Some(g) => match g.limits().user(&user, Frontend::Pusher) {
+                            Ok(slot) => Some(slot),
+                            Err(refused) => {
+                                // Over quota: pusher-js does not retry a 4004 close.
+                                self.count("signin_refused");
+                                self.error(Some(protocol::code::OVER_QUOTA), &refused.to_string());
+                                self.outbox.close(CloseReason::OverQuota);
+                                return;
+                            }
+                        },
+                    };
+                    {
+                        let mut state = self.state.lock();
+                        state.user = Some(id.as_str().into());
+                        state.user_slot = slot;
+                    }
+                    self.shared.hub.set_user(&self.id, user);
                     None
                 }
                 None => Some(
@@ -864,6 +942,12 @@ impl Peer for Conn {
         s.connections.write().remove(&self.id);
         s.hub.unregister(&self.id);
         self.app.connections.fetch_sub(1, Ordering::AcqRel);
+        if let Some(a) = &self.admission {
+            a.release();
+        }
+        if let Some(u) = self.state.lock().user_slot.take() {
+            u.release();
+        }
         s.metrics.frontend(Frontend::Pusher).connections.dec();
         s.metrics
             .disconnects
@@ -889,6 +973,7 @@ impl Peer for Conn {
             CloseReason::PingTimeout => code::PONG_NOT_RECEIVED,
             CloseReason::SlowClient => code::OVER_CAPACITY,
             CloseReason::ProtocolError | CloseReason::Kicked => code::UNAUTHORIZED,
+            CloseReason::OverQuota => code::OVER_QUOTA,
             CloseReason::TooLarge => return Some(CloseCode::Size),
             CloseReason::ConnectTimeout => code::RECONNECT,
         };

@@ -32,7 +32,9 @@ use tokio_util::task::TaskTracker;
 use super::engineio::{self, ErrorCode, OpenPacket, Packet, Query};
 use crate::connection::{CloseReason, Frame, Outbox, Queued};
 use crate::id::Frontend;
+use crate::limits::Admission;
 use crate::metrics::Metrics;
+use crate::transport::admission::{Gate, Refusal};
 use crate::transport::heartbeat::{Beat, Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer, Ws};
 
@@ -113,6 +115,9 @@ pub struct Session<H: Handler> {
     /// timeout no longer applies.
     attached: AtomicBool,
     closed: AtomicBool,
+    /// Its place among the node's connections (and, until a namespace is connected,
+    /// the pending ones), given back when it closes. `None` without a gate.
+    admission: Option<Admission>,
     /// Wakes the polling heartbeat task when a pong arrives over polling, or the
     /// session closes.
     pong: Notify,
@@ -128,6 +133,9 @@ struct Shared<H: Handler> {
     tasks: TaskTracker,
     /// Set when the node drains: new handshakes are refused with 503.
     draining: CancellationToken,
+    /// Origin and limits checks of new sessions; `None` admits everything (plain
+    /// Engine.IO for the conformance suites).
+    gate: Option<Arc<Gate>>,
 }
 
 /// An Engine.IO endpoint: the session table and the HTTP entry point.
@@ -155,8 +163,18 @@ impl<H: Handler> Engine<H> {
                 ws_config,
                 tasks: TaskTracker::new(),
                 draining: CancellationToken::new(),
+                gate: None,
             }),
         }
+    }
+
+    /// The same endpoint, checking every request's origin and every new session
+    /// against `gate`. Call before serving (the endpoint must not be shared yet).
+    pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.gate = Some(gate);
+        }
+        self
     }
 
     pub fn handler(&self) -> &H {
@@ -178,6 +196,11 @@ impl<H: Handler> Engine<H> {
             Some("websocket") => true,
             _ => return protocol_error(ErrorCode::TransportUnknown),
         };
+        let gate = self.shared.gate.as_deref();
+        if let Some(Err(refusal)) = gate.map(|g| g.check_origin(req.headers(), Frontend::SocketIo))
+        {
+            return refused(&refusal);
+        }
         match &query.sid {
             None => {
                 if req.method() != Method::GET {
@@ -186,10 +209,17 @@ impl<H: Handler> Engine<H> {
                 if self.shared.draining.is_cancelled() {
                     return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
                 }
+                // A session that must connect a namespace is pending until it does.
+                let pending = self.shared.config.connect_timeout.is_some();
+                let admission = match gate.map(|g| g.admit(&req, Frontend::SocketIo, pending)) {
+                    None => None,
+                    Some(Ok(a)) => Some(a),
+                    Some(Err(refusal)) => return refused(&refusal),
+                };
                 if websocket {
-                    self.upgrade(req, None, query)
+                    self.upgrade(req, None, query, admission)
                 } else {
-                    let session = self.open(POLLING, &query);
+                    let session = self.open(POLLING, &query, admission);
                     let open = self.open_packet(&session, &["websocket"]);
                     self.spawn_polling_heartbeat(session);
                     text_response(open.into_bytes())
@@ -204,7 +234,7 @@ impl<H: Handler> Engine<H> {
                     };
                 };
                 if websocket {
-                    self.upgrade(req, Some(session), query)
+                    self.upgrade(req, Some(session), query, None)
                 } else if session.transport.load(Ordering::Acquire) != POLLING {
                     protocol_error(ErrorCode::BadRequest)
                 } else if req.method() == Method::GET {
@@ -218,7 +248,7 @@ impl<H: Handler> Engine<H> {
         }
     }
 
-    fn open(&self, transport: u8, query: &Query) -> Arc<Session<H>> {
+    fn open(&self, transport: u8, query: &Query, admission: Option<Admission>) -> Arc<Session<H>> {
         let mut raw = [0u8; 15];
         rand::rng().fill_bytes(&mut raw);
         let sid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
@@ -234,6 +264,7 @@ impl<H: Handler> Engine<H> {
             posting: AtomicBool::new(false),
             attached: AtomicBool::new(false),
             closed: AtomicBool::new(false),
+            admission,
             pong: Notify::new(),
             opened_at: Instant::now(),
         });
@@ -314,7 +345,13 @@ impl<H: Handler> Engine<H> {
 
     /// Answers a WebSocket request: a new WebSocket-only session, or the upgrade of a
     /// polling session.
-    fn upgrade(&self, req: Request, session: Option<Arc<Session<H>>>, query: Query) -> Response {
+    fn upgrade(
+        &self,
+        req: Request,
+        session: Option<Arc<Session<H>>>,
+        query: Query,
+        admission: Option<Admission>,
+    ) -> Response {
         let Ok(accepted) = websocket::accept(req, None) else {
             return protocol_error(ErrorCode::BadRequest);
         };
@@ -329,7 +366,7 @@ impl<H: Handler> Engine<H> {
             match session {
                 None => {
                     let mut ws = ws;
-                    let session = engine.open(WEBSOCKET, &query);
+                    let session = engine.open(WEBSOCKET, &query, admission);
                     let open = engine.open_packet(&session, &[]);
                     if ws.send(WsMessage::text(open)).await.is_err() {
                         return session.close(CloseReason::TransportError);
@@ -464,8 +501,13 @@ impl<H: Handler> Session<H> {
     }
 
     /// Marks whether the layer above holds a live attachment (see `connect_timeout`).
+    /// The first attachment authenticates the session: it no longer counts as
+    /// pending.
     pub fn set_attached(&self, attached: bool) {
         self.attached.store(attached, Ordering::Release);
+        if let (true, Some(a)) = (attached, &self.admission) {
+            a.authenticated();
+        }
     }
 
     /// Runs `f` on the handler state, unless the session is closed.
@@ -483,6 +525,9 @@ impl<H: Handler> Session<H> {
         // Wakes a polling session's heartbeat task so it ends now, not at its deadline.
         self.pong.notify_one();
         self.shared.sessions.write().remove(&self.sid);
+        if let Some(a) = &self.admission {
+            a.release();
+        }
         let state = self.state.lock().take();
         if let Some(state) = state {
             self.shared.handler.close(self, state, reason);
@@ -759,6 +804,28 @@ fn protocol_error(code: ErrorCode) -> Response {
         code.to_json(),
     )
         .into_response()
+}
+
+/// A handshake refused by the gate: the status a client backs off from (403, 429 or
+/// 503, with `Retry-After` when waiting helps) and Engine.IO's JSON error body, code 4
+/// (`Forbidden`, the reference server's code for a refused request) with a readable
+/// message.
+fn refused(refusal: &Refusal) -> Response {
+    let body =
+        serde_json::json!({"code": ErrorCode::Forbidden as u8, "message": refusal.to_string()});
+    let mut response = (
+        refusal.status(),
+        [(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        )],
+        body.to_string(),
+    )
+        .into_response();
+    if let Some(after) = refusal.retry_after() {
+        response.headers_mut().insert(header::RETRY_AFTER, after);
+    }
+    response
 }
 
 /// A refused WebSocket upgrade: a plain 400 with the message, as the reference server

@@ -8,7 +8,9 @@ use serde_json::{json, Value};
 
 use super::{Behaviour, Event, Refusal, Socket};
 use crate::auth::{Authenticator, Identity};
+use crate::hub::Join;
 use crate::id::RoomName;
+use crate::limits::Limit;
 use crate::metrics::Metrics;
 
 /// Event a client emits to join a room: `emit("pushgate:join", room, callback)`.
@@ -54,7 +56,17 @@ impl Gateway {
         }
         let room_name = RoomName::from(room.as_str());
         if join {
-            socket.join(&room_name);
+            if let Join::Full { max } = socket.try_join(&room_name) {
+                self.metrics
+                    .client_joins
+                    .with_label_values(&[op, "refused"])
+                    .inc();
+                tracing::debug!(socket = %socket.id, room, "client join refused: room limit");
+                return error(
+                    Limit::Rooms.as_str(),
+                    &format!("at most {max} rooms per connection"),
+                );
+            }
         } else {
             socket.leave(&room_name);
         }

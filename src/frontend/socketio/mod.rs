@@ -31,6 +31,7 @@ use crate::delivery::Tracker;
 use crate::hub::{Hub, Member};
 use crate::id::Frontend;
 use crate::id::{NodeId, RoomName, SocketId};
+use crate::limits::{Limits, UserSlot};
 use crate::metrics::Metrics;
 use crate::push::Push;
 use engine::{Handler, Message};
@@ -173,9 +174,14 @@ impl Socket<'_> {
         self.outbox.push(&frames, Some(Instant::now()));
     }
 
-    /// Joins a room; false when already a member.
+    /// Joins a room; false when already a member or in as many rooms as allowed.
     pub fn join(&self, room: &RoomName) -> bool {
         self.hub.join(self.id, room)
+    }
+
+    /// Joins a room, saying why not when it did not.
+    pub fn try_join(&self, room: &RoomName) -> crate::hub::Join {
+        self.hub.try_join(self.id, room)
     }
 
     /// Leaves a room; false when not a member.
@@ -196,6 +202,8 @@ struct NamespaceSocket {
     nsp: Arc<str>,
     id: SocketId,
     identity: Identity,
+    /// Its share of its user's connections (given back when it is dropped).
+    _user: Option<UserSlot>,
 }
 
 /// The Engine.IO handler that speaks Socket.IO.
@@ -206,6 +214,8 @@ pub struct SocketIo<B: Behaviour> {
     namespaces: Vec<String>,
     behaviour: B,
     metrics: Arc<Metrics>,
+    /// The per-user connection limit; `None` for none.
+    limits: Option<Arc<Limits>>,
 }
 
 impl<B: Behaviour> SocketIo<B> {
@@ -224,7 +234,14 @@ impl<B: Behaviour> SocketIo<B> {
             namespaces,
             behaviour,
             metrics,
+            limits: None,
         }
+    }
+
+    /// The same handler, counting each socket against its user's connection limit.
+    pub fn with_limits(mut self, limits: Arc<Limits>) -> Self {
+        self.limits = Some(limits);
+        self
     }
 
     fn refuse(&self, session: &Session<Self>, nsp: &str, refusal: Refusal) {
@@ -232,6 +249,11 @@ impl<B: Behaviour> SocketIo<B> {
             .connect_errors
             .with_label_values(&[Frontend::SocketIo.as_str(), refusal.reason])
             .inc();
+        self.connect_error(session, nsp, refusal);
+    }
+
+    /// Sends CONNECT_ERROR (the refusal is counted already).
+    fn connect_error(&self, session: &Session<Self>, nsp: &str, refusal: Refusal) {
         tracing::debug!(nsp, reason = refusal.reason, "socket.io connect refused");
         let mut text = String::new();
         packet::encode_connect_error(&mut text, nsp, &refusal.message, refusal.data.as_ref());
@@ -275,6 +297,22 @@ impl<B: Behaviour> SocketIo<B> {
             Ok(identity) => identity,
             Err(refusal) => return self.refuse(session, nsp, refusal),
         };
+        let user_slot = match (&self.limits, &identity.user) {
+            (Some(limits), Some(user)) => match limits.user(user, Frontend::SocketIo) {
+                Ok(slot) => Some(slot),
+                Err(refused) => {
+                    // Counted by the limits; socket.io-client does not reconnect after
+                    // a CONNECT_ERROR, so the user sees this message once.
+                    let refusal = Refusal {
+                        message: refused.to_string(),
+                        data: Some(serde_json::json!({"code": refused.limit.as_str()})),
+                        reason: refused.limit.as_str(),
+                    };
+                    return self.connect_error(session, nsp, refusal);
+                }
+            },
+            _ => None,
+        };
         let id = SocketId::generate(&self.node);
         let nsp: Arc<str> = Arc::from(nsp);
         let mut text = String::new();
@@ -305,7 +343,12 @@ impl<B: Behaviour> SocketIo<B> {
         self.behaviour.connected(&socket, auth);
         // Most sessions hold one namespace: grow by one, not to Vec's default of four.
         state.sockets.reserve_exact(1);
-        state.sockets.push(NamespaceSocket { nsp, id, identity });
+        state.sockets.push(NamespaceSocket {
+            nsp,
+            id,
+            identity,
+            _user: user_slot,
+        });
     }
 
     fn packet(

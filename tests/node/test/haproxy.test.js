@@ -2,7 +2,9 @@
 // Real HAProxy (pm/render-haproxy.sh over pm/haproxy.cfg.tmpl) in front of three
 // clustered gateways: clients connect through it, one gateway gets SIGTERM, and its
 // clients reconnect through HAProxy to the other two and receive the next pushes,
-// to all and to a user. HAProxy is required: a missing haproxy fails the suite.
+// to all and to a user. Then TLS at HAProxy (--tls-cert) with socket.io-client and
+// phoenix.js over https/wss, and per-address limits through X-Forwarded-For. HAProxy
+// (and openssl, for the certificate) is required: a missing one fails the suite.
 const { describe, test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
 const { spawn, spawnSync } = require("node:child_process");
@@ -148,5 +150,108 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
       assert.equal(res.body.report.delivered, moving.length, JSON.stringify(res.body));
     }
     for (const c of moving) await c.got.user.waitCount(3);
+  });
+});
+
+describe("TLS at HAProxy (render-haproxy.sh --tls-cert), gateway with PUSHGATE_TRUSTED_PROXIES=127.0.0.1", () => {
+  const https = require("node:https");
+  let gw, haproxy, dir, lbPort;
+
+  /** GET over TLS, trusting the test's self-signed certificate: resolves the status. */
+  const httpsStatus = (p) =>
+    new Promise((resolve, reject) => {
+      https
+        .get({ host: "127.0.0.1", port: lbPort, path: p, rejectUnauthorized: false }, (res) => {
+          res.resume();
+          resolve(res.statusCode);
+        })
+        .on("error", reject);
+    });
+
+  before(async () => {
+    for (const cmd of ["haproxy", "openssl"]) {
+      const v = spawnSync(cmd, [cmd === "haproxy" ? "-v" : "version"], { encoding: "utf8" });
+      if (v.error || v.status !== 0) throw new Error(`${cmd} is required for this test (.ci/run installs it)`);
+    }
+    gw = await h.startGateway({
+      PUSHGATE_JWT_SECRET: h.SECRET,
+      PUSHGATE_TRUSTED_PROXIES: "127.0.0.1",
+      PUSHGATE_MAX_CONNECTIONS_PER_IP: "2",
+    });
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-haproxy-tls-"));
+    const key = path.join(dir, "key.pem");
+    const crt = path.join(dir, "crt.pem");
+    const gen = spawnSync("openssl", ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", key, "-out", crt, "-days", "1", "-subj", "/CN=127.0.0.1"], {
+      encoding: "utf8",
+    });
+    assert.equal(gen.status, 0, gen.stderr);
+    const pem = path.join(dir, "tls.pem");
+    fs.writeFileSync(pem, fs.readFileSync(crt, "utf8") + fs.readFileSync(key, "utf8"));
+    lbPort = await h.freePort();
+    const cfg = path.join(dir, "haproxy.cfg");
+    const r = spawnSync(
+      RENDER,
+      ["--servers", `gw1=127.0.0.1:${gw.port}`, "--listen", `127.0.0.1:${lbPort}`, "--maxconn", "1000", "--tls-cert", pem, "--output", cfg],
+      { encoding: "utf8" }
+    );
+    assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
+    const c = spawnSync("haproxy", ["-c", "-q", "-f", cfg], { encoding: "utf8" });
+    assert.equal(c.status, 0, `haproxy -c rejects the TLS config: ${c.stderr}${c.stdout}`);
+    haproxy = spawn("haproxy", ["-db", "-f", cfg], { stdio: "ignore" });
+    await h.eventually(async () => (await httpsStatus("/readyz").catch(() => 0)) === 200, {
+      timeout: 10_000,
+      what: "HAProxy answers /readyz over TLS",
+    });
+  });
+
+  after(async () => {
+    if (haproxy && haproxy.exitCode === null) {
+      const exited = new Promise((r) => haproxy.once("exit", r));
+      haproxy.kill("SIGKILL");
+      await exited;
+    }
+    await h.cleanup();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("socket.io-client over https (polling, then the WebSocket upgrade) and phoenix.js over wss connect and receive pushes", async () => {
+    const lb = { url: `https://127.0.0.1:${lbPort}`, port: lbPort };
+    const s = h.client(lb, { auth: { token: h.token({ sub: "tls-user" }) }, rejectUnauthorized: false });
+    await h.connected(s);
+    await h.eventually(() => s.io.engine.transport.name === "websocket", { what: "upgraded to wss" });
+    const got = h.waitFor(s, "over-tls");
+    await h.push(gw, { to: { user: "tls-user" }, event: "over-tls", data: "hi" });
+    assert.deepEqual(await got, ["hi"]);
+
+    const WebSocket = require("ws");
+    class InsecureWebSocket extends WebSocket {
+      constructor(url, protocols) {
+        super(url, protocols, { rejectUnauthorized: false });
+      }
+    }
+    const phx = new h.PHOENIX["1.8"].Socket(`wss://127.0.0.1:${lbPort}/socket`, {
+      transport: InsecureWebSocket,
+      params: { token: h.token({ sub: "tls-phx" }) },
+      reconnectAfterMs: () => 200,
+    });
+    try {
+      phx.connect();
+      await h.phoenixConnected(phx);
+      assert.equal((await h.phoenixJoin(phx, "pushgate")).status, "ok");
+    } finally {
+      phx.disconnect();
+    }
+  });
+
+  test("per-address limits count the clients' addresses from X-Forwarded-For, not HAProxy's", async () => {
+    const lb = { url: `https://127.0.0.1:${lbPort}`, port: lbPort };
+    const from = (ip) => ({ rejectUnauthorized: false, transports: ["websocket"], extraHeaders: { "x-forwarded-for": ip }, auth: { token: h.token({ sub: ip }) } });
+    await h.connected(h.client(lb, from("203.0.113.5")));
+    await h.connected(h.client(lb, from("203.0.113.5")));
+    const refused = await h.connectError(lb, from("203.0.113.5"));
+    assert.match(String(refused.description && refused.description.message), /403/);
+    await h.connected(h.client(lb, from("203.0.113.6")));
+    const sockets = (await h.api(gw, "GET", "/v1/nodes")).body.nodes[0].connections;
+    assert.ok(sockets >= 3, `${sockets} connections through one HAProxy address`);
   });
 });
