@@ -1024,6 +1024,9 @@ async function launchBrowser() {
   const browser = await puppeteer.launch({
     executablePath: CHROMIUM,
     headless: true,
+    // Chromium's first start on a busy 2-core machine can take longer than
+    // puppeteer's default 30 s.
+    timeout: 120_000,
     args: [
       "--headless",
       "--no-sandbox",
