@@ -23,7 +23,7 @@ use crate::api::{self, Api};
 use crate::auth::{ApiKeys, Authenticator};
 use crate::bus::{Bus, ClusterObserver, LocalBus, RedisBus, RedisSettings};
 use crate::codec::Codecs;
-use crate::config::Config;
+use crate::config::{default_advertise_addr, Config, ConfigError};
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
 use crate::frontend::phoenix::{Phoenix, PhoenixCodec, PhoenixConfig};
@@ -33,6 +33,8 @@ use crate::metrics::Metrics;
 use crate::presence::local::LocalPresence;
 use crate::presence::Presences;
 use crate::push_service::PushService;
+use crate::registry::Registry;
+use crate::transport::forward::{AddressFuture, Directory, DirectoryError, Forwarder};
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
 /// were closed.
@@ -43,6 +45,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("PUSHGATE_REDIS_URL: cannot set up the Redis bus")]
     Redis(#[source] crate::bus::BusError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("serving failed")]
     Serve(#[source] std::io::Error),
 }
@@ -55,6 +59,8 @@ struct Layers {
     cluster: Option<Arc<RedisBus>>,
     /// Where presence is kept: in memory, or the cluster registry.
     presences: Arc<dyn Presences>,
+    /// How requests of other nodes' sessions reach them, in cluster mode.
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// The Socket.IO endpoint of the gateway.
@@ -76,13 +82,20 @@ pub async fn run(
     codecs.register(Arc::new(PhoenixCodec));
     // Cluster mode: the hub tells the Redis bus about interest and socket changes, and
     // presence lives in the registry. A single node keeps presence in memory.
+    let listen = listener.local_addr().map_err(ServerError::Serve)?;
     let Layers {
         hub,
         bus,
         cluster,
         presences,
+        forwarder,
     } = match &config.redis_url {
         Some(url) => {
+            let advertise = match &config.advertise_addr {
+                Some(a) => a.authority(listen.port()),
+                None => default_advertise_addr(listen, local_ip_toward(url).await)?,
+            };
+            tracing::info!(address = %advertise, "peers reach this node at its advertised address");
             let (observer, notes) = ClusterObserver::new();
             let hub = Arc::new(Hub::with_observer(
                 codecs.clone(),
@@ -94,6 +107,7 @@ pub async fn run(
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                     registry_ttl: config.registry_ttl,
+                    advertise: Some(advertise),
                 },
                 config.node_id.clone(),
                 started_at,
@@ -104,11 +118,17 @@ pub async fn run(
             )
             .await
             .map_err(ServerError::Redis)?;
+            let forwarder = Arc::new(Forwarder::new(
+                config.node_id.clone(),
+                Arc::new(RegistryDirectory(redis.registry().clone())),
+                metrics.clone(),
+            ));
             Layers {
                 hub,
                 bus: redis.clone(),
                 cluster: Some(redis.clone()),
                 presences: redis,
+                forwarder: Some(forwarder),
             }
         }
         None => {
@@ -123,6 +143,7 @@ pub async fn run(
                 bus: Arc::new(LocalBus::new(hub)),
                 cluster: None,
                 presences: presence,
+                forwarder: None,
             }
         }
     };
@@ -144,6 +165,7 @@ pub async fn run(
             max_payload: config.max_payload,
             queue_capacity: config.queue_capacity,
             queue_bytes: config.queue_bytes,
+            forwarder: forwarder.clone(),
         },
         SocketIo::new(
             hub.clone(),
@@ -161,6 +183,7 @@ pub async fn run(
             max_payload: config.max_payload as usize,
             queue_capacity: config.queue_capacity,
             queue_bytes: config.queue_bytes,
+            forwarder: forwarder.clone(),
         },
         hub.clone(),
         tracker.clone(),
@@ -198,8 +221,7 @@ pub async fn run(
     if !auth.requires_token() {
         tracing::warn!("PUSHGATE_JWT_SECRET is not set: anonymous connections are allowed");
     }
-    let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(node = %config.node_id, mode, "listening on {addr}");
+    tracing::info!(node = %config.node_id, mode, "listening on {listen}");
 
     let stop_accepting = CancellationToken::new();
     let serve = axum::serve(
@@ -231,6 +253,10 @@ pub async fn run(
         .await;
     engine.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
     phoenix.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
+    if let Some(forwarder) = &forwarder {
+        // Other nodes' WebSockets piped through this one: their clients reconnect.
+        forwarder.close_all(CLOSE_GRACE).await;
+    }
     stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();
@@ -240,6 +266,53 @@ pub async fn run(
     }
     tracing::info!("shutdown complete");
     Ok(())
+}
+
+/// The cluster registry as the forwarder's directory of nodes.
+struct RegistryDirectory(Arc<Registry>);
+
+impl Directory for RegistryDirectory {
+    fn is_live(&self, node: &str) -> bool {
+        self.0.is_live(node)
+    }
+
+    fn address<'a>(&'a self, node: &'a str) -> AddressFuture<'a> {
+        Box::pin(async move {
+            self.0
+                .address(node)
+                .await
+                .map_err(|e| DirectoryError(Box::new(e)))
+        })
+    }
+}
+
+/// The local address this host uses toward the Redis of `url` (the source address of
+/// a route to it, found by connecting a UDP socket, which sends nothing): the default
+/// address peers reach a node on when it listens on every interface. Loopback for a
+/// unix socket. `None` when the URL's host does not resolve.
+async fn local_ip_toward(url: &str) -> Option<std::net::IpAddr> {
+    use fred::types::config::ServerConfig;
+    let config = fred::types::config::Config::from_url(url).ok()?;
+    let (host, port) = match &config.server {
+        ServerConfig::Centralized { server } => (server.host.to_string(), server.port),
+        ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+            let first = hosts.first()?;
+            (first.host.to_string(), first.port)
+        }
+        ServerConfig::Unix { .. } => return Some(std::net::Ipv4Addr::LOCALHOST.into()),
+    };
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()?
+        .next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(target).await.ok()?;
+    Some(socket.local_addr().ok()?.ip())
 }
 
 /// Routes the Engine.IO path (with and without the trailing slash) to `engine`.

@@ -102,6 +102,8 @@ pub struct RedisSettings {
     pub prefix: String,
     /// TTL of registry entries; refreshed every third of it.
     pub registry_ttl: Duration,
+    /// Where the other nodes reach this one (`host:port`), published in the registry.
+    pub advertise: Option<String>,
 }
 
 /// The `kind` label of bus metrics for a channel.
@@ -188,6 +190,7 @@ impl RedisBus {
             node.clone(),
             settings.registry_ttl,
             started_at,
+            settings.advertise.clone(),
             metrics.clone(),
         ));
         let bus = Arc::new(RedisBus {

@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
@@ -43,6 +43,7 @@ use crate::id::{Frontend, NodeId, RoomName, SocketId, Target};
 use crate::metrics::Metrics;
 use crate::presence::{is_presence_room, Diff, Meta, Presences};
 use crate::push::Push;
+use crate::transport::forward::{self, Forwarder, Route};
 use crate::transport::heartbeat::{Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer};
 
@@ -150,6 +151,9 @@ pub struct PhoenixConfig {
     pub max_payload: usize,
     pub queue_capacity: usize,
     pub queue_bytes: usize,
+    /// In a cluster: how requests of long-poll sessions held by other nodes reach
+    /// them. Session tokens then name their node (`<node>~<secret>`).
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 struct Shared {
@@ -286,7 +290,8 @@ impl Phoenix {
 
     /// `/socket/longpoll`: a GET without `token` opens a session (answered 410 with
     /// its token, as Phoenix does), a GET with one collects frames, a POST sends them.
-    /// Every answer is HTTP 200 with the protocol's status in the JSON body.
+    /// Every answer is HTTP 200 with the protocol's status in the JSON body. In a
+    /// cluster, a token of another node's session is forwarded to that node.
     pub async fn longpoll(&self, req: Request) -> Response {
         let params = Params::of(&req);
         let mut out = String::new();
@@ -298,41 +303,16 @@ impl Phoenix {
             .session
             .as_deref()
             .and_then(|t| self.shared.polls.read().get(t).cloned());
-        match (req.method().as_str(), params.session, session) {
-            // No session of that name: a new one (the token, if any, is the user's).
-            ("GET", _, None) => {
-                if self.shared.draining.is_cancelled() {
-                    codec::encode_poll_status(&mut out, codec::poll_status::GONE);
-                    return json_response(out);
-                }
-                let header = req
-                    .headers()
-                    .get("x-phoenix-authtoken")
-                    .and_then(|v| v.to_str().ok());
-                let token = header.map(str::to_owned).or(params.token);
-                match self.authenticate(token.as_deref()) {
-                    Ok(identity) => {
-                        let conn = self.open(identity, "longpoll");
-                        let token = poll_token();
-                        *conn.poll_token.lock() = Some(token.clone());
-                        self.shared
-                            .polls
-                            .write()
-                            .insert(token.clone(), conn.clone());
-                        self.spawn_watchdog(conn);
-                        codec::encode_poll_response(
-                            &mut out,
-                            codec::poll_status::GONE,
-                            &token,
-                            std::iter::empty::<&str>(),
-                        );
-                    }
-                    Err(_) => codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN),
-                }
+        let method = req.method().clone();
+        match (session, &params.session) {
+            (Some(conn), Some(token)) if method == Method::GET => {
+                let token = token.clone();
+                // The request's headers share hyper's read buffer; not held through
+                // the poll.
+                drop(req);
+                conn.poll(&token).await
             }
-            ("POST", _, None) => codec::encode_poll_status(&mut out, codec::poll_status::GONE),
-            ("GET", Some(token), Some(conn)) => return conn.poll(&token).await,
-            ("POST", Some(_), Some(conn)) => {
+            (Some(conn), Some(_)) if method == Method::POST => {
                 let ndjson = req
                     .headers()
                     .get(header::CONTENT_TYPE)
@@ -347,8 +327,84 @@ impl Phoenix {
                     }
                 };
                 codec::encode_poll_status(&mut out, status);
+                json_response(out)
             }
-            _ => codec::encode_poll_status(&mut out, 400),
+            (Some(_), _) => {
+                codec::encode_poll_status(&mut out, 400);
+                json_response(out)
+            }
+            (None, session) => {
+                // The user's token of a new session may come as a header (phoenix.js
+                // 1.8's `authToken`).
+                let header_token = req
+                    .headers()
+                    .get("x-phoenix-authtoken")
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned);
+                if let (Some(token), Some(forwarder)) = (session, &self.shared.config.forwarder) {
+                    match forwarder.route(token, req.headers()) {
+                        Route::Here => {}
+                        Route::Misdirected => return forward::misdirected(forwarder.node()),
+                        Route::Owner(node) => {
+                            let forwarded = Box::pin(forwarder.forward(
+                                req,
+                                node,
+                                Frontend::Phoenix,
+                                POLL_HOLD,
+                            ));
+                            // On NoOwner (its node is gone), go on as for any unknown token.
+                            if let Ok(response) = forwarded.await {
+                                return response;
+                            }
+                        }
+                    }
+                }
+                if method == Method::GET {
+                    // No session of that name: a new one (the first token, if any, is
+                    // the user's).
+                    return self.open_longpoll(header_token.or(params.token));
+                }
+                let status = if method == Method::POST {
+                    codec::poll_status::GONE
+                } else {
+                    400
+                };
+                codec::encode_poll_status(&mut out, status);
+                json_response(out)
+            }
+        }
+    }
+
+    /// A new long-poll session for the user of `token`: answered 410 with the
+    /// session's token, as Phoenix does (403 when the token is refused).
+    fn open_longpoll(&self, token: Option<String>) -> Response {
+        let mut out = String::new();
+        if self.shared.draining.is_cancelled() {
+            codec::encode_poll_status(&mut out, codec::poll_status::GONE);
+            return json_response(out);
+        }
+        match self.authenticate(token.as_deref()) {
+            Ok(identity) => {
+                let conn = self.open(identity, "longpoll");
+                let secret = poll_secret();
+                let token: Box<str> = match &self.shared.config.forwarder {
+                    Some(forwarder) => forwarder.session_token(&secret).into(),
+                    None => secret.into(),
+                };
+                *conn.poll_token.lock() = Some(token.clone());
+                self.shared
+                    .polls
+                    .write()
+                    .insert(token.clone(), conn.clone());
+                self.spawn_watchdog(conn);
+                codec::encode_poll_response(
+                    &mut out,
+                    codec::poll_status::GONE,
+                    &token,
+                    std::iter::empty::<&str>(),
+                );
+            }
+            Err(_) => codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN),
         }
         json_response(out)
     }
@@ -491,12 +547,12 @@ impl Params {
     }
 }
 
-/// A fresh long-poll session token: 20 random bytes, URL-safe.
-fn poll_token() -> Box<str> {
+/// The secret of a fresh long-poll session token: 20 random bytes, URL-safe.
+fn poll_secret() -> String {
     use rand::RngCore;
     let mut raw = [0u8; 20];
     rand::rng().fill_bytes(&mut raw);
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw).into()
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
 }
 
 fn json_response(body: String) -> Response {

@@ -33,6 +33,7 @@ use super::engineio::{self, ErrorCode, OpenPacket, Packet, Query};
 use crate::connection::{CloseReason, Frame, Outbox, Queued};
 use crate::id::Frontend;
 use crate::metrics::Metrics;
+use crate::transport::forward::{self, Forwarder, Route};
 use crate::transport::heartbeat::{Beat, Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer, Ws};
 
@@ -55,6 +56,9 @@ pub struct EngineConfig {
     pub max_payload: u64,
     pub queue_capacity: usize,
     pub queue_bytes: usize,
+    /// In a cluster: how requests of sessions held by other nodes reach them. Sids
+    /// then name their node (`<node>~<secret>`).
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 /// A message from the client, as the layer above sees it.
@@ -197,17 +201,18 @@ impl<H: Handler> Engine<H> {
             }
             Some(sid) => {
                 let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
-                    return if websocket && websocket::is_upgrade_request(req.headers()) {
-                        raw_bad_request(ErrorCode::UnknownSid)
-                    } else {
-                        protocol_error(ErrorCode::UnknownSid)
-                    };
+                    // Boxed: only requests of other nodes' sessions pay for the
+                    // forwarding future, not every held poll.
+                    return Box::pin(self.elsewhere(req, sid, websocket)).await;
                 };
                 if websocket {
                     self.upgrade(req, Some(session), query)
                 } else if session.transport.load(Ordering::Acquire) != POLLING {
                     protocol_error(ErrorCode::BadRequest)
                 } else if req.method() == Method::GET {
+                    // The request's headers share hyper's read buffer: held through
+                    // the long poll, they would make hyper allocate a second one.
+                    drop(req);
                     session.poll().await
                 } else if req.method() == Method::POST {
                     session.post(req).await
@@ -218,11 +223,41 @@ impl<H: Handler> Engine<H> {
         }
     }
 
+    /// A request for session `sid`, which this node does not hold: forwarded to the
+    /// node that does, or answered as an unknown session.
+    async fn elsewhere(&self, req: Request, sid: &str, websocket: bool) -> Response {
+        let unknown = if websocket && websocket::is_upgrade_request(req.headers()) {
+            raw_bad_request
+        } else {
+            protocol_error
+        };
+        let Some(forwarder) = &self.shared.config.forwarder else {
+            return unknown(ErrorCode::UnknownSid);
+        };
+        match forwarder.route(sid, req.headers()) {
+            Route::Here => unknown(ErrorCode::UnknownSid),
+            Route::Misdirected => forward::misdirected(forwarder.node()),
+            Route::Owner(node) => {
+                let c = &self.shared.config;
+                // A poll is held until the next ping is due, or the pong's deadline.
+                let hold = c.ping_interval.max(c.ping_timeout);
+                match forwarder.forward(req, node, Frontend::SocketIo, hold).await {
+                    Ok(response) => response,
+                    Err(forward::NoOwner) => unknown(ErrorCode::UnknownSid),
+                }
+            }
+        }
+    }
+
     fn open(&self, transport: u8, query: &Query) -> Arc<Session<H>> {
         let mut raw = [0u8; 15];
         rand::rng().fill_bytes(&mut raw);
-        let sid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
         let c = &self.shared.config;
+        let sid = match &c.forwarder {
+            Some(forwarder) => forwarder.session_token(&secret),
+            None => secret,
+        };
         let session = Arc::new(Session {
             sid: sid.into_boxed_str(),
             shared: self.shared.clone(),
