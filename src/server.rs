@@ -10,10 +10,12 @@
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -35,6 +37,12 @@ use crate::presence::Presences;
 use crate::push_service::PushService;
 use crate::registry::Registry;
 use crate::transport::forward::{AddressFuture, Directory, DirectoryError, Forwarder};
+use crate::transport::listener;
+
+/// Where Socket.IO clients connect (Engine.IO's path; also with a trailing slash).
+const ENGINE_IO_PATH: &str = "/socket.io";
+/// Phoenix's long-poll transport.
+const PHOENIX_LONGPOLL_PATH: &str = "/socket/longpoll";
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
 /// were closed.
@@ -205,7 +213,7 @@ pub async fn run(
         draining: draining.clone(),
         max_body_bytes: config.max_body_bytes,
     });
-    let app = socketio_routes(engine.clone(), "/socket.io")
+    let app = socketio_routes(engine.clone(), ENGINE_IO_PATH)
         .merge(phoenix_routes(phoenix.clone()))
         .merge(api::router(api))
         .fallback(api::not_found);
@@ -224,12 +232,12 @@ pub async fn run(
     tracing::info!(node = %config.node_id, mode, "listening on {listen}");
 
     let stop_accepting = CancellationToken::new();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { serve.await });
+    let polls = Arc::new(LongPolls {
+        engine: engine.clone(),
+        phoenix: phoenix.clone(),
+    });
+    let serve = listener::serve(listener, app, polls, stop_accepting.clone());
+    let mut server = tokio::spawn(serve);
 
     tokio::select! {
         _ = shutdown => {}
@@ -315,15 +323,44 @@ async fn local_ip_toward(url: &str) -> Option<std::net::IpAddr> {
     Some(socket.local_addr().ok()?.ip())
 }
 
+/// The long-polling endpoints (Engine.IO's, Phoenix's long-poll), served on the
+/// listener's fast path. Their paths are also routed in the router, which hyper uses
+/// for the requests the fast path hands off.
+struct LongPolls {
+    engine: SocketIoEngine,
+    phoenix: Phoenix,
+}
+
+impl listener::LongPolls for LongPolls {
+    fn serves(&self, path: &str) -> bool {
+        path == ENGINE_IO_PATH
+            || path.strip_prefix(ENGINE_IO_PATH) == Some("/")
+            || path == PHOENIX_LONGPOLL_PATH
+    }
+
+    fn call(&self, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+        // The endpoints read the request at once: the boxed future holds only what a
+        // held poll needs.
+        let answer: Pin<Box<dyn Future<Output = Response> + Send>> =
+            if request.uri().path() == PHOENIX_LONGPOLL_PATH {
+                Box::pin(self.phoenix.longpoll(request))
+            } else {
+                Box::pin(self.engine.handle(request))
+            };
+        tracing::trace!(
+            bytes = std::mem::size_of_val(&*answer),
+            "long-poll request size"
+        );
+        answer
+    }
+}
+
 /// Routes the Engine.IO path (with and without the trailing slash) to `engine`.
 pub fn socketio_routes<H>(engine: Engine<H>, path: &str) -> Router
 where
     H: crate::frontend::socketio::engine::Handler,
 {
-    let handler = move |req: Request| {
-        let engine = engine.clone();
-        async move { engine.handle(req).await }
-    };
+    let handler = move |req: Request| engine.handle(req);
     let trimmed = path.trim_end_matches('/');
     Router::new()
         .route(trimmed, any(handler.clone()))
@@ -337,11 +374,8 @@ pub fn phoenix_routes(phoenix: Phoenix) -> Router {
         let phoenix = phoenix.clone();
         async move { phoenix.websocket(req).await }
     };
-    let longpoll = move |req: Request| {
-        let phoenix = poll.clone();
-        async move { phoenix.longpoll(req).await }
-    };
+    let longpoll = move |req: Request| poll.longpoll(req);
     Router::new()
         .route("/socket/websocket", any(websocket))
-        .route("/socket/longpoll", any(longpoll))
+        .route(PHOENIX_LONGPOLL_PATH, any(longpoll))
 }

@@ -1,10 +1,10 @@
 "use strict";
-// Holds N polling-only socket.io-client clients connected to one URL, for
-// loadtest/bench/polling-rss.sh. Prints "connected <n>" once every client is
+// Holds N socket.io-client clients connected to one URL, polling-only (or
+// WebSocket-only with TRANSPORT=websocket), for loadtest/bench/polling-rss.sh. Prints "connected <n>" once every client is
 // connected (or "failed <n> <first error>"), then "status <connected>" every
 // 5 s, and runs until killed.
 //
-//   node polling-clients.js URL N [RAMP_PER_SEC]
+//   node polling-clients.js URL N [RAMP_PER_SEC] [TRANSPORT]
 //
 // socket.io-client is taken from tests/node/node_modules (`npm ci` there).
 const path = require("node:path");
@@ -12,11 +12,11 @@ const path = require("node:path");
 const root = path.resolve(__dirname, "../..");
 const { io } = require(require.resolve("socket.io-client", { paths: [path.join(root, "tests/node")] }));
 
-const [url, nText, rampText] = process.argv.slice(2);
+const [url, nText, rampText, transport = "polling"] = process.argv.slice(2);
 const n = Number(nText);
 const ramp = Number(rampText || 500);
 if (!url || !(n > 0)) {
-  console.error("usage: node polling-clients.js URL N [RAMP_PER_SEC]");
+  console.error("usage: node polling-clients.js URL N [RAMP_PER_SEC] [polling|websocket]");
   process.exit(2);
 }
 
@@ -33,7 +33,7 @@ function report() {
 }
 
 function open(i) {
-  const s = io(url, { transports: ["polling"], reconnection: false, forceNew: true, timeout: 20_000 });
+  const s = io(url, { transports: [transport], reconnection: false, forceNew: true, timeout: 20_000 });
   let counted = false;
   s.on("connect", () => {
     if (!counted) {

@@ -2,12 +2,13 @@
 # RSS per polling-only socket.io connection, side by side for several gateway binaries.
 #
 #   loadtest/bench/polling-rss.sh [--clients N] [--procs K] [--hold S] [--rounds R] \
-#       LABEL=BINARY [LABEL=BINARY ...]
+#       [--transport polling|websocket] LABEL=BINARY [LABEL=BINARY ...]
 #
 # For each round and each binary, in turn: start a fresh single-node gateway on a free
 # loopback port, read its RSS, connect N socket.io-client clients with
-# `transports: ["polling"]` from K Node processes (loadtest/bench/polling-clients.js),
-# hold them for S seconds (longer than the 25 s ping interval, so every session has
+# `transports: ["polling"]` (`--transport websocket`: WebSocket-only clients, for
+# comparison) from K Node processes (loadtest/bench/polling-clients.js), hold them
+# for S seconds (longer than the 25 s ping interval, so every session has
 # been through a ping/pong over polling), read the RSS again, count the gateway's
 # established TCP connections, stop everything. Prints one line per run and, at the
 # end, the mean KiB per client per binary and each one's ratio to the first.
@@ -20,6 +21,7 @@ clients=3000
 procs=3
 hold=40
 rounds=1
+transport=polling
 bins=()
 while [[ $# -gt 0 ]]; do
     case $1 in
@@ -27,6 +29,7 @@ while [[ $# -gt 0 ]]; do
         --procs) procs=$2; shift 2 ;;
         --hold) hold=$2; shift 2 ;;
         --rounds) rounds=$2; shift 2 ;;
+        --transport) transport=$2; shift 2 ;;
         -h | --help) sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
         *=*) bins+=("$1"); shift ;;
         *) echo "polling-rss: unknown argument $1" >&2; exit 2 ;;
@@ -63,7 +66,7 @@ run_one() {
     per=$(((clients + procs - 1) / procs))
     local cpids=()
     for ((i = 0; i < procs; i++)); do
-        timeout $((hold + 300)) node "$here/polling-clients.js" "http://127.0.0.1:$port" "$per" 500 >"$work/c$i.out" 2>&1 &
+        timeout $((hold + 300)) node "$here/polling-clients.js" "http://127.0.0.1:$port" "$per" 500 "$transport" >"$work/c$i.out" 2>&1 &
         cpids+=("$!")
         pids+=("$!")
     done
@@ -96,7 +99,7 @@ run_one() {
     rm -f "$work"/c*.out
 }
 
-echo "# $(date -u +%FT%TZ) $(nproc) cores; clients=$clients procs=$procs hold=${hold}s rounds=$rounds"
+echo "# $(date -u +%FT%TZ) $(nproc) cores; $transport clients=$clients procs=$procs hold=${hold}s rounds=$rounds"
 for ((r = 1; r <= rounds; r++)); do
     for spec in "${bins[@]}"; do
         run_one "${spec%%=*}" "${spec#*=}"
@@ -108,5 +111,5 @@ for spec in "${bins[@]}"; do
     mean=$(python3 -c "print(f'{${sum[$label]} / ${count[$label]}:.2f}')")
     [[ -z $first ]] && first=$mean
     ratio=$(python3 -c "print(f'{$mean / $first:.2f}')")
-    echo "mean $label: $mean KiB per polling client (x$ratio of ${bins[0]%%=*})"
+    echo "mean $label: $mean KiB per $transport client (x$ratio of ${bins[0]%%=*})"
 done

@@ -20,6 +20,8 @@
 pub mod codec;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -292,12 +294,28 @@ impl Phoenix {
     /// its token, as Phoenix does), a GET with one collects frames, a POST sends them.
     /// Every answer is HTTP 200 with the protocol's status in the JSON body. In a
     /// cluster, a token of another node's session is forwarded to that node.
-    pub async fn longpoll(&self, req: Request) -> Response {
+    ///
+    /// The request is read at once; the returned future holds only what the answer
+    /// still needs — for a held poll, the connection and its token.
+    pub fn longpoll(&self, req: Request) -> impl Future<Output = Response> + Send + 'static {
+        let answer = self.longpoll_answer(req);
+        async move {
+            match answer {
+                LongPoll::Poll(conn, token) => conn.poll(&token).await,
+                LongPoll::Later(answer) => answer.await,
+            }
+        }
+    }
+
+    fn longpoll_answer(&self, req: Request) -> LongPoll {
+        let status = |status: u16| {
+            let mut out = String::new();
+            codec::encode_poll_status(&mut out, status);
+            LongPoll::Later(Box::pin(std::future::ready(json_response(out))))
+        };
         let params = Params::of(&req);
-        let mut out = String::new();
         if !params.vsn.as_deref().is_some_and(codec::is_supported_vsn) {
-            codec::encode_poll_status(&mut out, 400);
-            return json_response(out);
+            return status(400);
         }
         let session = params
             .session
@@ -306,71 +324,78 @@ impl Phoenix {
         let method = req.method().clone();
         match (session, &params.session) {
             (Some(conn), Some(token)) if method == Method::GET => {
-                let token = token.clone();
-                // The request's headers share hyper's read buffer; not held through
-                // the poll.
-                drop(req);
-                conn.poll(&token).await
+                LongPoll::Poll(conn, token.as_str().into())
             }
             (Some(conn), Some(_)) if method == Method::POST => {
-                let ndjson = req
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(codec::is_ndjson);
                 let limit = self.shared.config.max_payload;
-                let status = match axum::body::to_bytes(req.into_body(), limit).await {
-                    Ok(body) => conn.post(&body, ndjson),
-                    Err(_) => {
-                        conn.outbox.close(CloseReason::TooLarge);
-                        400
-                    }
-                };
-                codec::encode_poll_status(&mut out, status);
-                json_response(out)
+                LongPoll::Later(Box::pin(async move {
+                    let ndjson = req
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(codec::is_ndjson);
+                    let status = match axum::body::to_bytes(req.into_body(), limit).await {
+                        Ok(body) => conn.post(&body, ndjson),
+                        Err(_) => {
+                            conn.outbox.close(CloseReason::TooLarge);
+                            400
+                        }
+                    };
+                    let mut out = String::new();
+                    codec::encode_poll_status(&mut out, status);
+                    json_response(out)
+                }))
             }
-            (Some(_), _) => {
-                codec::encode_poll_status(&mut out, 400);
-                json_response(out)
-            }
+            (Some(_), _) => status(400),
             (None, session) => {
                 // The user's token of a new session may come as a header (phoenix.js
-                // 1.8's `authToken`).
-                let header_token = req
+                // 1.8's `authToken`); otherwise it is the first `token`.
+                let user_token = req
                     .headers()
                     .get("x-phoenix-authtoken")
                     .and_then(|v| v.to_str().ok())
-                    .map(str::to_owned);
-                if let (Some(token), Some(forwarder)) = (session, &self.shared.config.forwarder) {
-                    match forwarder.route(token, req.headers()) {
-                        Route::Here => {}
-                        Route::Misdirected => return forward::misdirected(forwarder.node()),
-                        Route::Owner(node) => {
-                            let forwarded = Box::pin(forwarder.forward(
-                                req,
-                                node,
-                                Frontend::Phoenix,
-                                POLL_HOLD,
-                            ));
-                            // On NoOwner (its node is gone), go on as for any unknown token.
-                            if let Ok(response) = forwarded.await {
-                                return response;
-                            }
-                        }
+                    .map(str::to_owned)
+                    .or(params.token);
+                let unknown = move |endpoint: &Phoenix, user_token: Option<String>| {
+                    if method == Method::GET {
+                        // No session of that name: a new one.
+                        endpoint.open_longpoll(user_token)
+                    } else {
+                        let mut out = String::new();
+                        let status = if method == Method::POST {
+                            codec::poll_status::GONE
+                        } else {
+                            400
+                        };
+                        codec::encode_poll_status(&mut out, status);
+                        json_response(out)
                     }
-                }
-                if method == Method::GET {
-                    // No session of that name: a new one (the first token, if any, is
-                    // the user's).
-                    return self.open_longpoll(header_token.or(params.token));
-                }
-                let status = if method == Method::POST {
-                    codec::poll_status::GONE
-                } else {
-                    400
                 };
-                codec::encode_poll_status(&mut out, status);
-                json_response(out)
+                let route = match (session, &self.shared.config.forwarder) {
+                    (Some(token), Some(forwarder)) => forwarder.route(token, req.headers()),
+                    _ => Route::Here,
+                };
+                match (route, &self.shared.config.forwarder) {
+                    (Route::Misdirected, Some(forwarder)) => LongPoll::Later(Box::pin(
+                        std::future::ready(forward::misdirected(forwarder.node())),
+                    )),
+                    (Route::Owner(node), Some(forwarder)) => {
+                        let forwarder = forwarder.clone();
+                        let node = node.to_owned();
+                        let endpoint = self.clone();
+                        LongPoll::Later(Box::pin(async move {
+                            match forwarder
+                                .forward(req, &node, Frontend::Phoenix, POLL_HOLD)
+                                .await
+                            {
+                                Ok(response) => response,
+                                // Its node is gone: as for any unknown token.
+                                Err(forward::NoOwner) => unknown(&endpoint, user_token),
+                            }
+                        }))
+                    }
+                    _ => LongPoll::Later(Box::pin(std::future::ready(unknown(self, user_token)))),
+                }
             }
         }
     }
@@ -490,6 +515,15 @@ impl Phoenix {
         self.shared.tasks.close();
         let _ = tokio::time::timeout(grace, self.shared.tasks.wait()).await;
     }
+}
+
+/// How [`Phoenix::longpoll`] answers a request it has read.
+enum LongPoll {
+    /// A GET of a session of this node: wait on its outbox.
+    Poll(Arc<Conn>, Box<str>),
+    /// Anything else (answered already, a post, a forward), boxed so that a held
+    /// poll does not carry its size.
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
 /// A joined topic and the ref of the join that opened it.

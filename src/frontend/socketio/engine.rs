@@ -12,6 +12,8 @@
 //! to the first.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -171,55 +173,64 @@ impl<H: Handler> Engine<H> {
         self.shared.sessions.read().len()
     }
 
-    /// Entry point for every request on the Engine.IO path.
-    pub async fn handle(&self, req: Request) -> Response {
+    /// Entry point for every request on the Engine.IO path. The request is read at
+    /// once; the returned future holds only what the answer still needs — for a long
+    /// poll, the session — since a polling client has one of these pending at all
+    /// times (its size is logged at `trace`, "long-poll request size").
+    pub fn handle(&self, req: Request) -> impl Future<Output = Response> + Send + 'static {
+        let answer = self.answer(req);
+        async move {
+            match answer {
+                Answer::Poll(session) => session.poll().await,
+                Answer::Later(answer) => answer.await,
+            }
+        }
+    }
+
+    fn answer(&self, req: Request) -> Answer<H> {
+        let ready = |response: Response| Answer::Later(Box::pin(std::future::ready(response)));
         let query = engineio::parse_query(req.uri().query().unwrap_or(""));
         if query.eio.as_deref() != Some("4") {
-            return protocol_error(ErrorCode::UnsupportedProtocolVersion);
+            return ready(protocol_error(ErrorCode::UnsupportedProtocolVersion));
         }
         let websocket = match query.transport.as_deref() {
             Some("polling") => false,
             Some("websocket") => true,
-            _ => return protocol_error(ErrorCode::TransportUnknown),
+            _ => return ready(protocol_error(ErrorCode::TransportUnknown)),
         };
-        match &query.sid {
-            None => {
-                if req.method() != Method::GET {
-                    return protocol_error(ErrorCode::BadHandshakeMethod);
-                }
-                if self.shared.draining.is_cancelled() {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-                }
-                if websocket {
-                    self.upgrade(req, None, query)
-                } else {
-                    let session = self.open(POLLING, &query);
-                    let open = self.open_packet(&session, &["websocket"]);
-                    self.spawn_polling_heartbeat(session);
-                    text_response(open.into_bytes())
-                }
+        let Some(sid) = &query.sid else {
+            if req.method() != Method::GET {
+                return ready(protocol_error(ErrorCode::BadHandshakeMethod));
             }
-            Some(sid) => {
-                let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
-                    // Boxed: only requests of other nodes' sessions pay for the
-                    // forwarding future, not every held poll.
-                    return Box::pin(self.elsewhere(req, sid, websocket)).await;
-                };
-                if websocket {
-                    self.upgrade(req, Some(session), query)
-                } else if session.transport.load(Ordering::Acquire) != POLLING {
-                    protocol_error(ErrorCode::BadRequest)
-                } else if req.method() == Method::GET {
-                    // The request's headers share hyper's read buffer: held through
-                    // the long poll, they would make hyper allocate a second one.
-                    drop(req);
-                    session.poll().await
-                } else if req.method() == Method::POST {
-                    session.post(req).await
-                } else {
-                    protocol_error(ErrorCode::BadRequest)
-                }
+            if self.shared.draining.is_cancelled() {
+                return ready((StatusCode::SERVICE_UNAVAILABLE, "draining").into_response());
             }
+            return ready(if websocket {
+                self.upgrade(req, None, query)
+            } else {
+                let session = self.open(POLLING, &query);
+                let open = self.open_packet(&session, &["websocket"]);
+                self.spawn_polling_heartbeat(session);
+                text_response(open.into_bytes())
+            });
+        };
+        let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
+            let engine = self.clone();
+            let sid = sid.clone();
+            return Answer::Later(Box::pin(async move {
+                engine.elsewhere(req, &sid, websocket).await
+            }));
+        };
+        if websocket {
+            ready(self.upgrade(req, Some(session), query))
+        } else if session.transport.load(Ordering::Acquire) != POLLING {
+            ready(protocol_error(ErrorCode::BadRequest))
+        } else if req.method() == Method::GET {
+            Answer::Poll(session)
+        } else if req.method() == Method::POST {
+            Answer::Later(Box::pin(async move { session.post(req).await }))
+        } else {
+            ready(protocol_error(ErrorCode::BadRequest))
         }
     }
 
@@ -712,6 +723,15 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
     fn transport(&self) -> &'static str {
         self.transport_name()
     }
+}
+
+/// How [`Engine::handle`] answers a request it has read.
+enum Answer<H: Handler> {
+    /// A long-polling GET: wait on the session's outbox.
+    Poll(Arc<Session<H>>),
+    /// Anything else (answered already, a post, a forward), boxed so that a held
+    /// poll does not carry its size.
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
 /// Where a WebSocket session's first ping interval starts.
