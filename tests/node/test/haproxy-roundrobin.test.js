@@ -41,9 +41,10 @@ describe("HAProxy round robin without stickiness: polling, upgrading and long-po
           PUSHGATE_JWT_SECRET: h.SECRET,
           PUSHGATE_REGISTRY_TTL_MS: "3000",
           // Heartbeats every second, so the test sees many of them go through
-          // forwarded polls.
+          // forwarded polls; a generous pong deadline, so a busy CI machine does
+          // not turn a slow pong into a disconnect.
           PUSHGATE_PING_INTERVAL_MS: "1000",
-          PUSHGATE_PING_TIMEOUT_MS: "3000",
+          PUSHGATE_PING_TIMEOUT_MS: "10000",
           PUSHGATE_WORKER_THREADS: "1",
         })
       );
