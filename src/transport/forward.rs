@@ -533,3 +533,115 @@ fn unavailable(message: &str) -> Response {
     )
         .into_response()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// No node is ever found: these tests exercise routing and the request sent,
+    /// not the directory (the Node suite runs the registry behind it).
+    struct Nowhere;
+
+    impl Directory for Nowhere {
+        fn is_live(&self, _: &str) -> bool {
+            true
+        }
+        fn address<'a>(&'a self, _: &'a str) -> AddressFuture<'a> {
+            Box::pin(std::future::ready(Ok(None)))
+        }
+    }
+
+    fn forwarder(node: &str) -> Forwarder {
+        Forwarder::new(
+            NodeId::parse(node).unwrap(),
+            Arc::new(Nowhere),
+            Arc::new(Metrics::new()),
+        )
+    }
+
+    #[test]
+    fn a_token_of_another_node_is_forwarded_and_a_forwarded_request_never_again() {
+        let f = forwarder("gw1");
+        let none = HeaderMap::new();
+        assert_eq!(f.route("gw2~secret", &none), Route::Owner("gw2"));
+        assert_eq!(f.route("gw1~secret", &none), Route::Here);
+        assert_eq!(f.route("plainsecret", &none), Route::Here);
+        let mut to = HeaderMap::new();
+        to.insert(FORWARD_HEADER, HeaderValue::from_static("gw1"));
+        assert_eq!(f.route("gw2~secret", &to), Route::Here);
+        to.insert(FORWARD_HEADER, HeaderValue::from_static("gw3"));
+        assert_eq!(f.route("gw2~secret", &to), Route::Misdirected);
+        assert_eq!(f.session_token("abc"), "gw1~abc");
+    }
+
+    #[test]
+    fn the_request_sent_to_the_owner_drops_hop_by_hop_headers_and_names_the_owner() {
+        let client = Request::builder()
+            .method("POST")
+            .uri("/socket.io/?EIO=4&transport=polling&sid=gw2~s")
+            .header("host", "lb.example")
+            .header("connection", "keep-alive, x-private")
+            .header("x-private", "1")
+            .header("keep-alive", "timeout=5")
+            .header("transfer-encoding", "chunked")
+            .header("content-type", "text/plain")
+            .header(FORWARD_HEADER, "spoofed")
+            .body(Body::empty())
+            .unwrap();
+        let (parts, _) = client.into_parts();
+        let sent = outgoing(&parts, "10.0.0.2:3000", "gw2", Kind::Poll, Body::empty()).unwrap();
+        assert_eq!(sent.method(), "POST");
+        assert_eq!(
+            sent.uri().to_string(),
+            "http://10.0.0.2:3000/socket.io/?EIO=4&transport=polling&sid=gw2~s"
+        );
+        let names: Vec<&str> = sent.headers().keys().map(|k| k.as_str()).collect();
+        assert_eq!(names, vec!["content-type", FORWARD_HEADER]);
+        assert_eq!(sent.headers()[FORWARD_HEADER], "gw2");
+
+        let upgrade = Request::builder()
+            .uri("/socket.io/?EIO=4&transport=websocket&sid=gw2~s")
+            .header("connection", "Upgrade")
+            .header("upgrade", "websocket")
+            .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+            .header("sec-websocket-version", "13")
+            .body(Body::empty())
+            .unwrap();
+        let (parts, _) = upgrade.into_parts();
+        let sent = outgoing(
+            &parts,
+            "[fd00::2]:3000",
+            "gw2",
+            Kind::Upgrade,
+            Body::empty(),
+        )
+        .unwrap();
+        assert_eq!(sent.headers()["connection"], "upgrade");
+        assert_eq!(sent.headers()["upgrade"], "websocket");
+        assert_eq!(
+            sent.headers()["sec-websocket-key"],
+            "dGhlIHNhbXBsZSBub25jZQ=="
+        );
+        assert!(sent.uri().to_string().starts_with("http://[fd00::2]:3000/"));
+    }
+
+    #[tokio::test]
+    async fn a_session_of_a_node_the_directory_does_not_know_has_no_owner() {
+        let f = forwarder("gw1");
+        let req = Request::builder()
+            .uri("/socket.io/?EIO=4&transport=polling&sid=gw9~s")
+            .body(Body::empty())
+            .unwrap();
+        let answer = f
+            .forward(req, "gw9", Frontend::SocketIo, Duration::from_secs(1))
+            .await;
+        assert_eq!(answer.err(), Some(NoOwner));
+        let text = f.metrics.render();
+        assert!(
+            text.contains(
+                r#"pushgate_cluster_forwards_total{frontend="socketio",kind="poll",outcome="no_owner"} 1"#
+            ),
+            "{text}"
+        );
+    }
+}
