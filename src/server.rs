@@ -4,8 +4,9 @@
 //! Shutdown has one owner, [`run`]. The order: not ready (`/readyz` 503, new pushes
 //! and new sessions refused) → let queues drain up to the deadline → close every
 //! session (WebSocket clients get close 1001, polling clients the close packet at
-//! their next poll; either way they reconnect elsewhere) → stop accepting connections
-//! → wait briefly for in-flight requests → stop the bus (cluster mode: the registry
+//! their next poll; either way they reconnect elsewhere; WebSockets of other nodes'
+//! sessions piped through this one end too) → stop accepting connections (idle ones
+//! close) → wait briefly for in-flight requests → stop the bus (cluster mode: the registry
 //! forgets this node's sockets and the node) → return.
 
 use std::future::Future;
