@@ -103,6 +103,7 @@ async fn main() -> anyhow::Result<()> {
         max_payload: 1_000_000,
         queue_capacity: 1024,
         queue_bytes: 16 * 1024 * 1024,
+        forwarder: None,
     };
     let metrics = Arc::new(Metrics::new());
     let mut codecs = pushgate::codec::Codecs::new();

@@ -12,6 +12,8 @@
 #   has PUSHGATE_REDIS_URL pointing at the compose Redis service, the same
 #   prefix, a unique PUSHGATE_NODE_ID equal to its service name, and exposes
 #   the port of its PUSHGATE_LISTEN; API keys are set (HAProxy is not loopback);
+#   its PUSHGATE_ADVERTISE_ADDR, when set, is its service name and that port
+#   (the other gateways forward long-polling requests there);
 # - HAProxy renders pm/haproxy.cfg.tmpl for exactly those gateways and ports,
 #   with --api-keys-set, and (if haproxy is installed) `haproxy -c` accepts the
 #   rendered config;
@@ -20,7 +22,8 @@
 #   service and its uid is the one the dashboards use; the dashboard provider
 #   path and the home dashboard are where the dashboards are mounted;
 # - the published ports are the ones README.md and pm/README.md announce;
-# - no stale "until the Redis bus lands" note is left in the kit.
+# - no stale "until the Redis bus lands" or "sticky until issue 8" note is left
+#   in the kit.
 # One line per check; exit 0 if all pass, 1 if any fails. Needs python3 with
 # PyYAML (Debian: python3-yaml).
 set -euo pipefail
@@ -128,6 +131,9 @@ for name, svc in sorted(gateways.items()):
     exposed = {int(str(p).split("/")[0]) for p in svc.get("expose", []) or []} | set(published(svc))
     check(int(port) in exposed, f"{name}: exposes its PUSHGATE_LISTEN port {port}", f"exposes {sorted(exposed)}")
     check(bool(default_value(env.get("PUSHGATE_API_KEYS"))), f"{name}: PUSHGATE_API_KEYS is set (HAProxy is not loopback to it)")
+    advertise = env.get("PUSHGATE_ADVERTISE_ADDR")
+    check(advertise in (None, f"{name}:{port}"), f"{name}: PUSHGATE_ADVERTISE_ADDR is where the other gateways reach it",
+          f"got {advertise!r}, want {name}:{port!r} or unset")
     gw_addr[name] = f"{name}:{port}"
 check(len(urls) == 1 and len(prefixes) == 1, "the gateways share one Redis URL and prefix", f"{urls} {prefixes}")
 ids = [env_of(s).get("PUSHGATE_NODE_ID") for s in gateways.values()]
@@ -273,11 +279,12 @@ check(keys in read("pm/README.md") and keys in read("docker-compose.yml"),
       f"the default API key {keys!r} is the one pm/README.md announces")
 
 # --- stale notes --------------------------------------------------------------------
-stale = re.compile(r"until the Redis bus lands|once the Redis bus lands|needs the Redis\s+bus\)", re.I)
+stale = re.compile(r"until the Redis bus lands|once the Redis bus lands|needs the Redis\s+bus\)"
+                   r"|no-sticky work|sticky .{0,40}(required|until)|stick-table", re.I)
 for rel in ["README.md", "docker-compose.yml", "pm/README.md", "pm/ecosystem.config.js",
             "pm/dev-cluster.sh", "pm/haproxy.cfg.tmpl", "pm/render-haproxy.sh", "pm/pushgate@.service"]:
     hits = [i + 1 for i, line in enumerate(read(rel).splitlines()) if stale.search(line)]
-    check(not hits, f"{rel} has no stale Redis-bus note", f"lines {hits}")
+    check(not hits, f"{rel} has no stale Redis-bus or stickiness note", f"lines {hits}")
 
 print(f"check-compose: {'all checks pass' if not failures else f'{failures} check(s) failed'}")
 sys.exit(1 if failures else 0)

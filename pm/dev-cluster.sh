@@ -19,7 +19,7 @@
 #
 # The run dir gets cluster.env (PUSHGATE_LB_URL, PUSHGATE_NODE_URLS,
 # PUSHGATE_DEV_REDIS_URL) for scripts to source, one .log per process, and
-# haproxy.sock (`echo "show table be_clients" | socat - UNIX:haproxy.sock`).
+# haproxy.sock (`echo "show servers state" | socat - UNIX:haproxy.sock`).
 set -euo pipefail
 
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
@@ -251,7 +251,7 @@ start_all() {
     if [[ $dev_redis == 1 ]]; then
         log "the gateways are one cluster on the Redis bus at $redis_url"
     else
-        log "PUSHGATE_DEV_REDIS=0: the gateways are independent nodes (a push reaches only the clients of the node that received it)"
+        log "PUSHGATE_DEV_REDIS=0: the gateways are independent nodes (a push reaches only the clients of the node that received it, and long-polling clients through HAProxy fail once a request reaches another node: use WebSocket clients)"
     fi
 
     # Gateways.

@@ -12,7 +12,7 @@
 #                            (e.g. gw1=gw1:3000,gw2=gw2:3000 in docker compose)
 #   -l, --listen ADDR        HAProxy bind address (PUSHGATE_LB_LISTEN, default 0.0.0.0:3000)
 #   -m, --maxconn N          global and frontend maxconn (PUSHGATE_LB_MAXCONN, default 100000)
-#       --stats-socket PATH  add an admin stats socket (show table be_clients, ...)
+#       --stats-socket PATH  add an admin stats socket (show stat, show servers state, ...)
 #       --resolver IP:PORT   resolve gateway names at run time through this DNS
 #                            server (docker: 127.0.0.11:53)
 #       --api-keys-set       the gateways have PUSHGATE_API_KEYS: let /v1 through
@@ -99,7 +99,6 @@ fi
 # Blocks that replace a line holding only @@NAME@@.
 client_servers=""
 api_servers=""
-use_server_rules=""
 server_dns=""
 [[ -n $resolver ]] && server_dns=" resolvers dns resolve-prefer ipv4"
 for i in "${!names[@]}"; do
@@ -108,7 +107,6 @@ for i in "${!names[@]}"; do
     a=${addrs[$i]}
     client_servers+="    server $n $a id $id check$server_dns"$'\n'
     api_servers+="    server $n $a id $id track be_clients/$n$server_dns"$'\n'
-    use_server_rules+="    use-server $n if { var(txn.eio_srv) -m int $id }"$'\n'
 done
 
 stats_block=""
@@ -147,8 +145,6 @@ fi
 # A gateway that is not up yet when HAProxy starts must not stop it.
 server_init="init-addr last,libc,none"
 
-stick_size=$((maxconn > 1000 ? maxconn : 1000))
-
 render() {
     local line key
     while IFS= read -r line || [[ -n $line ]]; do
@@ -156,7 +152,6 @@ render() {
         case $key in
             @@CLIENT_SERVERS@@) printf '%s' "$client_servers" ;;
             @@API_SERVERS@@) printf '%s' "$api_servers" ;;
-            @@USE_SERVER_RULES@@) printf '%s' "$use_server_rules" ;;
             @@STATS_SOCKET@@) if [[ -n $stats_block ]]; then printf '%s\n' "$stats_block"; fi ;;
             @@RESOLVERS@@) if [[ -n $resolvers_block ]]; then printf '%s\n' "$resolvers_block"; fi ;;
             @@API_POLICY@@) printf '%s\n' "$api_policy" ;;
@@ -165,7 +160,6 @@ render() {
                 line=${line//@@MAXCONN@@/$maxconn}
                 line=${line//@@BIND@@/$listen$bind_options}
                 line=${line//@@LOG_LEVEL@@/$log_level}
-                line=${line//@@STICK_SIZE@@/$stick_size}
                 line=${line//@@SERVER_INIT@@/$server_init}
                 [[ $line != *@@*@@* ]] || die "unknown placeholder in template: $line"
                 printf '%s\n' "$line"

@@ -721,6 +721,10 @@ fn this_node(api: &Api) -> NodeInfo {
         connections: frontends.values().sum(),
         frontends,
         started_at: api.started_at,
+        address: api
+            .cluster
+            .as_ref()
+            .and_then(|c| c.registry().advertised().map(str::to_owned)),
     }
 }
 

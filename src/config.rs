@@ -6,7 +6,7 @@
 //! the parsed flags, an environment lookup and the file's text, so tests build a
 //! [`Config`] from a map without touching the process environment.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -73,6 +73,9 @@ pub struct Flags {
     /// Redis URL for the cluster bus; unset = single node [env: PUSHGATE_REDIS_URL]
     #[arg(long)]
     pub redis_url: Option<String>,
+    /// Where the other nodes reach this one (IP, IP:PORT or HOST:PORT), cluster mode only [env: PUSHGATE_ADVERTISE_ADDR] [default: the listen address; on 0.0.0.0 or [::], this host's address toward Redis]
+    #[arg(long)]
+    pub advertise_addr: Option<String>,
     /// Prefix of every Redis key and channel [env: PUSHGATE_REDIS_PREFIX] [default: pushgate]
     #[arg(long)]
     pub redis_prefix: Option<String>,
@@ -207,6 +210,7 @@ pub struct Flags {
 struct FileSettings {
     listen: Option<String>,
     redis_url: Option<String>,
+    advertise_addr: Option<String>,
     redis_prefix: Option<String>,
     registry_ttl_ms: Option<u64>,
     api_keys: Option<Vec<String>>,
@@ -258,6 +262,9 @@ struct FileSettings {
 pub struct Config {
     pub listen: SocketAddr,
     pub redis_url: Option<String>,
+    /// Where the other nodes reach this one, as configured; `None` = derived at start
+    /// ([`default_advertise_addr`]). Used in cluster mode only.
+    pub advertise_addr: Option<AdvertiseAddr>,
     /// Prefix of every Redis key and channel, so several gateways can share a Redis.
     pub redis_prefix: String,
     /// TTL of the registry entries this node owns in Redis.
@@ -391,6 +398,7 @@ impl std::fmt::Debug for Config {
         f.debug_struct("Config")
             .field("listen", &self.listen)
             .field("redis_url", &self.redis_url.as_ref().map(|_| REDACTED))
+            .field("advertise_addr", &self.advertise_addr)
             .field("redis_prefix", &self.redis_prefix)
             .field("registry_ttl", &self.registry_ttl)
             .field(
@@ -451,6 +459,8 @@ pub enum ConfigError {
         #[source]
         source: std::io::Error,
     },
+    #[error("{name}: {message}")]
+    Missing { name: &'static str, message: String },
     #[error(transparent)]
     NodeId(#[from] InvalidNodeId),
 }
@@ -839,10 +849,24 @@ impl Config {
             }
         };
 
+        let advertise_addr = pick(
+            flags.advertise_addr,
+            "PUSHGATE_ADVERTISE_ADDR",
+            file.advertise_addr,
+        )
+        .map(|text| {
+            AdvertiseAddr::parse(&text).map_err(|message| ConfigError::Invalid {
+                name: ADVERTISE_ADDR_SETTING,
+                value: text,
+                message,
+            })
+        })
+        .transpose()?;
         let ms = Duration::from_millis;
         let config = Config {
             listen,
             redis_url,
+            advertise_addr,
             redis_prefix,
             registry_ttl: ms(registry_ttl_ms),
             api_keys,
@@ -1012,6 +1036,110 @@ fn check_redis_url(url: &str) -> Result<(), ConfigError> {
     fred::types::config::Config::from_url(url)
         .map(drop)
         .map_err(|e| refuse(format!("malformed: {}", e.details())))
+}
+
+/// The setting as a user may have written it, for error messages.
+pub const ADVERTISE_ADDR_SETTING: &str = "PUSHGATE_ADVERTISE_ADDR (--advertise-addr)";
+
+/// Where the other nodes of a cluster reach this one, as configured: they forward to it
+/// the long-polling requests and WebSocket upgrades of the sessions it holds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdvertiseAddr {
+    /// An IP address; the node's listen port is added.
+    Ip(IpAddr),
+    /// An IP address and port.
+    Socket(SocketAddr),
+    /// A host name and port, resolved by the peers (e.g. a compose service name).
+    Host(String, u16),
+}
+
+impl AdvertiseAddr {
+    /// `IP`, `IP:PORT`, `[IPv6]:PORT` or `HOST:PORT`. An unspecified address
+    /// (`0.0.0.0`, `::`) or port 0 names no reachable place, so it is refused.
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let text = text.trim();
+        const SHAPE: &str = "an IP address, IP:PORT or HOST:PORT";
+        if text.is_empty() {
+            return Err(format!("empty; expected {SHAPE}"));
+        }
+        if text.contains('/') || text.contains('@') {
+            return Err(format!("expected {SHAPE}, without scheme or path"));
+        }
+        let unreachable = |ip: IpAddr| {
+            format!("{ip} is not an address other nodes can reach; give this node's own")
+        };
+        if let Ok(addr) = text.parse::<SocketAddr>() {
+            if addr.ip().is_unspecified() {
+                return Err(unreachable(addr.ip()));
+            }
+            if addr.port() == 0 {
+                return Err("port 0 is not a port other nodes can reach".to_owned());
+            }
+            return Ok(AdvertiseAddr::Socket(addr));
+        }
+        let bare = text
+            .strip_prefix('[')
+            .and_then(|t| t.strip_suffix(']'))
+            .unwrap_or(text);
+        if let Ok(ip) = bare.parse::<IpAddr>() {
+            if ip.is_unspecified() {
+                return Err(unreachable(ip));
+            }
+            return Ok(AdvertiseAddr::Ip(ip));
+        }
+        let Some((host, port)) = text.rsplit_once(':') else {
+            return Err(format!("a host name needs a port; expected {SHAPE}"));
+        };
+        let port = match port.parse::<u16>() {
+            Ok(0) | Err(_) => return Err(format!("bad port {port:?}; expected {SHAPE}")),
+            Ok(p) => p,
+        };
+        let valid_host = !host.is_empty()
+            && host.len() <= 253
+            && host
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+            && !host.starts_with(['-', '.'])
+            && !host.ends_with(['-', '.']);
+        if !valid_host {
+            return Err(format!("bad host name {host:?}; expected {SHAPE}"));
+        }
+        Ok(AdvertiseAddr::Host(host.to_ascii_lowercase(), port))
+    }
+
+    /// `host:port` as peers connect to it; `listen_port` fills in a bare IP.
+    pub fn authority(&self, listen_port: u16) -> String {
+        match self {
+            AdvertiseAddr::Ip(ip) => SocketAddr::new(*ip, listen_port).to_string(),
+            AdvertiseAddr::Socket(addr) => addr.to_string(),
+            AdvertiseAddr::Host(host, port) => format!("{host}:{port}"),
+        }
+    }
+}
+
+/// Where peers reach a node that set no `PUSHGATE_ADVERTISE_ADDR`: its listen address
+/// when that names one interface; when it listens on every interface (`0.0.0.0`,
+/// `[::]`), the local address its host uses toward Redis (`route`, found by the
+/// server), with the listen port — the peers share that Redis, so they most likely
+/// share that network too. Without a route the node cannot tell, and says so.
+pub fn default_advertise_addr(
+    listen: SocketAddr,
+    route: Option<IpAddr>,
+) -> Result<String, ConfigError> {
+    if !listen.ip().is_unspecified() {
+        return Ok(listen.to_string());
+    }
+    match route {
+        Some(ip) if !ip.is_unspecified() => Ok(SocketAddr::new(ip, listen.port()).to_string()),
+        _ => Err(ConfigError::Missing {
+            name: ADVERTISE_ADDR_SETTING,
+            message: format!(
+                "not set, and this node listens on {listen} (every interface) and found no \
+                 local address toward Redis; set it to an address the other nodes reach \
+                 this one on"
+            ),
+        }),
+    }
 }
 
 /// `scheme://user:secret@host` → `scheme://user:<redacted>@host`.
@@ -1356,6 +1484,49 @@ mod tests {
     }
 
     #[test]
+    fn the_advertise_address_is_an_ip_a_socket_address_or_a_host_and_port() {
+        let parse = |t: &str| AdvertiseAddr::parse(t);
+        assert_eq!(parse("10.0.0.7").unwrap().authority(3001), "10.0.0.7:3001");
+        assert_eq!(
+            parse("10.0.0.7:4000").unwrap().authority(3001),
+            "10.0.0.7:4000"
+        );
+        assert_eq!(
+            parse("[fd00::7]:4000").unwrap().authority(1),
+            "[fd00::7]:4000"
+        );
+        assert_eq!(
+            parse("[fd00::7]").unwrap().authority(3000),
+            "[fd00::7]:3000"
+        );
+        assert_eq!(parse("fd00::7").unwrap().authority(3000), "[fd00::7]:3000");
+        assert_eq!(parse(" GW1:3000 ").unwrap().authority(1), "gw1:3000");
+        assert_eq!(
+            parse("gw-1.internal.example:3000").unwrap(),
+            AdvertiseAddr::Host("gw-1.internal.example".into(), 3000)
+        );
+        for (bad, why) in [
+            ("", "empty"),
+            ("0.0.0.0", "not an address other nodes can reach"),
+            ("0.0.0.0:3000", "not an address other nodes can reach"),
+            ("[::]:3000", "not an address other nodes can reach"),
+            ("10.0.0.7:0", "port 0"),
+            ("gw1", "needs a port"),
+            ("gw1:0", "bad port"),
+            ("gw1:http", "bad port"),
+            ("gw1:70000", "bad port"),
+            ("http://gw1:3000", "without scheme"),
+            ("gw1:3000/x", "without scheme"),
+            ("-gw1:3000", "bad host name"),
+            ("gw_1:3000", "bad host name"),
+            (":3000", "bad host name"),
+        ] {
+            let err = parse(bad).expect_err(bad);
+            assert!(err.contains(why), "{bad:?}: {err}");
+        }
+    }
+
+    #[test]
     fn secrets_are_read_from_files_with_the_trailing_newline_trimmed() {
         let c = with_files(
             &[
@@ -1440,6 +1611,55 @@ mod tests {
             err.to_string().contains("PUSHGATE_JWT_SECRET_FILE"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_bad_advertise_address_names_the_setting() {
+        let err = from_env(&[("PUSHGATE_ADVERTISE_ADDR", "0.0.0.0")])
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PUSHGATE_ADVERTISE_ADDR"), "{err}");
+        assert!(err.contains("--advertise-addr"), "{err}");
+        let c = from_env(&[("PUSHGATE_ADVERTISE_ADDR", "10.1.2.3")]).unwrap();
+        assert_eq!(
+            c.advertise_addr,
+            Some(AdvertiseAddr::Ip([10, 1, 2, 3].into()))
+        );
+        let file = "advertise_addr = \"gw2:3000\"\n".to_owned();
+        let c = Config::resolve(Flags::default(), |_| None, Some(("f.toml".into(), file))).unwrap();
+        assert_eq!(
+            c.advertise_addr,
+            Some(AdvertiseAddr::Host("gw2".into(), 3000))
+        );
+        assert_eq!(from_env(&[]).unwrap().advertise_addr, None);
+    }
+
+    #[test]
+    fn without_a_setting_peers_reach_the_listen_address_or_the_route_to_redis() {
+        let listen = |s: &str| s.parse::<SocketAddr>().unwrap();
+        let route = Some(IpAddr::from([10, 0, 0, 9]));
+        assert_eq!(
+            default_advertise_addr(listen("127.0.0.1:3001"), route).unwrap(),
+            "127.0.0.1:3001"
+        );
+        assert_eq!(
+            default_advertise_addr(listen("[fd00::1]:3001"), None).unwrap(),
+            "[fd00::1]:3001"
+        );
+        assert_eq!(
+            default_advertise_addr(listen("0.0.0.0:3000"), route).unwrap(),
+            "10.0.0.9:3000"
+        );
+        assert_eq!(
+            default_advertise_addr(listen("[::]:3000"), Some(IpAddr::from([127, 0, 0, 1])))
+                .unwrap(),
+            "127.0.0.1:3000"
+        );
+        let err = default_advertise_addr(listen("0.0.0.0:3000"), None)
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("PUSHGATE_ADVERTISE_ADDR"), "{err}");
+        assert!(err.contains("0.0.0.0:3000"), "{err}");
     }
 
     #[test]

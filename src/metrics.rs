@@ -53,6 +53,12 @@ pub struct Metrics {
     pub registry_cleanups: IntCounter,
     /// Nodes with a live lease, as this node last saw them.
     pub cluster_nodes: IntGauge,
+    /// Requests of sessions held by other nodes, forwarded to them, by `frontend`,
+    /// `kind` (`poll`, `upgrade`) and `outcome` (`ok`, `no_owner`, `timeout`,
+    /// `failed`).
+    pub cluster_forwards: IntCounterVec,
+    /// WebSockets of other nodes' sessions piped through this node now.
+    pub cluster_forwarded_websockets: IntGauge,
     /// Connections entering (`join`) or leaving (`leave`) presence rooms, counted
     /// where the presence store applied them.
     pub presence_changes: IntCounterVec,
@@ -231,6 +237,15 @@ impl Metrics {
             cluster_nodes: reg!(IntGauge::new(
                 "pushgate_cluster_nodes",
                 "Nodes with a live lease in the cluster registry, as this node last saw them."
+            )),
+            cluster_forwards: reg!(counter(
+                "pushgate_cluster_forwards_total",
+                "Requests of sessions held by other nodes, forwarded to them, by outcome.",
+                &["frontend", "kind", "outcome"]
+            )),
+            cluster_forwarded_websockets: reg!(IntGauge::new(
+                "pushgate_cluster_forwarded_websockets",
+                "WebSockets of other nodes' sessions piped through this node."
             )),
             presence_changes: reg!(counter(
                 "pushgate_presence_changes_total",
@@ -420,6 +435,13 @@ impl Metrics {
             self.limit_addresses.with_label_values(&[table]);
             self.limit_address_evictions.with_label_values(&[table]);
         }
+        for f in Frontend::ALL.map(Frontend::as_str) {
+            for kind in FORWARD_KINDS {
+                for outcome in FORWARD_OUTCOMES {
+                    self.cluster_forwards.with_label_values(&[f, kind, outcome]);
+                }
+            }
+        }
     }
 }
 
@@ -510,6 +532,9 @@ const EVENTS_DROP_REASONS: &[&str] = &["queue_full", "unavailable"];
 const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
 /// The registry's failing operations.
 const REGISTRY_OPS: &[&str] = &["write", "refresh", "read"];
+/// `crate::transport::forward`'s request kinds and outcomes.
+const FORWARD_KINDS: &[&str] = &["poll", "upgrade"];
+const FORWARD_OUTCOMES: &[&str] = &["ok", "no_owner", "timeout", "failed"];
 
 impl Default for Metrics {
     fn default() -> Self {
@@ -551,6 +576,8 @@ mod tests {
             r#"pushgate_connect_errors_total{frontend="pusher",reason="unknown_app"} 0"#,
             r#"pushgate_disconnects_total{frontend="pusher",reason="ping_timeout"} 0"#,
             r#"pushgate_client_events_total{kind="client_event_refused"} 0"#,
+            r#"pushgate_cluster_forwards_total{frontend="phoenix",kind="poll",outcome="no_owner"} 0"#,
+            r#"pushgate_cluster_forwarded_websockets 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }

@@ -4,16 +4,19 @@
 //! Shutdown has one owner, [`run`]. The order: not ready (`/readyz` 503, new pushes
 //! and new sessions refused) → let queues drain up to the deadline → close every
 //! session (WebSocket clients get close 1001, polling clients the close packet at
-//! their next poll; either way they reconnect elsewhere) → stop accepting connections
-//! → wait briefly for in-flight requests → stop the bus (cluster mode: the registry
+//! their next poll; either way they reconnect elsewhere; WebSockets of other nodes'
+//! sessions piped through this one end too) → stop accepting connections (idle ones
+//! close) → wait briefly for in-flight requests → stop the bus (cluster mode: the registry
 //! forgets this node's sockets and the node) → return.
 
 use std::future::Future;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::extract::Request;
+use axum::response::Response;
 use axum::routing::any;
 use axum::Router;
 use tokio::net::TcpListener;
@@ -23,7 +26,7 @@ use crate::api::{self, Api};
 use crate::auth::{ApiKeys, Authenticator};
 use crate::bus::{Bus, ClusterObserver, LocalBus, RedisBus, RedisSettings};
 use crate::codec::Codecs;
-use crate::config::Config;
+use crate::config::{default_advertise_addr, Config, ConfigError};
 use crate::connection::CloseReason;
 use crate::delivery::Tracker;
 use crate::events::Events;
@@ -36,7 +39,15 @@ use crate::metrics::Metrics;
 use crate::presence::local::LocalPresence;
 use crate::presence::Presences;
 use crate::push_service::PushService;
+use crate::registry::Registry;
 use crate::transport::admission::Gate;
+use crate::transport::forward::{AddressFuture, Directory, DirectoryError, Forwarder};
+use crate::transport::listener;
+
+/// Where Socket.IO clients connect (Engine.IO's path; also with a trailing slash).
+const ENGINE_IO_PATH: &str = "/socket.io";
+/// Phoenix's long-poll transport.
+const PHOENIX_LONGPOLL_PATH: &str = "/socket/longpoll";
 
 /// How long to wait for close frames and in-flight HTTP requests after the sessions
 /// were closed.
@@ -47,6 +58,8 @@ const CLOSE_GRACE: Duration = Duration::from_secs(2);
 pub enum ServerError {
     #[error("PUSHGATE_REDIS_URL: cannot set up the Redis bus")]
     Redis(#[source] crate::bus::BusError),
+    #[error(transparent)]
+    Config(#[from] ConfigError),
     #[error("serving failed")]
     Serve(#[source] std::io::Error),
 }
@@ -59,6 +72,8 @@ struct Layers {
     cluster: Option<Arc<RedisBus>>,
     /// Where presence is kept: in memory, or the cluster registry.
     presences: Arc<dyn Presences>,
+    /// How requests of other nodes' sessions reach them, in cluster mode.
+    forwarder: Option<Arc<Forwarder>>,
 }
 
 /// The Socket.IO endpoint of the gateway.
@@ -97,13 +112,20 @@ pub async fn run(
     }
     // Cluster mode: the hub tells the Redis bus about interest and socket changes, and
     // presence lives in the registry. A single node keeps presence in memory.
+    let listen = listener.local_addr().map_err(ServerError::Serve)?;
     let Layers {
         hub,
         bus,
         cluster,
         presences,
+        forwarder,
     } = match &config.redis_url {
         Some(url) => {
+            let advertise = match &config.advertise_addr {
+                Some(a) => a.authority(listen.port()),
+                None => default_advertise_addr(listen, local_ip_toward(url).await)?,
+            };
+            tracing::info!(address = %advertise, "peers reach this node at its advertised address");
             let (observer, notes) = ClusterObserver::new();
             let hub = Arc::new(
                 Hub::with_observer(codecs.clone(), metrics.clone(), observer)
@@ -115,6 +137,7 @@ pub async fn run(
                     url: url.clone(),
                     prefix: config.redis_prefix.clone(),
                     registry_ttl: config.registry_ttl,
+                    advertise: Some(advertise),
                 },
                 config.node_id.clone(),
                 started_at,
@@ -125,11 +148,17 @@ pub async fn run(
             )
             .await
             .map_err(ServerError::Redis)?;
+            let forwarder = Arc::new(Forwarder::new(
+                config.node_id.clone(),
+                Arc::new(RegistryDirectory(redis.registry().clone())),
+                metrics.clone(),
+            ));
             Layers {
                 hub,
                 bus: redis.clone(),
                 cluster: Some(redis.clone()),
                 presences: redis,
+                forwarder: Some(forwarder),
             }
         }
         None => {
@@ -144,6 +173,7 @@ pub async fn run(
                 bus: Arc::new(LocalBus::new(hub)),
                 cluster: None,
                 presences: presence,
+                forwarder: None,
             }
         }
     };
@@ -175,6 +205,7 @@ pub async fn run(
             max_payload: config.max_payload,
             queue_capacity: config.queue_capacity,
             queue_bytes: config.queue_bytes,
+            forwarder: forwarder.clone(),
         },
         SocketIo::new(
             hub.clone(),
@@ -194,6 +225,7 @@ pub async fn run(
             max_payload: config.max_payload as usize,
             queue_capacity: config.queue_capacity,
             queue_bytes: config.queue_bytes,
+            forwarder: forwarder.clone(),
         },
         hub.clone(),
         tracker.clone(),
@@ -240,7 +272,7 @@ pub async fn run(
         max_body_bytes: config.max_body_bytes,
         gate,
     });
-    let mut app = socketio_routes(engine.clone(), "/socket.io")
+    let mut app = socketio_routes(engine.clone(), ENGINE_IO_PATH)
         .merge(phoenix_routes(phoenix.clone()))
         .merge(api::router(api));
     if let Some(p) = &pusher {
@@ -265,16 +297,15 @@ pub async fn run(
         tracing::warn!("PUSHGATE_JWT_SECRET is not set: anonymous connections are allowed");
     }
     tracing::debug!(limits = ?config.limits, origins = ?config.allowed_origins, "limits");
-    let addr = listener.local_addr().map_err(ServerError::Serve)?;
-    tracing::info!(node = %config.node_id, mode, "listening on {addr}");
+    tracing::info!(node = %config.node_id, mode, "listening on {listen}");
 
     let stop_accepting = CancellationToken::new();
-    let serve = axum::serve(
-        listener,
-        app.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(stop_accepting.clone().cancelled_owned());
-    let mut server = tokio::spawn(async move { serve.await });
+    let polls = Arc::new(LongPolls {
+        engine: engine.clone(),
+        phoenix: phoenix.clone(),
+    });
+    let serve = listener::serve(listener, app, polls, stop_accepting.clone());
+    let mut server = tokio::spawn(serve);
 
     tokio::select! {
         _ = shutdown => {}
@@ -304,6 +335,10 @@ pub async fn run(
     if let Some(p) = &pusher {
         p.close_all(CloseReason::Shutdown, CLOSE_GRACE).await;
     }
+    if let Some(forwarder) = &forwarder {
+        // Other nodes' WebSockets piped through this one: their clients reconnect.
+        forwarder.close_all(CLOSE_GRACE).await;
+    }
     stop_accepting.cancel();
     let _ = tokio::time::timeout(CLOSE_GRACE, &mut server).await;
     server.abort();
@@ -315,15 +350,91 @@ pub async fn run(
     Ok(())
 }
 
+/// The cluster registry as the forwarder's directory of nodes.
+struct RegistryDirectory(Arc<Registry>);
+
+impl Directory for RegistryDirectory {
+    fn is_live(&self, node: &str) -> bool {
+        self.0.is_live(node)
+    }
+
+    fn address<'a>(&'a self, node: &'a str) -> AddressFuture<'a> {
+        Box::pin(async move {
+            self.0
+                .address(node)
+                .await
+                .map_err(|e| DirectoryError(Box::new(e)))
+        })
+    }
+}
+
+/// The local address this host uses toward the Redis of `url` (the source address of
+/// a route to it, found by connecting a UDP socket, which sends nothing): the default
+/// address peers reach a node on when it listens on every interface. Loopback for a
+/// unix socket. `None` when the URL's host does not resolve.
+async fn local_ip_toward(url: &str) -> Option<std::net::IpAddr> {
+    use fred::types::config::ServerConfig;
+    let config = fred::types::config::Config::from_url(url).ok()?;
+    let (host, port) = match &config.server {
+        ServerConfig::Centralized { server } => (server.host.to_string(), server.port),
+        ServerConfig::Clustered { hosts, .. } | ServerConfig::Sentinel { hosts, .. } => {
+            let first = hosts.first()?;
+            (first.host.to_string(), first.port)
+        }
+        ServerConfig::Unix { .. } => return Some(std::net::Ipv4Addr::LOCALHOST.into()),
+    };
+    let target = tokio::net::lookup_host((host.as_str(), port))
+        .await
+        .ok()?
+        .next()?;
+    let bind: SocketAddr = if target.is_ipv4() {
+        (std::net::Ipv4Addr::UNSPECIFIED, 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
+    let socket = tokio::net::UdpSocket::bind(bind).await.ok()?;
+    socket.connect(target).await.ok()?;
+    Some(socket.local_addr().ok()?.ip())
+}
+
+/// The long-polling endpoints (Engine.IO's, Phoenix's long-poll), served on the
+/// listener's fast path. Their paths are also routed in the router, which hyper uses
+/// for the requests the fast path hands off.
+struct LongPolls {
+    engine: SocketIoEngine,
+    phoenix: Phoenix,
+}
+
+impl listener::LongPolls for LongPolls {
+    fn serves(&self, path: &str) -> bool {
+        path == ENGINE_IO_PATH
+            || path.strip_prefix(ENGINE_IO_PATH) == Some("/")
+            || path == PHOENIX_LONGPOLL_PATH
+    }
+
+    fn call(&self, request: Request) -> Pin<Box<dyn Future<Output = Response> + Send>> {
+        // The endpoints read the request at once: the boxed future holds only what a
+        // held poll needs.
+        let answer: Pin<Box<dyn Future<Output = Response> + Send>> =
+            if request.uri().path() == PHOENIX_LONGPOLL_PATH {
+                Box::pin(self.phoenix.longpoll(request))
+            } else {
+                Box::pin(self.engine.handle(request))
+            };
+        tracing::trace!(
+            bytes = std::mem::size_of_val(&*answer),
+            "long-poll request size"
+        );
+        answer
+    }
+}
+
 /// Routes the Engine.IO path (with and without the trailing slash) to `engine`.
 pub fn socketio_routes<H>(engine: Engine<H>, path: &str) -> Router
 where
     H: crate::frontend::socketio::engine::Handler,
 {
-    let handler = move |req: Request| {
-        let engine = engine.clone();
-        async move { engine.handle(req).await }
-    };
+    let handler = move |req: Request| engine.handle(req);
     let trimmed = path.trim_end_matches('/');
     Router::new()
         .route(trimmed, any(handler.clone()))
@@ -337,11 +448,8 @@ pub fn phoenix_routes(phoenix: Phoenix) -> Router {
         let phoenix = phoenix.clone();
         async move { phoenix.websocket(req).await }
     };
-    let longpoll = move |req: Request| {
-        let phoenix = poll.clone();
-        async move { phoenix.longpoll(req).await }
-    };
+    let longpoll = move |req: Request| poll.longpoll(req);
     Router::new()
         .route("/socket/websocket", any(websocket))
-        .route("/socket/longpoll", any(longpoll))
+        .route(PHOENIX_LONGPOLL_PATH, any(longpoll))
 }

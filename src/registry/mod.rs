@@ -10,8 +10,9 @@
 //!
 //! Keys (prefix `p`, default `pushgate`):
 //!
-//! - `{p}:nodes` — hash: node id → JSON `{id, started_at}`; every node that registered
-//!   and was not yet cleaned up.
+//! - `{p}:nodes` — hash: node id → JSON `{id, started_at, address}`; every node that
+//!   registered and was not yet cleaned up. `address` is where its peers reach it
+//!   (`host:port`), to forward it the requests of the sessions it holds.
 //! - `{p}:lease:{node}` — the node's lease: its `started_at`, expiring after half the
 //!   registry TTL, refreshed every sixth of it. Its absence means the node is dead.
 //! - `{p}:ns:{{node}}:{frontend}` — set of the node's socket ids per frontend: what a
@@ -134,6 +135,9 @@ pub struct NodeInfo {
     /// Connections per frontend, every frontend named.
     pub frontends: std::collections::BTreeMap<&'static str, u64>,
     pub started_at: u64,
+    /// Where its peers reach it (cluster mode).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
 }
 
 pub struct Registry {
@@ -142,6 +146,8 @@ pub struct Registry {
     node: NodeId,
     ttl: Duration,
     started_at: u64,
+    /// Where the other nodes reach this one (`host:port`), published in `{p}:nodes`.
+    address: Option<String>,
     metrics: std::sync::Arc<Metrics>,
     /// Nodes that had no live lease at the last scan. Readers drop their entries: a
     /// SIGKILLed node leaves every answer once its lease lapsed, before a survivor has
@@ -160,6 +166,7 @@ impl Registry {
         node: NodeId,
         ttl: Duration,
         started_at: u64,
+        address: Option<String>,
         metrics: std::sync::Arc<Metrics>,
     ) -> Self {
         Self {
@@ -168,6 +175,7 @@ impl Registry {
             node,
             ttl,
             started_at,
+            address,
             metrics,
             dead: RwLock::new(HashSet::new()),
             peers: RwLock::new(Vec::new()),
@@ -180,6 +188,11 @@ impl Registry {
 
     pub fn node(&self) -> &NodeId {
         &self.node
+    }
+
+    /// Where this node told its peers to reach it.
+    pub fn advertised(&self) -> Option<&str> {
+        self.address.as_deref()
     }
 
     pub fn keys(&self) -> &Keys {
@@ -398,15 +411,13 @@ impl Registry {
             .hgetall(self.keys.nodes())
             .await
             .map_err(|e| self.read_error(e))?;
-        let mut ids: Vec<(String, u64)> = known
+        let mut ids: Vec<(String, u64, Option<String>)> = known
             .into_iter()
             .filter(|(id, _)| self.is_live(id))
             .map(|(id, text)| {
-                let started = serde_json::from_str::<Value>(&text)
-                    .ok()
-                    .and_then(|v| v["started_at"].as_u64())
-                    .unwrap_or(0);
-                (id, started)
+                let entry = serde_json::from_str::<Value>(&text).unwrap_or(Value::Null);
+                let started = entry["started_at"].as_u64().unwrap_or(0);
+                (id, started, address_of(&entry))
             })
             .collect();
         ids.sort();
@@ -414,7 +425,7 @@ impl Registry {
             return Ok(Vec::new());
         }
         let p = self.client.pipeline();
-        for (id, _) in &ids {
+        for (id, _, _) in &ids {
             for f in Frontend::ALL {
                 let () = p
                     .scard(self.keys.node_sockets(id, f))
@@ -426,7 +437,7 @@ impl Registry {
         Ok(ids
             .into_iter()
             .zip(counts.chunks(Frontend::COUNT))
-            .map(|((id, started_at), counts)| NodeInfo {
+            .map(|((id, started_at, address), counts)| NodeInfo {
                 id: NodeId::from(id),
                 connections: counts.iter().sum(),
                 frontends: Frontend::ALL
@@ -435,8 +446,25 @@ impl Registry {
                     .map(|(f, n)| (f.as_str(), *n))
                     .collect(),
                 started_at,
+                address,
             })
             .collect())
+    }
+
+    /// Where the other nodes reach `node` (`host:port`): `None` when it is not alive,
+    /// not registered, or published no address. One HGET; callers cache it.
+    pub async fn address(&self, node: &str) -> Result<Option<String>, RegistryError> {
+        if !self.is_live(node) {
+            return Ok(None);
+        }
+        let text: Option<String> = self
+            .client
+            .hget(self.keys.nodes(), node)
+            .await
+            .map_err(|e| self.read_error(e))?;
+        Ok(text
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| address_of(&v)))
     }
 
     /// Every meta in presence room `room`, of live nodes only, oldest first.
@@ -532,7 +560,7 @@ impl Registry {
 
     /// This node's entry in `{p}:nodes`.
     fn node_json(&self) -> String {
-        json!({"id": self.node, "started_at": self.started_at}).to_string()
+        json!({"id": self.node, "started_at": self.started_at, "address": self.address}).to_string()
     }
 }
 
@@ -546,6 +574,14 @@ impl crate::delivery::Unreported for Registry {
     {
         Box::pin(async move { self.sockets_per_node(target).await.unwrap_or_default() })
     }
+}
+
+/// The `address` of a `{p}:nodes` entry.
+fn address_of(entry: &Value) -> Option<String> {
+    entry["address"]
+        .as_str()
+        .filter(|a| !a.is_empty())
+        .map(str::to_owned)
 }
 
 /// A socket entry from its hash; `None` when the hash is gone (or was never complete).

@@ -116,6 +116,8 @@ pub struct RedisSettings {
     pub prefix: String,
     /// TTL of registry entries; refreshed every third of it.
     pub registry_ttl: Duration,
+    /// Where the other nodes reach this one (`host:port`), published in the registry.
+    pub advertise: Option<String>,
 }
 
 /// A node's way back after it lost Redis: its own subscriptions, then its peers'.
@@ -230,6 +232,7 @@ impl RedisBus {
             node.clone(),
             settings.registry_ttl,
             started_at,
+            settings.advertise.clone(),
             metrics.clone(),
         ));
         let bus = Arc::new(RedisBus {

@@ -20,12 +20,14 @@
 pub mod codec;
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
 use axum::extract::Request;
-use axum::http::{header, StatusCode};
+use axum::http::{header, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use parking_lot::{Mutex, RwLock};
 use serde_json::{json, Value};
@@ -45,6 +47,7 @@ use crate::metrics::Metrics;
 use crate::presence::{is_presence_room, Diff, Meta, Presences};
 use crate::push::Push;
 use crate::transport::admission::{Gate, Refusal};
+use crate::transport::forward::{self, Forwarder, Route};
 use crate::transport::heartbeat::{Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer};
 
@@ -152,6 +155,9 @@ pub struct PhoenixConfig {
     pub max_payload: usize,
     pub queue_capacity: usize,
     pub queue_bytes: usize,
+    /// In a cluster: how requests of long-poll sessions held by other nodes reach
+    /// them. Session tokens then name their node (`<node>~<secret>`).
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 struct Shared {
@@ -340,77 +346,151 @@ impl Phoenix {
 
     /// `/socket/longpoll`: a GET without `token` opens a session (answered 410 with
     /// its token, as Phoenix does), a GET with one collects frames, a POST sends them.
-    /// Every answer is HTTP 200 with the protocol's status in the JSON body.
-    pub async fn longpoll(&self, req: Request) -> Response {
+    /// Every answer is HTTP 200 with the protocol's status in the JSON body. In a
+    /// cluster, a token of another node's session is forwarded to that node.
+    ///
+    /// The request is read at once; the returned future holds only what the answer
+    /// still needs — for a held poll, the connection and its token.
+    pub fn longpoll(&self, req: Request) -> impl Future<Output = Response> + Send + 'static {
+        let answer = self.longpoll_answer(req);
+        async move {
+            match answer {
+                LongPoll::Poll(conn, token) => conn.poll(&token).await,
+                LongPoll::Later(answer) => answer.await,
+            }
+        }
+    }
+
+    fn longpoll_answer(&self, req: Request) -> LongPoll {
+        let status = |status: u16| {
+            let mut out = String::new();
+            codec::encode_poll_status(&mut out, status);
+            LongPoll::Later(Box::pin(std::future::ready(json_response(out))))
+        };
         let params = Params::of(&req);
-        let mut out = String::new();
         if !params.vsn.as_deref().is_some_and(codec::is_supported_vsn) {
-            codec::encode_poll_status(&mut out, 400);
-            return json_response(out);
+            return status(400);
         }
         if let Some(g) = &self.shared.gate {
             if g.check_origin(req.headers(), Frontend::Phoenix).is_err() {
-                codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN);
-                return json_response(out);
+                return status(codec::poll_status::FORBIDDEN);
             }
         }
         let session = params
             .session
             .as_deref()
             .and_then(|t| self.shared.polls.read().get(t).cloned());
-        match (req.method().as_str(), params.session, session) {
-            // No session of that name: a new one (the token, if any, is the user's).
-            ("GET", _, None) => {
-                if self.shared.draining.is_cancelled() {
-                    codec::encode_poll_status(&mut out, codec::poll_status::GONE);
-                    return json_response(out);
-                }
-                let header = req
+        let method = req.method().clone();
+        match (session, &params.session) {
+            (Some(conn), Some(token)) if method == Method::GET => {
+                LongPoll::Poll(conn, token.as_str().into())
+            }
+            (Some(conn), Some(_)) if method == Method::POST => {
+                let limit = self.shared.config.max_payload;
+                LongPoll::Later(Box::pin(async move {
+                    let ndjson = req
+                        .headers()
+                        .get(header::CONTENT_TYPE)
+                        .and_then(|v| v.to_str().ok())
+                        .is_some_and(codec::is_ndjson);
+                    let status = match axum::body::to_bytes(req.into_body(), limit).await {
+                        Ok(body) => conn.post(&body, ndjson),
+                        Err(_) => {
+                            conn.outbox.close(CloseReason::TooLarge);
+                            400
+                        }
+                    };
+                    let mut out = String::new();
+                    codec::encode_poll_status(&mut out, status);
+                    json_response(out)
+                }))
+            }
+            (Some(_), _) => status(400),
+            (None, session) => {
+                // The user's token of a new session may come as a header (phoenix.js
+                // 1.8's `authToken`); otherwise it is the first `token`.
+                let user_token = req
                     .headers()
                     .get("x-phoenix-authtoken")
-                    .and_then(|v| v.to_str().ok());
-                let token = header.map(str::to_owned).or(params.token);
-                // Every refusal is 403 here: the one status phoenix.js's LongPoll
-                // treats as a refusal (it closes and reconnects with backoff).
-                match self.admit(&req, token.as_deref()) {
-                    Ok((identity, admitted)) => {
-                        let conn = self.open(identity, "longpoll", admitted);
-                        let token = poll_token();
-                        *conn.poll_token.lock() = Some(token.clone());
-                        self.shared
-                            .polls
-                            .write()
-                            .insert(token.clone(), conn.clone());
-                        self.spawn_watchdog(conn);
-                        codec::encode_poll_response(
-                            &mut out,
-                            codec::poll_status::GONE,
-                            &token,
-                            std::iter::empty::<&str>(),
-                        );
+                    .and_then(|v| v.to_str().ok())
+                    .map(str::to_owned)
+                    .or(params.token);
+                // A session no node holds: gone. A GET answered so makes phoenix.js
+                // poll again without a session token, which opens a new one.
+                let unknown = move || {
+                    let mut out = String::new();
+                    let status = if method == Method::GET || method == Method::POST {
+                        codec::poll_status::GONE
+                    } else {
+                        400
+                    };
+                    codec::encode_poll_status(&mut out, status);
+                    json_response(out)
+                };
+                let route = match (session, &self.shared.config.forwarder) {
+                    (Some(token), Some(forwarder)) => forwarder.route(token, req.headers()),
+                    _ => Route::Here,
+                };
+                match (route, &self.shared.config.forwarder) {
+                    (Route::Misdirected, Some(forwarder)) => LongPoll::Later(Box::pin(
+                        std::future::ready(forward::misdirected(forwarder.node())),
+                    )),
+                    (Route::Owner(node), Some(forwarder)) => {
+                        let forwarder = forwarder.clone();
+                        let node = node.to_owned();
+                        LongPoll::Later(Box::pin(async move {
+                            match forwarder
+                                .forward(req, &node, Frontend::Phoenix, POLL_HOLD)
+                                .await
+                            {
+                                Ok(response) => response,
+                                // Its node is gone: as for any unknown token.
+                                Err(forward::NoOwner) => unknown(),
+                            }
+                        }))
                     }
-                    Err(_) => codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN),
+                    // No session of that name: a GET opens a new one.
+                    _ if req.method() == Method::GET => LongPoll::Later(Box::pin(
+                        std::future::ready(self.open_longpoll(&req, user_token)),
+                    )),
+                    _ => LongPoll::Later(Box::pin(std::future::ready(unknown()))),
                 }
             }
-            ("POST", _, None) => codec::encode_poll_status(&mut out, codec::poll_status::GONE),
-            ("GET", Some(token), Some(conn)) => return conn.poll(&token).await,
-            ("POST", Some(_), Some(conn)) => {
-                let ndjson = req
-                    .headers()
-                    .get(header::CONTENT_TYPE)
-                    .and_then(|v| v.to_str().ok())
-                    .is_some_and(codec::is_ndjson);
-                let limit = self.shared.config.max_payload;
-                let status = match axum::body::to_bytes(req.into_body(), limit).await {
-                    Ok(body) => conn.post(&body, ndjson),
-                    Err(_) => {
-                        conn.outbox.close(CloseReason::TooLarge);
-                        400
-                    }
+        }
+    }
+
+    /// A new long-poll session for the user of `token`: answered 410 with the
+    /// session's token, as Phoenix does (403 when the token is refused).
+    fn open_longpoll(&self, req: &Request, token: Option<String>) -> Response {
+        let mut out = String::new();
+        if self.shared.draining.is_cancelled() {
+            codec::encode_poll_status(&mut out, codec::poll_status::GONE);
+            return json_response(out);
+        }
+        // Every refusal is 403 here: the one status phoenix.js's LongPoll treats as a
+        // refusal (it closes and reconnects with backoff).
+        match self.admit(req, token.as_deref()) {
+            Ok((identity, admitted)) => {
+                let conn = self.open(identity, "longpoll", admitted);
+                let secret = poll_secret();
+                let token: Box<str> = match &self.shared.config.forwarder {
+                    Some(forwarder) => forwarder.session_token(&secret).into(),
+                    None => secret.into(),
                 };
-                codec::encode_poll_status(&mut out, status);
+                *conn.poll_token.lock() = Some(token.clone());
+                self.shared
+                    .polls
+                    .write()
+                    .insert(token.clone(), conn.clone());
+                self.spawn_watchdog(conn);
+                codec::encode_poll_response(
+                    &mut out,
+                    codec::poll_status::GONE,
+                    &token,
+                    std::iter::empty::<&str>(),
+                );
             }
-            _ => codec::encode_poll_status(&mut out, 400),
+            Err(_) => codec::encode_poll_status(&mut out, codec::poll_status::FORBIDDEN),
         }
         json_response(out)
     }
@@ -499,6 +579,15 @@ impl Phoenix {
     }
 }
 
+/// How [`Phoenix::longpoll`] answers a request it has read.
+enum LongPoll {
+    /// A GET of a session of this node: wait on its outbox.
+    Poll(Arc<Conn>, Box<str>),
+    /// Anything else (answered already, a post, a forward), boxed so that a held
+    /// poll does not carry its size.
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
+}
+
 /// A joined topic and the ref of the join that opened it.
 type Joined = (Box<str>, Option<Box<str>>);
 
@@ -578,12 +667,12 @@ impl Params {
     }
 }
 
-/// A fresh long-poll session token: 20 random bytes, URL-safe.
-fn poll_token() -> Box<str> {
+/// The secret of a fresh long-poll session token: 20 random bytes, URL-safe.
+fn poll_secret() -> String {
     use rand::RngCore;
     let mut raw = [0u8; 20];
     rand::rng().fill_bytes(&mut raw);
-    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw).into()
+    base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw)
 }
 
 fn json_response(body: String) -> Response {
@@ -991,6 +1080,7 @@ mod tests {
                 max_payload: 1 << 16,
                 queue_capacity: 16,
                 queue_bytes: 1 << 16,
+                forwarder: None,
             },
             hub,
             Tracker::new(metrics.clone()),

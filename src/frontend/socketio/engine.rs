@@ -12,6 +12,8 @@
 //! to the first.
 
 use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -35,6 +37,7 @@ use crate::id::Frontend;
 use crate::limits::Admission;
 use crate::metrics::Metrics;
 use crate::transport::admission::{Gate, Refusal};
+use crate::transport::forward::{self, Forwarder, Route};
 use crate::transport::heartbeat::{Beat, Heartbeat, Mode};
 use crate::transport::websocket::{self, Peer, Ws};
 
@@ -57,6 +60,9 @@ pub struct EngineConfig {
     pub max_payload: u64,
     pub queue_capacity: usize,
     pub queue_bytes: usize,
+    /// In a cluster: how requests of sessions held by other nodes reach them. Sids
+    /// then name their node (`<node>~<secret>`).
+    pub forwarder: Option<Arc<Forwarder>>,
 }
 
 /// A message from the client, as the layer above sees it.
@@ -185,64 +191,100 @@ impl<H: Handler> Engine<H> {
         self.shared.sessions.read().len()
     }
 
-    /// Entry point for every request on the Engine.IO path.
-    pub async fn handle(&self, req: Request) -> Response {
+    /// Entry point for every request on the Engine.IO path. The request is read at
+    /// once; the returned future holds only what the answer still needs — for a long
+    /// poll, the session — since a polling client has one of these pending at all
+    /// times (its size is logged at `trace`, "long-poll request size").
+    pub fn handle(&self, req: Request) -> impl Future<Output = Response> + Send + 'static {
+        let answer = self.answer(req);
+        async move {
+            match answer {
+                Answer::Poll(session) => session.poll().await,
+                Answer::Later(answer) => answer.await,
+            }
+        }
+    }
+
+    fn answer(&self, req: Request) -> Answer<H> {
+        let ready = |response: Response| Answer::Later(Box::pin(std::future::ready(response)));
         let query = engineio::parse_query(req.uri().query().unwrap_or(""));
         if query.eio.as_deref() != Some("4") {
-            return protocol_error(ErrorCode::UnsupportedProtocolVersion);
+            return ready(protocol_error(ErrorCode::UnsupportedProtocolVersion));
         }
         let websocket = match query.transport.as_deref() {
             Some("polling") => false,
             Some("websocket") => true,
-            _ => return protocol_error(ErrorCode::TransportUnknown),
+            _ => return ready(protocol_error(ErrorCode::TransportUnknown)),
         };
         let gate = self.shared.gate.as_deref();
         if let Some(Err(refusal)) = gate.map(|g| g.check_origin(req.headers(), Frontend::SocketIo))
         {
-            return refused(&refusal);
+            return ready(refused(&refusal));
         }
-        match &query.sid {
-            None => {
-                if req.method() != Method::GET {
-                    return protocol_error(ErrorCode::BadHandshakeMethod);
-                }
-                if self.shared.draining.is_cancelled() {
-                    return (StatusCode::SERVICE_UNAVAILABLE, "draining").into_response();
-                }
-                // A session that must connect a namespace is pending until it does.
-                let pending = self.shared.config.connect_timeout.is_some();
-                let admission = match gate.map(|g| g.admit(&req, Frontend::SocketIo, pending)) {
-                    None => None,
-                    Some(Ok(a)) => Some(a),
-                    Some(Err(refusal)) => return refused(&refusal),
-                };
-                if websocket {
-                    self.upgrade(req, None, query, admission)
-                } else {
-                    let session = self.open(POLLING, &query, admission);
-                    let open = self.open_packet(&session, &["websocket"]);
-                    self.spawn_polling_heartbeat(session);
-                    text_response(open.into_bytes())
-                }
+        let Some(sid) = &query.sid else {
+            if req.method() != Method::GET {
+                return ready(protocol_error(ErrorCode::BadHandshakeMethod));
             }
-            Some(sid) => {
-                let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
-                    return if websocket && websocket::is_upgrade_request(req.headers()) {
-                        raw_bad_request(ErrorCode::UnknownSid)
-                    } else {
-                        protocol_error(ErrorCode::UnknownSid)
-                    };
-                };
-                if websocket {
-                    self.upgrade(req, Some(session), query, None)
-                } else if session.transport.load(Ordering::Acquire) != POLLING {
-                    protocol_error(ErrorCode::BadRequest)
-                } else if req.method() == Method::GET {
-                    session.poll().await
-                } else if req.method() == Method::POST {
-                    session.post(req).await
-                } else {
-                    protocol_error(ErrorCode::BadRequest)
+            if self.shared.draining.is_cancelled() {
+                return ready((StatusCode::SERVICE_UNAVAILABLE, "draining").into_response());
+            }
+            // A session that must connect a namespace is pending until it does.
+            let pending = self.shared.config.connect_timeout.is_some();
+            let admission = match gate.map(|g| g.admit(&req, Frontend::SocketIo, pending)) {
+                None => None,
+                Some(Ok(a)) => Some(a),
+                Some(Err(refusal)) => return ready(refused(&refusal)),
+            };
+            return ready(if websocket {
+                self.upgrade(req, None, query, admission)
+            } else {
+                let session = self.open(POLLING, &query, admission);
+                let open = self.open_packet(&session, &["websocket"]);
+                self.spawn_polling_heartbeat(session);
+                text_response(open.into_bytes())
+            });
+        };
+        let Some(session) = self.shared.sessions.read().get(sid.as_str()).cloned() else {
+            let engine = self.clone();
+            let sid = sid.clone();
+            return Answer::Later(Box::pin(async move {
+                engine.elsewhere(req, &sid, websocket).await
+            }));
+        };
+        if websocket {
+            ready(self.upgrade(req, Some(session), query, None))
+        } else if session.transport.load(Ordering::Acquire) != POLLING {
+            ready(protocol_error(ErrorCode::BadRequest))
+        } else if req.method() == Method::GET {
+            Answer::Poll(session)
+        } else if req.method() == Method::POST {
+            Answer::Later(Box::pin(async move { session.post(req).await }))
+        } else {
+            ready(protocol_error(ErrorCode::BadRequest))
+        }
+    }
+
+    /// A request for session `sid`, which this node does not hold: forwarded to the
+    /// node that does, or answered as an unknown session.
+    async fn elsewhere(&self, req: Request, sid: &str, websocket: bool) -> Response {
+        let unknown = if websocket && websocket::is_upgrade_request(req.headers()) {
+            raw_bad_request
+        } else {
+            protocol_error
+        };
+        let Some(forwarder) = &self.shared.config.forwarder else {
+            return unknown(ErrorCode::UnknownSid);
+        };
+        match forwarder.route(sid, req.headers()) {
+            Route::Here => unknown(ErrorCode::UnknownSid),
+            Route::Misdirected => forward::misdirected(forwarder.node()),
+            Route::Owner(node) => {
+                let c = &self.shared.config;
+                // A poll is held until the next ping is due, or the pong's deadline.
+                let hold = c.ping_interval.max(c.ping_timeout);
+                match forwarder.forward(req, node, Frontend::SocketIo, hold).await {
+                    Ok(response) => response,
+                    Err(forward::NoOwner) => unknown(ErrorCode::UnknownSid),
                 }
             }
         }
@@ -251,8 +293,12 @@ impl<H: Handler> Engine<H> {
     fn open(&self, transport: u8, query: &Query, admission: Option<Admission>) -> Arc<Session<H>> {
         let mut raw = [0u8; 15];
         rand::rng().fill_bytes(&mut raw);
-        let sid = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
+        let secret = base64::Engine::encode(&base64::engine::general_purpose::URL_SAFE_NO_PAD, raw);
         let c = &self.shared.config;
+        let sid = match &c.forwarder {
+            Some(forwarder) => forwarder.session_token(&secret),
+            None => secret,
+        };
         let session = Arc::new(Session {
             sid: sid.into_boxed_str(),
             shared: self.shared.clone(),
@@ -722,6 +768,15 @@ impl<H: Handler> crate::hub::Connection for Session<H> {
     fn transport(&self) -> &'static str {
         self.transport_name()
     }
+}
+
+/// How [`Engine::handle`] answers a request it has read.
+enum Answer<H: Handler> {
+    /// A long-polling GET: wait on the session's outbox.
+    Poll(Arc<Session<H>>),
+    /// Anything else (answered already, a post, a forward), boxed so that a held
+    /// poll does not carry its size.
+    Later(Pin<Box<dyn Future<Output = Response> + Send>>),
 }
 
 /// Where a WebSocket session's first ping interval starts.

@@ -62,13 +62,13 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
       timeout: 10_000,
       what: "HAProxy answers /readyz",
     });
-    // Every gateway in rotation (2 good checks each) before clients arrive, so leastconn spreads them.
+    // Every gateway in rotation (2 good checks each) before clients arrive, so round robin spreads them.
     await h.sleep(4500);
 
     for (let i = 0; i < CLIENTS; i++) {
       const user = `hu${i}`;
       // A third WebSocket-only, the rest the default: long-polling, then the upgrade
-      // (the sticky path through HAProxy).
+      // (round robin: most of their requests reach a gateway that forwards them).
       const sock = h.client(lb, {
         auth: { token: h.token({ sub: user }) },
         ...(i % 3 === 0 ? { transports: ["websocket"] } : {}),
