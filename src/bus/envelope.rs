@@ -106,6 +106,10 @@ pub struct PushEnvelope {
     /// When the origin accepted the push, ms since the epoch (for the write-latency
     /// histogram on the delivering node).
     pub accepted_ms: u64,
+    /// The member that sent a client event ([`Push::sender`]). Added within version
+    /// 2: absent from older nodes' envelopes, and ignored by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// A push's target as it travels; a push to several users travels as one envelope
@@ -188,6 +192,7 @@ impl PushEnvelope {
                     except: except.clone(),
                     ack_ms: push.ack.map(|d| d.as_millis() as u64),
                     accepted_ms,
+                    sender: push.sender.as_deref().map(str::to_owned),
                 };
                 (target, env)
             })
@@ -222,6 +227,7 @@ impl PushEnvelope {
             ack: self.ack_ms.map(Duration::from_millis),
             wait: false,
             accepted_at: now.checked_sub(age).unwrap_or(now),
+            sender: self.sender.map(Arc::from),
         })
     }
 }
