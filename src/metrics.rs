@@ -68,6 +68,16 @@ pub struct Metrics {
     /// Events not sent to readers on other nodes, by `reason` (`queue_full`,
     /// `unavailable`).
     pub events_dropped: IntCounterVec,
+    /// Pusher webhook events queued, by `event` (the webhook's event name).
+    pub webhook_events: IntCounterVec,
+    /// Pusher webhook requests, by `outcome` (`ok`, `http_error`, `network_error`).
+    pub webhook_requests: IntCounterVec,
+    /// Pusher webhook events given up, by `reason` (`queue_full`, `gave_up`).
+    pub webhook_dropped: IntCounterVec,
+    /// Pusher webhook events queued or being sent.
+    pub webhook_queued: IntGauge,
+    /// Time of one webhook request, answered or not.
+    pub webhook_request_seconds: Histogram,
     /// Resolved series for each frontend's hot path, by [`Frontend::index`].
     frontends: [FrontendSeries; Frontend::COUNT],
 }
@@ -245,6 +255,32 @@ impl Metrics {
                 "Events not sent to readers on other nodes, by reason.",
                 &["reason"]
             )),
+            webhook_events: reg!(counter(
+                "pushgate_webhook_events_total",
+                "Pusher webhook events queued, by event.",
+                &["event"]
+            )),
+            webhook_requests: reg!(counter(
+                "pushgate_webhook_requests_total",
+                "Pusher webhook requests, by outcome.",
+                &["outcome"]
+            )),
+            webhook_dropped: reg!(counter(
+                "pushgate_webhook_dropped_total",
+                "Pusher webhook events given up, by reason.",
+                &["reason"]
+            )),
+            webhook_queued: reg!(IntGauge::new(
+                "pushgate_webhook_queued",
+                "Pusher webhook events queued or being sent."
+            )),
+            webhook_request_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "pushgate_webhook_request_seconds",
+                    "Pusher webhook request duration, answered or not."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
             connections,
             deliveries,
             frontends,
@@ -365,6 +401,15 @@ impl Metrics {
         for reason in EVENTS_DROP_REASONS {
             self.events_dropped.with_label_values(&[reason]);
         }
+        for event in WEBHOOK_EVENTS {
+            self.webhook_events.with_label_values(&[event]);
+        }
+        for outcome in WEBHOOK_OUTCOMES {
+            self.webhook_requests.with_label_values(&[outcome]);
+        }
+        for reason in WEBHOOK_DROP_REASONS {
+            self.webhook_dropped.with_label_values(&[reason]);
+        }
     }
 }
 
@@ -434,6 +479,18 @@ const EVENT_TYPES: &[&str] = &[
 ];
 /// Why the event stream's bus path dropped events (`crate::events`, `bus/redis/events.rs`).
 const EVENTS_DROP_REASONS: &[&str] = &["queue_full", "unavailable"];
+/// The Pusher webhook events (`frontend::pusher::webhook`).
+const WEBHOOK_EVENTS: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+/// The outcomes of a webhook request.
+const WEBHOOK_OUTCOMES: &[&str] = &["ok", "http_error", "network_error"];
+/// Why webhook events were given up.
+const WEBHOOK_DROP_REASONS: &[&str] = &["queue_full", "gave_up"];
 /// `crate::bus::envelope::DecodeError::reason`, and `lagged`.
 const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
 /// The registry's failing operations.
@@ -479,6 +536,10 @@ mod tests {
             r#"pushgate_connect_errors_total{frontend="pusher",reason="unknown_app"} 0"#,
             r#"pushgate_disconnects_total{frontend="pusher",reason="ping_timeout"} 0"#,
             r#"pushgate_client_events_total{kind="client_event_refused"} 0"#,
+            r#"pushgate_webhook_events_total{event="member_added"} 0"#,
+            r#"pushgate_webhook_requests_total{outcome="http_error"} 0"#,
+            r#"pushgate_webhook_dropped_total{reason="queue_full"} 0"#,
+            r#"pushgate_webhook_queued 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }

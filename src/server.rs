@@ -57,6 +57,8 @@ struct Layers {
     cluster: Option<Arc<RedisBus>>,
     /// Where presence is kept: in memory, or the cluster registry.
     presences: Arc<dyn Presences>,
+    /// The in-memory store, on a single node (told of the Pusher webhooks' rooms).
+    local: Option<Arc<LocalPresence>>,
 }
 
 /// The Socket.IO endpoint of the gateway.
@@ -91,6 +93,7 @@ pub async fn run(
         bus,
         cluster,
         presences,
+        local,
     } = match &config.redis_url {
         Some(url) => {
             let (observer, notes) = ClusterObserver::new();
@@ -118,6 +121,7 @@ pub async fn run(
                 bus: redis.clone(),
                 cluster: Some(redis.clone()),
                 presences: redis,
+                local: None,
             }
         }
         None => {
@@ -130,7 +134,8 @@ pub async fn run(
                 hub: hub.clone(),
                 bus: Arc::new(LocalBus::new(hub)),
                 cluster: None,
-                presences: presence,
+                presences: presence.clone(),
+                local: Some(presence),
             }
         }
     };
@@ -193,11 +198,21 @@ pub async fn run(
             hub.clone(),
             bus,
             push.clone(),
+            presences.clone(),
             cluster.clone(),
             config.node_id.clone(),
             metrics.clone(),
         )
     });
+    // Webhooks hear from whichever store decides occupancy and presence, before any
+    // connection arrives.
+    if let Some(watcher) = pusher.as_ref().and_then(Pusher::watcher) {
+        match (&cluster, &local) {
+            (Some(redis), _) => redis.registry().watch(watcher),
+            (None, Some(local)) => local.watch(watcher),
+            (None, None) => {}
+        }
+    }
     let api = Arc::new(Api {
         push,
         hub,
@@ -281,6 +296,10 @@ pub async fn run(
     if let Some(redis) = cluster {
         // Last: the sockets closed above are removed from the registry first.
         redis.shutdown().await;
+    }
+    if let Some(p) = &pusher {
+        // The closes above made vacated and member_removed webhooks: send them.
+        p.flush_webhooks(CLOSE_GRACE).await;
     }
     tracing::info!("shutdown complete");
     Ok(())

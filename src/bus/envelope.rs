@@ -259,6 +259,27 @@ mod tests {
     }
 
     #[test]
+    fn a_client_events_sender_travels_and_an_envelope_without_one_reads_as_none() {
+        let mut push = Push::new(Target::Room(RoomName::from("presence-a")), "client-x", None);
+        push.sender = Some(Arc::from("ann"));
+        let (_, env) = PushEnvelope::of(&push, "n1", 5).remove(0);
+        let back = Envelope::decode(&Envelope::new(Message::Push(env)).encode()).unwrap();
+        let Message::Push(env) = back.m else {
+            panic!("not a push");
+        };
+        assert_eq!(env.into_push(5).unwrap().sender.as_deref(), Some("ann"));
+        let old = rmp_serde::to_vec_named(&json!({"v": VERSION, "m": {"Push": {
+            "id": "p", "origin": "n", "target": {"Room": "r"}, "event": "e", "data": null,
+            "scope": null, "except": [], "ack_ms": null, "accepted_ms": 1
+        }}}))
+        .unwrap();
+        let Message::Push(env) = Envelope::decode(&old).unwrap().m else {
+            panic!("not a push");
+        };
+        assert_eq!(env.sender, None);
+    }
+
+    #[test]
     fn every_control_message_round_trips() {
         let request = Request {
             id: 7,
