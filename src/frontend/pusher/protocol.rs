@@ -225,6 +225,56 @@ pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
     })
 }
 
+/// A message from the server, as a client reads it (the load generator, tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerMessage {
+    pub event: String,
+    pub channel: Option<String>,
+    /// `data` as sent: a JSON string for events (double encoding), an object for
+    /// `pusher:error`, ping and pong; `Null` when absent.
+    pub data: Value,
+    /// The sender of a client event on a presence channel.
+    pub user_id: Option<String>,
+}
+
+impl ServerMessage {
+    /// `data` as JSON: a string's JSON text parsed (a string that is not JSON stays a
+    /// string), any other value as it is.
+    pub fn data_json(&self) -> Value {
+        match &self.data {
+            Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| self.data.clone()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// Decodes one text frame from the server: `{"event", "channel"?, "data"?, "user_id"?}`.
+pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(JsonError(e)))?;
+    let Value::Object(mut obj) = value else {
+        return Err(DecodeError::NotAnObject);
+    };
+    let event = match obj.remove("event") {
+        Some(Value::String(e)) if !e.is_empty() && e.len() <= MAX_EVENT_LEN => e,
+        _ => return Err(DecodeError::Event),
+    };
+    let text_field = |v: Option<Value>, field: &'static str| match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::Field {
+            event: "a server message",
+            field,
+            what: "a string",
+        }),
+    };
+    Ok(ServerMessage {
+        channel: text_field(obj.remove("channel"), "channel")?,
+        user_id: text_field(obj.remove("user_id"), "user_id")?,
+        data: obj.remove("data").unwrap_or(Value::Null),
+        event,
+    })
+}
+
 /// A protocol event's `data`: an object, or a string holding one (some clients encode
 /// it twice, as the server does).
 fn object(data: Option<Value>, event: &'static str) -> Result<Map<String, Value>, DecodeError> {
@@ -892,5 +942,37 @@ mod tests {
             v,
             json!({"event": "client-x", "channel": "private-a", "data": "d"})
         );
+    }
+
+    #[test]
+    fn server_frames_decode_as_a_client_reads_them() {
+        let mut out = String::new();
+        encode_client_event(&mut out, "client-x", "presence-a", r#"{"a":1}"#, Some("u1"));
+        let m = decode_server(&out).unwrap();
+        assert_eq!(
+            (m.event.as_str(), m.channel.as_deref(), m.user_id.as_deref()),
+            ("client-x", Some("presence-a"), Some("u1"))
+        );
+        assert_eq!(m.data_json(), json!({"a": 1}));
+        let mut out = String::new();
+        encode_connection_established(&mut out, "1.2", 120);
+        assert_eq!(
+            decode_server(&out).unwrap().data_json(),
+            json!({"socket_id": "1.2", "activity_timeout": 120})
+        );
+        let mut out = String::new();
+        encode_error(&mut out, Some(4001), "no");
+        let m = decode_server(&out).unwrap();
+        assert_eq!(m.data, json!({"code": 4001, "message": "no"}));
+        assert_eq!(m.channel, None);
+        let mut out = String::new();
+        encode_ping(&mut out);
+        assert_eq!(decode_server(&out).unwrap().event, "pusher:ping");
+        let mut out = String::new();
+        encode_event(&mut out, "e", None, "not json");
+        assert_eq!(decode_server(&out).unwrap().data_json(), json!("not json"));
+        assert!(decode_server("[]").is_err());
+        assert!(decode_server(r#"{"event":"e","channel":1}"#).is_err());
+        assert!(decode_server(r#"{"data":"x"}"#).is_err());
     }
 }
