@@ -84,6 +84,9 @@ impl Pending {
 impl Webhooks {
     /// Starts one sending task per app with a webhook URL; `None` when no app has one.
     pub fn start(apps: &[Arc<App>], metrics: Arc<Metrics>) -> Option<Arc<Self>> {
+        if apps.iter().all(|a| a.config.webhook.is_none()) {
+            return None;
+        }
         let client = reqwest::Client::builder()
             .timeout(REQUEST_TIMEOUT)
             .redirect(reqwest::redirect::Policy::none())
