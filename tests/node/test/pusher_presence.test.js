@@ -425,3 +425,37 @@ describe("pusher presence and webhooks across two nodes (PUSHGATE_REGISTRY_TTL_M
     assert.equal(mine.filter((l) => l.startsWith(`member_removed ${room} lee`)).length, 0, JSON.stringify(mine));
   });
 });
+
+describe("a Pusher presence member after Redis restarted empty", () => {
+  after(async () => {
+    h.closeClients();
+    await h.cleanupCluster();
+  });
+
+  test("the node registers it again as the member its channel_data named, with its info", async () => {
+    let redis = await h.startRedis();
+    const gw = await h.startGateway({
+      PUSHGATE_REDIS_URL: redis.url,
+      PUSHGATE_NODE_ID: "rr",
+      PUSHGATE_PUSHER_APPS: APPS,
+    });
+    const room = uid("presence-restart");
+    const ann = await pusherConnected(member(gw, "ann", { name: "Ann" }));
+    assert.ok((await subscribe(ann, room)).ok);
+    const users = async () => (await (await sdk(gw).get({ path: `/channels/${room}/users` })).json()).users;
+    assert.deepEqual(await users(), [{ id: "ann" }]);
+    const port = redis.port;
+    await redis.stop();
+    redis = await h.startRedis(port);
+    // The node reconciles the empty registry with its hub: the connection, which has no
+    // user of its own, must come back as member "ann", not as an anonymous connection.
+    await h.eventually(async () => JSON.stringify(await users()) === JSON.stringify([{ id: "ann" }]), {
+      what: "ann registered again",
+      timeout: 15_000,
+      interval: 200,
+    });
+    const bob = await pusherConnected(member(gw, "bob"));
+    const b = await subscribe(bob, room);
+    assert.deepEqual(membersOf(b.channel), { members: { ann: { name: "Ann" }, bob: {} }, count: 2 });
+  });
+});
