@@ -50,6 +50,14 @@ pub trait PushCodec: Send + Sync {
     fn encode_presence(&self, _diff: &Diff) -> Vec<Frame> {
         Vec::new()
     }
+
+    /// Whether a connection is told of its own entering a presence room (phoenix.js
+    /// reads it in `presence_diff`). Pusher's `member_added` is for the other members
+    /// only: its codec says no, and the hub renders the diff without that join for
+    /// the joining connection.
+    fn presence_tells_own_join(&self) -> bool {
+        true
+    }
 }
 
 /// The codecs of the frontends this node serves, by [`Frontend`].

@@ -202,6 +202,9 @@ pub struct Flags {
     /// Addresses remembered by each per-address rate table [env: PUSHGATE_ADDRESS_TABLE_SIZE] [default: 100000]
     #[arg(long)]
     pub address_table_size: Option<String>,
+    /// Webhook URL per Pusher app `app_id=http://host/path,...`; unset = no webhooks [env: PUSHGATE_PUSHER_WEBHOOKS]
+    #[arg(long)]
+    pub pusher_webhooks: Option<String>,
 }
 
 /// The TOML file's shape: the same names as the flags, in snake_case, typed.
@@ -253,6 +256,7 @@ struct FileSettings {
     api_burst: Option<u64>,
     max_pending_acks: Option<u64>,
     address_table_size: Option<u64>,
+    pusher_webhooks: Option<Vec<String>>,
 }
 
 /// The resolved configuration of one node. Its `Debug` output redacts the secrets
@@ -309,13 +313,15 @@ pub struct Config {
 }
 
 /// One Pusher app: its id (in HTTP API paths), its key (in client URLs and signed
-/// requests) and its secret (the HMAC key of every signature). `Debug` hides the
-/// secret.
+/// requests), its secret (the HMAC key of every signature) and where its webhooks go.
+/// `Debug` hides the secret.
 #[derive(Clone, PartialEq, Eq)]
 pub struct PusherApp {
     pub id: String,
     pub key: String,
     pub secret: String,
+    /// The `http://` URL its webhooks are POSTed to; `None` = no webhooks.
+    pub webhook: Option<String>,
 }
 
 impl std::fmt::Debug for PusherApp {
@@ -324,6 +330,7 @@ impl std::fmt::Debug for PusherApp {
             .field("id", &self.id)
             .field("key", &self.key)
             .field("secret", &"<redacted>")
+            .field("webhook", &self.webhook.as_deref().map(redact_url_password))
             .finish()
     }
 }
@@ -380,6 +387,7 @@ pub fn parse_pusher_apps(text: &str) -> Result<Vec<PusherApp>, ConfigError> {
             id: id.to_owned(),
             key: key.to_owned(),
             secret: secret.to_owned(),
+            webhook: None,
         });
     }
     if apps.is_empty() {
@@ -390,6 +398,67 @@ pub fn parse_pusher_apps(text: &str) -> Result<Vec<PusherApp>, ConfigError> {
         });
     }
     Ok(apps)
+}
+
+/// The setting as a user may have written it, for error messages.
+const PUSHER_WEBHOOKS_SETTING: &str = "PUSHGATE_PUSHER_WEBHOOKS (--pusher-webhooks)";
+
+/// Parses `app_id=url,...` into `apps`' webhook URLs. Each app id must be one of
+/// `apps` and appear once; each URL is an absolute `http://` URL (this build has no
+/// TLS client: an `https://` receiver is reached through a local TLS proxy) without
+/// a comma. The error names the setting and never shows a password in a URL.
+pub fn parse_pusher_webhooks(text: &str, apps: &mut [PusherApp]) -> Result<(), ConfigError> {
+    let refuse = |entry: &str, message: String| ConfigError::Invalid {
+        name: PUSHER_WEBHOOKS_SETTING,
+        value: redact_url_password(entry),
+        message,
+    };
+    let mut any = false;
+    for entry in text.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        any = true;
+        let Some((id, url)) = entry.split_once('=') else {
+            return Err(refuse(entry, "each webhook is app_id=url".into()));
+        };
+        let (id, url) = (id.trim(), url.trim());
+        let Some(app) = apps.iter_mut().find(|a| a.id == id) else {
+            return Err(refuse(
+                entry,
+                format!("app id {id:?} is not in PUSHGATE_PUSHER_APPS"),
+            ));
+        };
+        if app.webhook.is_some() {
+            return Err(refuse(entry, format!("app id {id:?} is listed twice")));
+        }
+        let parsed = reqwest::Url::parse(url)
+            .map_err(|e| refuse(entry, format!("not an absolute URL: {e}")))?;
+        match parsed.scheme() {
+            "http" if parsed.host_str().is_some_and(|h| !h.is_empty()) => {}
+            "http" => return Err(refuse(entry, "the URL has no host".into())),
+            "https" => {
+                return Err(refuse(
+                    entry,
+                    "https is not built into this gateway; give an http:// URL \
+                     (a local TLS proxy can carry it to an https receiver)"
+                        .into(),
+                ))
+            }
+            other => {
+                return Err(refuse(
+                    entry,
+                    format!("unsupported scheme {other:?}: give an http:// URL"),
+                ))
+            }
+        }
+        app.webhook = Some(url.to_owned());
+    }
+    if !any {
+        return Err(ConfigError::Invalid {
+            name: PUSHER_WEBHOOKS_SETTING,
+            value: String::new(),
+            message: "no webhook in the list".into(),
+        });
+    }
+    Ok(())
 }
 
 impl std::fmt::Debug for Config {
@@ -849,6 +918,14 @@ impl Config {
             }
         };
 
+        let mut pusher_apps = pusher_apps;
+        if let Some(hooks) = pick(
+            flags.pusher_webhooks,
+            "PUSHGATE_PUSHER_WEBHOOKS",
+            file.pusher_webhooks.map(|v| v.join(",")),
+        ) {
+            parse_pusher_webhooks(&hooks, &mut pusher_apps)?;
+        }
         let advertise_addr = pick(
             flags.advertise_addr,
             "PUSHGATE_ADVERTISE_ADDR",
@@ -1336,12 +1413,14 @@ mod tests {
                 PusherApp {
                     id: "1".into(),
                     key: "key-one".into(),
-                    secret: "s3cret".into()
+                    secret: "s3cret".into(),
+                    webhook: None,
                 },
                 PusherApp {
                     id: "app2".into(),
                     key: "k2".into(),
-                    secret: "a:b".into()
+                    secret: "a:b".into(),
+                    webhook: None,
                 },
             ],
             "a secret may hold ':'"
@@ -1660,6 +1739,57 @@ mod tests {
             .to_string();
         assert!(err.contains("PUSHGATE_ADVERTISE_ADDR"), "{err}");
         assert!(err.contains("0.0.0.0:3000"), "{err}");
+    }
+
+    #[test]
+    fn pusher_webhooks_name_an_app_and_an_http_url() {
+        let c = from_env(&[
+            ("PUSHGATE_PUSHER_APPS", "1:k:s,2:k2:s"),
+            (
+                "PUSHGATE_PUSHER_WEBHOOKS",
+                "2 = http://127.0.0.1:9000/hooks?a=b=c ,",
+            ),
+        ])
+        .unwrap();
+        assert_eq!(c.pusher_apps[0].webhook, None);
+        assert_eq!(
+            c.pusher_apps[1].webhook.as_deref(),
+            Some("http://127.0.0.1:9000/hooks?a=b=c"),
+            "a URL may hold '='"
+        );
+        let file = "pusher_apps = [\"7:k:s\"]\npusher_webhooks = [\"7=http://h/x\"]\n".to_owned();
+        let c = Config::resolve(Flags::default(), |_| None, Some(("f.toml".into(), file))).unwrap();
+        assert_eq!(c.pusher_apps[0].webhook.as_deref(), Some("http://h/x"));
+    }
+
+    #[test]
+    fn bad_pusher_webhooks_name_the_setting_and_the_problem() {
+        for (hooks, problem) in [
+            ("http://h/x", "app_id=url"),
+            ("9=http://h/x", "not in PUSHGATE_PUSHER_APPS"),
+            ("1=http://h/x,1=http://h/y", "listed twice"),
+            ("1=h/x", "not an absolute URL"),
+            ("1=https://h/x", "https is not built"),
+            ("1=ftp://h/x", "unsupported scheme"),
+            (" , ", "no webhook"),
+        ] {
+            let err = from_env(&[
+                ("PUSHGATE_PUSHER_APPS", "1:k:s"),
+                ("PUSHGATE_PUSHER_WEBHOOKS", hooks),
+            ])
+            .err()
+            .unwrap_or_else(|| panic!("{hooks} accepted"))
+            .to_string();
+            assert!(err.contains("PUSHGATE_PUSHER_WEBHOOKS"), "{hooks}: {err}");
+            assert!(err.contains(problem), "{hooks}: {err}");
+        }
+        let err = from_env(&[
+            ("PUSHGATE_PUSHER_APPS", "1:k:s"),
+            ("PUSHGATE_PUSHER_WEBHOOKS", "1=http://u:hunter2@h/x"),
+        ])
+        .map(|c| format!("{c:?}"))
+        .unwrap();
+        assert!(!err.contains("hunter2"), "{err}");
     }
 
     #[test]

@@ -26,7 +26,7 @@ use crate::connection::{CloseReason, Enqueued, Frame, Outbox};
 use crate::events::{Event, Events};
 use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
-use crate::presence::Diff;
+use crate::presence::{meta_ref_hash, Diff, Profile};
 use crate::push::{Push, DEFAULT_SCOPE};
 use crate::report::Report;
 
@@ -74,6 +74,10 @@ pub struct SocketInfo {
     pub transport: &'static str,
     pub rooms: Vec<RoomName>,
     pub connected_at: u64,
+    /// The presence rooms it entered with a [`Profile`] (see [`Hub::join_as`]), so
+    /// the registry can write its metas whole again; not shown by the API.
+    #[serde(skip)]
+    pub profiles: Vec<(RoomName, Arc<Profile>)>,
 }
 
 /// What one fan-out did on this node.
@@ -120,12 +124,14 @@ pub enum Topic {
 pub enum SocketChange {
     /// Registered, with its initial rooms.
     Registered(SocketInfo),
-    /// Joined a room at `at` (ms since the epoch).
+    /// Joined a room at `at` (ms since the epoch), as the member `profile` names when
+    /// it has one (see [`Hub::join_as`]).
     Joined {
         socket: SocketId,
         user: Option<UserId>,
         room: RoomName,
         at: u64,
+        profile: Option<Arc<Profile>>,
     },
     /// Left a room.
     Left {
@@ -133,6 +139,9 @@ pub enum SocketChange {
         user: Option<UserId>,
         room: RoomName,
     },
+    /// It got its user after registering ([`Hub::set_user`]): the socket whole again,
+    /// for a store that writes it whole (the registry).
+    UserSet(SocketInfo),
     /// Its transport changed (an Engine.IO session upgraded to WebSocket).
     Transport {
         socket: SocketId,
@@ -206,6 +215,24 @@ struct Shard {
     members: HashMap<SocketId, Member>,
     rooms: HashMap<RoomName, HashSet<SocketId>>,
     users: HashMap<UserId, HashSet<SocketId>>,
+    /// The profiles of the few sockets that entered presence rooms with one, kept
+    /// beside [`Member`] so connections without one pay nothing for them.
+    profiles: HashMap<SocketId, Vec<(RoomName, Arc<Profile>)>>,
+}
+
+impl Shard {
+    fn info(&self, id: &SocketId, m: &Member) -> SocketInfo {
+        info(id, m, self.profiles.get(id))
+    }
+
+    fn forget_profile(&mut self, socket: &SocketId, room: &RoomName) {
+        if let Some(list) = self.profiles.get_mut(socket) {
+            list.retain(|(r, _)| r != room);
+            if list.is_empty() {
+                self.profiles.remove(socket);
+            }
+        }
+    }
 }
 
 pub struct Hub {
@@ -340,7 +367,7 @@ impl Hub {
             t.extend(member.rooms.iter().cloned().map(Topic::Room));
             t
         });
-        let registered = self.observer.as_ref().map(|_| info(&socket, &member));
+        let registered = self.observer.as_ref().map(|_| info(&socket, &member, None));
         let connected = self
             .events
             .as_ref()
@@ -403,6 +430,7 @@ impl Hub {
             let mut shard = self.shard(socket.as_str()).write();
             let shard = &mut *shard;
             let member = shard.members.remove(socket)?;
+            shard.profiles.remove(socket);
             if let Some(user) = &member.user {
                 remove_from(&mut shard.users, user, socket);
             }
@@ -449,7 +477,25 @@ impl Hub {
     /// Adds a socket to a room, saying why not when it did not. A refusal for the
     /// room limit is counted in `pushgate_limit_refusals_total{limit="rooms"}`.
     pub fn try_join(&self, socket: &SocketId, room: &RoomName) -> Join {
-        let user = match self.join_locked(socket, room) {
+        self.try_join_as(socket, room, None)
+    }
+
+    /// Adds a socket to a room, in a presence room as the member `profile` names (and
+    /// with its info) rather than as its user; false when it did not join (see
+    /// [`Hub::try_join`]). The profile is kept until the socket leaves the room.
+    pub fn join_as(&self, socket: &SocketId, room: &RoomName, profile: Option<Profile>) -> bool {
+        self.try_join_as(socket, room, profile) == Join::Joined
+    }
+
+    /// [`Hub::try_join`], with the profile of [`Hub::join_as`].
+    pub fn try_join_as(
+        &self,
+        socket: &SocketId,
+        room: &RoomName,
+        profile: Option<Profile>,
+    ) -> Join {
+        let profile = profile.map(Arc::new);
+        let user = match self.join_locked(socket, room, profile.as_ref()) {
             Ok(user) => user,
             Err(outcome) => {
                 if let Join::Full { .. } = outcome {
@@ -473,13 +519,19 @@ impl Hub {
                 user,
                 room: room.clone(),
                 at: crate::id::now_ms(),
+                profile,
             });
         }
         Join::Joined
     }
 
     /// Joins under the shard lock; the member's user when it joined.
-    fn join_locked(&self, socket: &SocketId, room: &RoomName) -> Result<Option<UserId>, Join> {
+    fn join_locked(
+        &self,
+        socket: &SocketId,
+        room: &RoomName,
+        profile: Option<&Arc<Profile>>,
+    ) -> Result<Option<UserId>, Join> {
         let mut shard = self.shard(socket.as_str()).write();
         let shard = &mut *shard;
         let member = shard.members.get_mut(socket).ok_or(Join::Unknown)?;
@@ -498,6 +550,13 @@ impl Hub {
             .entry(room.clone())
             .or_default()
             .insert(socket.clone());
+        if let Some(p) = profile {
+            shard
+                .profiles
+                .entry(socket.clone())
+                .or_default()
+                .push((room.clone(), p.clone()));
+        }
         Ok(user)
     }
 
@@ -531,6 +590,7 @@ impl Hub {
         member.rooms.swap_remove(pos);
         let user = member.user.clone();
         remove_from(&mut shard.rooms, room, socket);
+        shard.forget_profile(socket, room);
         Some(user)
     }
 
@@ -569,7 +629,10 @@ impl Hub {
                 return false;
             }
             member.user = Some(user.clone());
-            let registered = self.observer.as_ref().map(|_| info(socket, member));
+            let registered = self
+                .observer
+                .as_ref()
+                .map(|_| info(socket, member, shard.profiles.get(socket)));
             shard
                 .users
                 .entry(user.clone())
@@ -580,7 +643,7 @@ impl Hub {
         self.topic_added(Topic::User(user));
         if let Some(info) = registered {
             // The registry writes the socket whole again, now with its user.
-            self.socket_changed(SocketChange::Registered(info));
+            self.socket_changed(SocketChange::UserSet(info));
         }
         true
     }
@@ -653,9 +716,18 @@ impl Hub {
 
     /// Hands a presence diff to this node's members of its room, rendered once per
     /// frontend that shows presence; a frontend whose codec renders nothing (no
-    /// presence in its protocol) is skipped. Returns how many members got it.
+    /// presence in its protocol) is skipped. A frontend that does not tell a
+    /// connection of its own join ([`crate::codec::PushCodec::presence_tells_own_join`])
+    /// gets, for the joining connection only, a rendering without that join. Returns
+    /// how many members got it.
     pub fn deliver_presence(&self, diff: &Diff) -> usize {
         let mut frames: [Option<Vec<Frame>>; Frontend::COUNT] = Default::default();
+        // The refs of the joins, to find the joining connections among the members.
+        let joined: Vec<u64> = diff
+            .joins
+            .iter()
+            .filter_map(|c| u64::from_str_radix(&c.meta.r#ref, 16).ok())
+            .collect();
         let mut n = 0;
         for shard in self.shards.iter() {
             let shard = shard.read();
@@ -663,12 +735,23 @@ impl Hub {
                 let Some(m) = shard.members.get(id) else {
                     continue;
                 };
-                let encoded = frames[m.frontend.index()].get_or_insert_with(|| {
-                    self.codecs
-                        .get(m.frontend)
-                        .map(|c| c.encode_presence(diff))
-                        .unwrap_or_default()
-                });
+                let Some(codec) = self.codecs.get(m.frontend) else {
+                    continue;
+                };
+                let own;
+                let encoded = if !joined.is_empty()
+                    && !codec.presence_tells_own_join()
+                    && joined.contains(&meta_ref_hash(id))
+                {
+                    let others = without_own_join(diff, id);
+                    if others.is_empty() {
+                        continue;
+                    }
+                    own = codec.encode_presence(&others);
+                    &own
+                } else {
+                    frames[m.frontend.index()].get_or_insert_with(|| codec.encode_presence(diff))
+                };
                 if encoded.is_empty() {
                     continue;
                 }
@@ -784,7 +867,7 @@ impl Hub {
 
     pub fn socket(&self, socket: &SocketId) -> Option<SocketInfo> {
         let shard = self.shard(socket.as_str()).read();
-        shard.members.get(socket).map(|m| info(socket, m))
+        shard.members.get(socket).map(|m| shard.info(socket, m))
     }
 
     pub fn user_sockets(&self, user: &UserId) -> Vec<SocketInfo> {
@@ -793,7 +876,7 @@ impl Hub {
             let shard = shard.read();
             for id in shard.users.get(user).into_iter().flatten() {
                 if let Some(m) = shard.members.get(id) {
-                    out.push(info(id, m));
+                    out.push(shard.info(id, m));
                 }
             }
         }
@@ -813,7 +896,7 @@ impl Hub {
         let mut out = Vec::new();
         for shard in self.shards.iter() {
             let shard = shard.read();
-            out.extend(shard.members.iter().map(|(id, m)| info(id, m)));
+            out.extend(shard.members.iter().map(|(id, m)| shard.info(id, m)));
         }
         out
     }
@@ -858,7 +941,7 @@ struct Fan<'a> {
     out: FanOut,
 }
 
-fn info(id: &SocketId, m: &Member) -> SocketInfo {
+fn info(id: &SocketId, m: &Member, profiles: Option<&Vec<(RoomName, Arc<Profile>)>>) -> SocketInfo {
     SocketInfo {
         id: id.clone(),
         user: m.user.clone(),
@@ -867,6 +950,23 @@ fn info(id: &SocketId, m: &Member) -> SocketInfo {
         transport: m.connection.transport(),
         rooms: m.rooms.clone(),
         connected_at: m.connected_at,
+        profiles: profiles.cloned().unwrap_or_default(),
+    }
+}
+
+/// `diff` without the join of `socket`: what a connection is told of a diff that holds
+/// its own join, in a protocol that does not tell it.
+fn without_own_join(diff: &Diff, socket: &SocketId) -> Diff {
+    let own = crate::presence::meta_ref(socket);
+    Diff {
+        room: diff.room.clone(),
+        joins: diff
+            .joins
+            .iter()
+            .filter(|c| c.meta.r#ref != own)
+            .cloned()
+            .collect(),
+        leaves: diff.leaves.clone(),
     }
 }
 

@@ -89,6 +89,16 @@ pub struct Metrics {
     pub limit_addresses: IntGaugeVec,
     /// Entries those tables forgot before they refilled, to stay bounded, by `table`.
     pub limit_address_evictions: IntCounterVec,
+    /// Pusher webhook events queued, by `event` (the webhook's event name).
+    pub webhook_events: IntCounterVec,
+    /// Pusher webhook requests, by `outcome` (`ok`, `http_error`, `network_error`).
+    pub webhook_requests: IntCounterVec,
+    /// Pusher webhook events given up, by `reason` (`queue_full`, `gave_up`).
+    pub webhook_dropped: IntCounterVec,
+    /// Pusher webhook events queued or being sent.
+    pub webhook_queued: IntGauge,
+    /// Time of one webhook request, answered or not.
+    pub webhook_request_seconds: Histogram,
     /// Resolved series for each frontend's hot path, by [`Frontend::index`].
     frontends: [FrontendSeries; Frontend::COUNT],
 }
@@ -307,6 +317,32 @@ impl Metrics {
                 "Token buckets forgotten before they refilled, to keep the tables bounded.",
                 &["table"]
             )),
+            webhook_events: reg!(counter(
+                "pushgate_webhook_events_total",
+                "Pusher webhook events queued, by event.",
+                &["event"]
+            )),
+            webhook_requests: reg!(counter(
+                "pushgate_webhook_requests_total",
+                "Pusher webhook requests, by outcome.",
+                &["outcome"]
+            )),
+            webhook_dropped: reg!(counter(
+                "pushgate_webhook_dropped_total",
+                "Pusher webhook events given up, by reason.",
+                &["reason"]
+            )),
+            webhook_queued: reg!(IntGauge::new(
+                "pushgate_webhook_queued",
+                "Pusher webhook events queued or being sent."
+            )),
+            webhook_request_seconds: reg!(Histogram::with_opts(
+                HistogramOpts::new(
+                    "pushgate_webhook_request_seconds",
+                    "Pusher webhook request duration, answered or not."
+                )
+                .buckets(LATENCY_BUCKETS.to_vec())
+            )),
             connections,
             deliveries,
             frontends,
@@ -442,6 +478,15 @@ impl Metrics {
                 }
             }
         }
+        for event in WEBHOOK_EVENTS {
+            self.webhook_events.with_label_values(&[event]);
+        }
+        for outcome in WEBHOOK_OUTCOMES {
+            self.webhook_requests.with_label_values(&[outcome]);
+        }
+        for reason in WEBHOOK_DROP_REASONS {
+            self.webhook_dropped.with_label_values(&[reason]);
+        }
     }
 }
 
@@ -528,6 +573,18 @@ const EVENT_TYPES: &[&str] = &[
 ];
 /// Why the event stream's bus path dropped events (`crate::events`, `bus/redis/events.rs`).
 const EVENTS_DROP_REASONS: &[&str] = &["queue_full", "unavailable"];
+/// The Pusher webhook events (`frontend::pusher::webhook`).
+const WEBHOOK_EVENTS: &[&str] = &[
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+];
+/// The outcomes of a webhook request.
+const WEBHOOK_OUTCOMES: &[&str] = &["ok", "http_error", "network_error"];
+/// Why webhook events were given up.
+const WEBHOOK_DROP_REASONS: &[&str] = &["queue_full", "gave_up"];
 /// `crate::bus::envelope::DecodeError::reason`, and `lagged`.
 const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
 /// The registry's failing operations.
@@ -578,6 +635,10 @@ mod tests {
             r#"pushgate_client_events_total{kind="client_event_refused"} 0"#,
             r#"pushgate_cluster_forwards_total{frontend="phoenix",kind="poll",outcome="no_owner"} 0"#,
             r#"pushgate_cluster_forwarded_websockets 0"#,
+            r#"pushgate_webhook_events_total{event="member_added"} 0"#,
+            r#"pushgate_webhook_requests_total{outcome="http_error"} 0"#,
+            r#"pushgate_webhook_dropped_total{reason="queue_full"} 0"#,
+            r#"pushgate_webhook_queued 0"#,
         ] {
             assert!(text.contains(series), "missing {series}");
         }

@@ -42,6 +42,10 @@ pub struct Push {
     /// Answer the HTTP caller only when the report is final.
     pub wait: bool,
     pub accepted_at: Instant,
+    /// For an event a client sent to the others (a Pusher client event): the member
+    /// that sent it, which Pusher names as `user_id` on presence channels. `None` for
+    /// every push from the API.
+    pub sender: Option<Arc<str>>,
 }
 
 /// Why a push request was refused (an HTTP 400 with this message).
@@ -147,6 +151,7 @@ impl Push {
             ack,
             wait,
             accepted_at: Instant::now(),
+            sender: None,
         })
     }
 }
@@ -164,6 +169,7 @@ impl Push {
             ack: None,
             wait: false,
             accepted_at: Instant::now(),
+            sender: None,
         }
     }
 

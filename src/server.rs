@@ -74,6 +74,8 @@ struct Layers {
     presences: Arc<dyn Presences>,
     /// How requests of other nodes' sessions reach them, in cluster mode.
     forwarder: Option<Arc<Forwarder>>,
+    /// The in-memory store, on a single node (told of the Pusher webhooks' rooms).
+    local: Option<Arc<LocalPresence>>,
 }
 
 /// The Socket.IO endpoint of the gateway.
@@ -119,6 +121,7 @@ pub async fn run(
         cluster,
         presences,
         forwarder,
+        local,
     } = match &config.redis_url {
         Some(url) => {
             let advertise = match &config.advertise_addr {
@@ -159,6 +162,7 @@ pub async fn run(
                 cluster: Some(redis.clone()),
                 presences: redis,
                 forwarder: Some(forwarder),
+                local: None,
             }
         }
         None => {
@@ -172,7 +176,8 @@ pub async fn run(
                 hub: hub.clone(),
                 bus: Arc::new(LocalBus::new(hub)),
                 cluster: None,
-                presences: presence,
+                presences: presence.clone(),
+                local: Some(presence),
                 forwarder: None,
             }
         }
@@ -251,12 +256,22 @@ pub async fn run(
             hub.clone(),
             bus,
             push.clone(),
+            presences.clone(),
             cluster.clone(),
             config.node_id.clone(),
             metrics.clone(),
         )
         .with_gate(gate.clone())
     });
+    // Webhooks hear from whichever store decides occupancy and presence, before any
+    // connection arrives.
+    if let Some(watcher) = pusher.as_ref().and_then(Pusher::watcher) {
+        match (&cluster, &local) {
+            (Some(redis), _) => redis.registry().watch(watcher),
+            (None, Some(local)) => local.watch(watcher),
+            (None, None) => {}
+        }
+    }
     let api = Arc::new(Api {
         push,
         hub,
@@ -345,6 +360,10 @@ pub async fn run(
     if let Some(redis) = cluster {
         // Last: the sockets closed above are removed from the registry first.
         redis.shutdown().await;
+    }
+    if let Some(p) = &pusher {
+        // The closes above made vacated and member_removed webhooks: send them.
+        p.flush_webhooks(CLOSE_GRACE).await;
     }
     tracing::info!("shutdown complete");
     Ok(())

@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # Side-by-side benchmark: pushgate against the socket.io peer (loadtest/peers/socketio),
-# against pushgate built at another commit, and over Phoenix Channels; same load
-# generator (pushgate-load), same machine, one run, one system at a time.
+# against pushgate built at another commit, over Phoenix Channels, and over Pusher
+# Channels against Sockudo; same load generator (pushgate-load), same machine, one run,
+# one system at a time.
 #
 #   loadtest/bench/compare.sh [--quick] [--scenarios idle,bcast,maxdel,users,scale,big] ...
 #   loadtest/bench/compare.sh --base 4d763d7 --sides pushgate,base,phoenix ...
+#   loadtest/bench/compare.sh --sides pusher,sockudo --scenarios idle,bcast,maxdel ...
 #
 # Sides (--sides):
 #   pushgate  the working tree's pushgate (target/release), Socket.IO clients
@@ -14,6 +16,16 @@
 #             ${TMPDIR:-/tmp}/pushgate-bench-base, so a second build compiles only
 #             pushgate; the binary is copied to <results>/bin/), Socket.IO clients
 #   phoenix   the working tree's pushgate, Phoenix Channels clients (--protocol phoenix)
+#   pusher    the working tree's pushgate, ONE process without Redis, Pusher clients
+#             (--protocol pusher) of app load-app:load-key:load-secret, each subscribed to
+#             the public channel r0; pushes through the Pusher HTTP API to r0 (--push-api
+#             pusher), i.e. a broadcast
+#   sockudo   Sockudo (--sockudo-bin, default `sockudo` on PATH: `cargo install sockudo`,
+#             which needs Debian's protobuf-compiler; never vendored), one process with
+#             its local adapter and in-memory drivers, rate limits off, the same app,
+#             clients and pushes as the side "pusher"
+#   The Pusher sides run only the scenarios idle, bcast and maxdel, at sizes one process
+#   holds (<= --per-proc: the 20k open-files cap applies to Sockudo as well).
 #
 # Every scenario starts a fresh redis-server on a free loopback port and fresh server
 # processes (pushgate nodes sharing that Redis, or socket.io processes on the Redis
@@ -22,7 +34,10 @@
 # loadtest/bench/render.py renders the tables into BENCHMARKS.md: pushgate vs the peer
 # between `<!-- compare:begin -->` and `<!-- compare:end -->`, or (--section seam, the
 # default when the sides include base or phoenix) pushgate vs its base commit and
-# Phoenix between `<!-- seam:begin -->` and `<!-- seam:end -->`.
+# Phoenix between `<!-- seam:begin -->` and `<!-- seam:end -->`, or (--section pusher,
+# the default when the sides include pusher or sockudo) pushgate vs Sockudo over Pusher
+# between `<!-- pusher:begin -->` and `<!-- pusher:end -->`. --benchmarks FILE renders
+# elsewhere (a trial run must not land in BENCHMARKS.md).
 #
 # Scenarios (sizes are flags, see --help):
 #   idle    RSS per idle connection at each --idle-sizes
@@ -46,6 +61,11 @@ peer_dir="$root/loadtest/peers/socketio"
 gw_bin="$root/target/release/pushgate"
 load_bin="$root/target/release/pushgate-load"
 secret="bench-secret"
+# The Pusher app of the Pusher sides (pushgate-load's default app).
+pusher_app_id=load-app
+pusher_app_key=load-key
+pusher_app_secret=load-secret
+sockudo_bin="$(command -v sockudo || echo "$HOME/.cargo/bin/sockudo")"
 
 # ---- options -------------------------------------------------------------------------
 scenarios="idle,bcast,maxdel,users,scale"
@@ -81,10 +101,13 @@ usage() {
 Options (defaults in brackets):
   --quick                 small sizes to test the script (2k connections, short phases)
   --scenarios LIST        [$scenarios]  (also: big)
-  --sides LIST            [$sides]  (pushgate, peer, base, phoenix)
+  --sides LIST            [$sides]  (pushgate, peer, base, phoenix, pusher, sockudo)
   --base COMMIT           build pushgate at COMMIT for the side "base"
-  --section NAME          BENCHMARKS.md section: compare (vs the peer) or seam (vs
-                          --base, Phoenix) [seam when sides include base or phoenix]
+  --sockudo-bin PATH      the Sockudo binary of the side "sockudo" [$sockudo_bin]
+  --section NAME          BENCHMARKS.md section: compare (vs the peer), seam (vs
+                          --base, Phoenix) or pusher (vs Sockudo) [seam when sides
+                          include base or phoenix, pusher when they include pusher or
+                          sockudo]
   --idle-sizes LIST       [$idle_sizes]
   --bcast-sizes LIST      [$bcast_sizes]
   --maxdel-conns N        [$maxdel_conns]   --maxdel-steps LIST [$maxdel_steps]
@@ -112,6 +135,7 @@ while [ $# -gt 0 ]; do
     --scenarios) scenarios="$2"; shift 2 ;;
     --sides) sides="$2"; shift 2 ;;
     --base) base="$2"; shift 2 ;;
+    --sockudo-bin) sockudo_bin="$2"; shift 2 ;;
     --section) section="$2"; shift 2 ;;
     --idle-sizes) idle_sizes="$2"; shift 2 ;;
     --bcast-sizes) bcast_sizes="$2"; shift 2 ;;
@@ -142,13 +166,24 @@ has() { [[ ",$1," == *",$2,"* ]]; }
 if [ -z "$section" ]; then
   section=compare
   if has "$sides" base || has "$sides" phoenix; then section=seam; fi
+  if has "$sides" pusher || has "$sides" sockudo; then section=pusher; fi
 fi
-case "$section" in compare|seam) ;; *) echo "--section: compare or seam" >&2; exit 2 ;; esac
+case "$section" in compare|seam|pusher) ;;
+  *) echo "--section: compare, seam or pusher" >&2; exit 2 ;;
+esac
 for side in ${sides//,/ }; do
-  case "$side" in pushgate|peer|base|phoenix) ;;
-    *) echo "--sides: unknown side $side (pushgate, peer, base, phoenix)" >&2; exit 2 ;;
+  case "$side" in pushgate|peer|base|phoenix|pusher|sockudo) ;;
+    *) echo "--sides: unknown side $side (pushgate, peer, base, phoenix, pusher, sockudo)" >&2
+       exit 2 ;;
   esac
 done
+# The Pusher sides: one server process each, Pusher clients, Pusher HTTP API pushes.
+is_pusher_side() { [ "$1" = pusher ] || [ "$1" = sockudo ]; }
+if has "$sides" sockudo && [ ! -x "$sockudo_bin" ]; then
+  echo "--sides sockudo: no Sockudo binary at $sockudo_bin (apt-get install protobuf-compiler;" \
+    "cargo install sockudo; or give --sockudo-bin)" >&2
+  exit 2
+fi
 if has "$sides" base && [ -z "$base" ]; then
   echo "--sides base needs --base COMMIT" >&2; exit 2
 fi
@@ -232,8 +267,10 @@ if [ ! -f "$results/machine.json" ]; then
     --arg date "$(date -u +'%Y-%m-%d %H:%M UTC')" \
     --arg commit "$head_commit" \
     --arg uptime "$(uptime)" \
+    --arg sockudo "$(has "$sides" sockudo && "$sockudo_bin" --version 2>/dev/null | head -1 || echo none)" \
     '{nproc:$nproc, free:$free, kernel:$kernel, cpu:$cpu, nofile:$nofile, node:$node,
-      redis:$redis, rustc:$rustc, date:$date, commit:$commit, uptime_at_start:$uptime}' \
+      redis:$redis, rustc:$rustc, date:$date, commit:$commit, uptime_at_start:$uptime,
+      sockudo:$sockudo}' \
     >"$results/machine.json"
 fi
 echo "$cmdline" >>"$results/commands.txt"
@@ -328,6 +365,38 @@ start_peer() { # processes
   for i in "${targets[@]}"; do wait_http "http://$i/healthz"; done
 }
 
+# One pushgate process without Redis serving the Pusher app (the side "pusher").
+start_pushgate_pusher() {
+  local port w
+  port="$(free_port)"
+  PUSHGATE_LISTEN="127.0.0.1:$port" \
+    PUSHGATE_PUSHER_APPS="$pusher_app_id:$pusher_app_key:$pusher_app_secret" \
+    RUST_LOG=warn timeout -k 5 "$life" "$gw_bin" >>"$results/pushgate.log" 2>&1 &
+  w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+  targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/apps/$pusher_app_id/events")
+  wait_http "http://127.0.0.1:$port/readyz"
+}
+
+# One Sockudo process: the same app, local adapter, in-memory drivers, no rate limits
+# (its defaults allow 20 WebSocket connects a minute per IP and 100 API events a second),
+# no metrics listener, app limits above any run's size.
+start_sockudo() {
+  local port w
+  port="$(free_port)"
+  HOST=127.0.0.1 PORT="$port" DEBUG=false \
+    SOCKUDO_DEFAULT_APP_ID="$pusher_app_id" SOCKUDO_DEFAULT_APP_KEY="$pusher_app_key" \
+    SOCKUDO_DEFAULT_APP_SECRET="$pusher_app_secret" SOCKUDO_DEFAULT_APP_ENABLED=true \
+    SOCKUDO_DEFAULT_APP_MAX_CONNECTIONS=10000000 \
+    SOCKUDO_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SECOND=10000000 \
+    SOCKUDO_DEFAULT_APP_MAX_READ_REQUESTS_PER_SECOND=10000000 \
+    ADAPTER_DRIVER=local CACHE_DRIVER=memory QUEUE_DRIVER=memory APP_MANAGER_DRIVER=memory \
+    RATE_LIMITER_DRIVER=memory RATE_LIMITER_ENABLED=false METRICS_ENABLED=false \
+    timeout -k 5 "$life" "$sockudo_bin" >>"$results/sockudo.log" 2>&1 &
+  w="$!"; wrappers+=("$w"); srv_pids+=("$(child_of "$w")")
+  targets+=("127.0.0.1:$port"); push_urls+=("http://127.0.0.1:$port/apps/$pusher_app_id/events")
+  wait_http "http://127.0.0.1:$port/up"
+}
+
 procs_for() { echo $(( ($1 + per_proc - 1) / per_proc )); }
 join() { local IFS=,; echo "$*"; }
 
@@ -336,10 +405,19 @@ run_load() {
   local scen="$1" side="$2" conns="$3" step="$4" name="$5"; shift 6
   local out="$results/$name.json" rc=0 t_max protocol=socketio commit=""
   [ "$side" = phoenix ] && protocol=phoenix
-  case "$side" in pushgate|phoenix) commit="$head_commit" ;; base) commit="$base_commit" ;; esac
+  local extra=()
+  if is_pusher_side "$side"; then
+    # Every connection subscribes to r0; pushes go through the Pusher HTTP API.
+    protocol=pusher
+    extra=(--pusher-app "$pusher_app_id:$pusher_app_key:$pusher_app_secret"
+      --push-api pusher --rooms 1)
+  fi
+  case "$side" in pushgate|phoenix|pusher) commit="$head_commit" ;; base) commit="$base_commit" ;;
+    sockudo) commit="$("$sockudo_bin" --version 2>/dev/null | head -1 || echo sockudo)" ;;
+  esac
   local args=(--quiet --label "$name" --target "$(join "${targets[@]}")"
     --push-url "$(join "${push_urls[@]}")" --pid "$(join "${srv_pids[@]}")"
-    --jwt-secret "$secret" -n "$conns" --out "$out" --protocol "$protocol" "$@")
+    --jwt-secret "$secret" -n "$conns" --out "$out" --protocol "$protocol" "${extra[@]}" "$@")
   t_max=$(( conns / 500 + 600 ))
   say "run $name: pushgate-load ${args[*]}"
   local busy0 busy1 t0 t1
@@ -372,9 +450,23 @@ side_bin() { if [ "$1" = base ]; then echo "$base_bin"; else echo "$gw_bin"; fi;
 start_side() { # side procs
   case "$1" in
     peer) start_peer "$2" ;;
+    pusher) start_pushgate_pusher ;;
+    sockudo) start_sockudo ;;
     *) start_pushgate "$2" "$(side_bin "$1")" ;;
   esac
 }
+
+# Whether SIDE runs a scenario of N connections (the Pusher sides: one process).
+side_fits() { # side n
+  if is_pusher_side "$1" && [ "$2" -gt "$per_proc" ]; then
+    say "skipping $1 at $2 connections: one process holds at most --per-proc $per_proc"
+    return 1
+  fi
+  return 0
+}
+
+# The push target of a broadcast for SIDE: all, or the Pusher sides' channel r0.
+bcast_to() { if is_pusher_side "$1"; then echo room; else echo all; fi; }
 
 # field from a result file, or "" when absent
 field() { jq -r "$2 // empty" "$results/$1.json" 2>/dev/null || true; }
@@ -403,6 +495,7 @@ if has "$scenarios" idle; then
   IFS=, read -r -a sizes <<<"$idle_sizes"
   for n in "${sizes[@]}"; do
     for side in "${side_list[@]}"; do
+      side_fits "$side" "$n" || continue
       p="$(procs_for "$n")"
       start_side "$side" "$p"
       run_load idle "$side" "$n" "" "idle-$side-$n" -- --ramp-rate "$ramp" \
@@ -420,6 +513,7 @@ if has "$scenarios" idlesolo; then
     [ "$n" -le "$per_proc" ] || continue
     for side in "${side_list[@]}"; do
       [ "$side" = peer ] && continue
+      is_pusher_side "$side" && continue
       # (not substituted in the background command: child_of would find the substitution)
       bin="$(side_bin "$side")"
       port="$(free_port)"
@@ -439,10 +533,11 @@ if has "$scenarios" bcast; then
   IFS=, read -r -a sizes <<<"$bcast_sizes"
   for n in "${sizes[@]}"; do
     for side in "${side_list[@]}"; do
+      side_fits "$side" "$n" || continue
       p="$(procs_for "$n")"
       start_side "$side" "$p"
       run_load bcast "$side" "$n" "" "bcast-$side-$n" -- --ramp-rate "$ramp" --hold 5s \
-        --push all --push-rate 1 --duration "${bcast_secs}s"
+        --push "$(bcast_to "$side")" --push-rate 1 --duration "${bcast_secs}s"
       stop_all
     done
   done
@@ -451,11 +546,13 @@ fi
 # stepped broadcast: scenario tag, side, node count
 maxdel_run() {
   local tag="$1" side="$2" p="$3" rate
+  side_fits "$side" "$maxdel_conns" || return 0
   IFS=, read -r -a steps <<<"$maxdel_steps"
   for rate in "${steps[@]}"; do
     start_side "$side" "$p"
     run_load "$tag" "$side" "$maxdel_conns" "$rate" "$tag-$side-p$p-r$rate" -- \
-      --ramp-rate "$ramp" --hold 3s --push all --push-rate "$rate" --duration "${step_secs}s"
+      --ramp-rate "$ramp" --hold 3s --push "$(bcast_to "$side")" --push-rate "$rate" \
+      --duration "${step_secs}s"
     stop_all
     if step_stops "$tag-$side-p$p-r$rate" 1000; then break; fi
   done
@@ -475,6 +572,8 @@ for tag in users usersnw; do
   [ "$tag" = usersnw ] && wait_arg=(--wait false)
   IFS=, read -r -a steps <<<"$users_steps"
   for side in "${side_list[@]}"; do
+    # Pusher clients of the tool do not sign in: no user pushes.
+    is_pusher_side "$side" && continue
     p="$(procs_for "$users_conns")"
     for rate in "${steps[@]}"; do
       start_side "$side" "$p"

@@ -185,7 +185,8 @@ pub enum FailKind {
     /// The HTTP upgrade was answered with an error status.
     HttpStatus,
     /// The server refused the identity: Socket.IO CONNECT_ERROR, Phoenix 403 or a refused
-    /// join (a bad token, say).
+    /// join (a bad token, say), Pusher's `pusher:error` (an unknown app key) or a refused
+    /// subscription.
     Auth,
     /// An unexpected frame in the handshake.
     Protocol,
@@ -277,13 +278,14 @@ impl FailKind {
                  \"Limits\"); otherwise check --path, the target, and the server log"
                 .to_owned(),
             FailKind::Auth => "the server refused the connection (Socket.IO CONNECT_ERROR, \
-                 Phoenix 403 or a refused phx_join: token missing, bad or expired?): check \
-                 --jwt-secret against the server's secret; a Phoenix 403 is also pushgate's \
-                 per-address limits (PUSHGATE_MAX_CONNECTIONS_PER_IP=0 \
-                 PUSHGATE_CONNECT_RATE_PER_IP=0 for load runs)"
+                 Phoenix 403 or a refused phx_join: token missing, bad or expired?; Pusher \
+                 pusher:error 4001: an app key the server does not know): check \
+                 --jwt-secret against the server's secret, or --pusher-app against its apps; \
+                 a Phoenix 403 is also pushgate's per-address limits \
+                 (PUSHGATE_MAX_CONNECTIONS_PER_IP=0 PUSHGATE_CONNECT_RATE_PER_IP=0 for load runs)"
                 .to_owned(),
             FailKind::Protocol => "unexpected frames in the handshake: is the target a \
-                 server of --protocol (Socket.IO v4, Phoenix Channels v2) at --path?"
+                 server of --protocol (Socket.IO v4, Phoenix Channels v2, Pusher 7) at --path?"
                 .to_owned(),
             FailKind::Other => "see the sample error".to_owned(),
         }

@@ -1,12 +1,13 @@
 //! `pushgate-load`: a load generator for pushgate (and the socket.io peer in
-//! `peers/socketio/`). It opens Socket.IO v4 or Phoenix Channels v2 connections over
-//! WebSocket (`--protocol`), pushes stamped messages over the HTTP push API, and reports
+//! `peers/socketio/`, and Pusher servers such as Sockudo). It opens Socket.IO v4, Phoenix
+//! Channels v2 or Pusher Channels 7 connections over WebSocket (`--protocol`), pushes
+//! stamped messages over the HTTP push API (`/v1/push`, or the Pusher HTTP API), and reports
 //! connections, loss, duplicates, latency percentiles, acks and the gateways' memory and
 //! CPU.
 //!
 //! Modules:
 //! - `scenario` — settings from flags and a TOML file, resolved and checked.
-//! - `client` — minimal Socket.IO and Phoenix clients on the gateway's own codecs.
+//! - `client` — minimal Socket.IO, Phoenix and Pusher clients on the gateway's own codecs.
 //! - `token` — connection JWTs.
 //! - `payload` — the push stamp `{"t", "seq"}` and duplicate detection.
 //! - `stats` — latency histograms and percentiles.
@@ -44,7 +45,7 @@ use crate::scenario::{Scenario, Settings, WorkerSlot};
 #[command(
     name = "pushgate-load",
     version,
-    about = "Load generator for pushgate (Socket.IO and Phoenix clients) and Socket.IO servers",
+    about = "Load generator for pushgate (Socket.IO, Phoenix and Pusher clients), Socket.IO servers and Pusher servers",
     after_help = "Example (two socket.io peers from peers/socketio/start.sh 2):\n  \
         pushgate-load --target 127.0.0.1:4001,127.0.0.1:4002 \
         --push-url http://127.0.0.1:4001/push -n 4000 --ramp-rate 1000 \

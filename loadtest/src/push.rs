@@ -13,9 +13,11 @@ use tokio::sync::Semaphore;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
+use pushgate::frontend::pusher::signature;
+
 use crate::limits::PUSH_CONCURRENCY;
 use crate::payload;
-use crate::scenario::{PushTo, Scenario};
+use crate::scenario::{PushApi, PushTo, PusherApp, Scenario};
 use crate::stats;
 
 /// The addressee of one push.
@@ -173,6 +175,48 @@ pub fn body(sc: &Scenario, target: Target, seq: u64, t: u64) -> serde_json::Valu
     b
 }
 
+/// The Pusher HTTP API event of push `seq` to room `r<k>` (a channel): `{name, channel,
+/// data}` with the data as JSON text, as the server SDKs send it.
+pub fn pusher_body(sc: &Scenario, target: Target, seq: u64, t: u64) -> String {
+    let channel = match target {
+        Target::Room(r) => format!("r{r}"),
+        // Refused by the scenario: the Pusher API addresses channels only.
+        Target::All | Target::User(_) => String::new(),
+    };
+    serde_json::json!({
+        "name": sc.event,
+        "channel": channel,
+        "data": payload::push_data(t, seq, sc.pad).to_string(),
+    })
+    .to_string()
+}
+
+/// `url` (`http://host:port/apps/<id>/events`) with the query that signs `body` for
+/// `app` at unix time `timestamp`, as the Pusher server SDKs sign a request (the
+/// gateway's own `signature` module computes it).
+pub fn pusher_signed_url(url: &str, app: &PusherApp, body: &str, timestamp: u64) -> String {
+    let path = url
+        .split_once("://")
+        .and_then(|(_, rest)| rest.find('/').map(|i| &rest[i..]))
+        .unwrap_or("/");
+    let mut params = vec![
+        ("auth_key".to_owned(), app.key.clone()),
+        ("auth_timestamp".to_owned(), timestamp.to_string()),
+        ("auth_version".to_owned(), "1.0".to_owned()),
+        ("body_md5".to_owned(), signature::body_md5(body.as_bytes())),
+    ];
+    let sig = signature::sign(
+        &app.secret,
+        &signature::request_message("POST", path, &params),
+    );
+    params.push(("auth_signature".to_owned(), sig));
+    let query: Vec<String> = params
+        .iter()
+        .map(|(k, v)| format!("{k}={}", v.replace('&', "%26").replace('=', "%3D")))
+        .collect();
+    format!("{url}?{}", query.join("&"))
+}
+
 /// Pushes at `sc.push_rate` for `sc.duration` (or until `stop`), then waits for the
 /// answers still outstanding (at most the request timeout).
 pub async fn run(sc: Arc<Scenario>, log: Arc<PushLog>, stop: CancellationToken) {
@@ -215,11 +259,19 @@ pub async fn run(sc: Arc<Scenario>, log: Arc<PushLog>, stop: CancellationToken) 
         let this = seq;
         tokio::spawn(async move {
             let t = payload::unix_ns();
+            let (url, text) = match sc2.push_api {
+                PushApi::V1 => (url, body(&sc2, target, this, t).to_string()),
+                PushApi::Pusher => {
+                    let text = pusher_body(&sc2, target, this, t);
+                    let at = t / 1_000_000_000;
+                    (pusher_signed_url(&url, &sc2.pusher_app, &text, at), text)
+                }
+            };
             let mut req = http.post(&url).header("content-type", "application/json");
             if let Some(k) = &sc2.api_key {
                 req = req.bearer_auth(k);
             }
-            let req = req.body(body(&sc2, target, this, t).to_string());
+            let req = req.body(text);
             log.sent.fetch_add(1, Relaxed);
             let answer = req.send().await;
             let took = stats::latency_us(t, payload::unix_ns());
@@ -299,6 +351,49 @@ mod tests {
         assert_eq!(b["to"], serde_json::json!({"all": true}));
         assert!(b.get("ack").is_none() && b.get("wait").is_none());
         assert_eq!(Target::Room(2).json(), serde_json::json!({"room": "r2"}));
+    }
+
+    #[test]
+    fn a_pusher_api_push_is_signed_as_the_gateway_checks_it() {
+        let sc = scenario(Settings {
+            protocol: Some(crate::client::Protocol::Pusher),
+            push: Some(PushTo::Room),
+            push_api: Some(PushApi::Pusher),
+            rooms: Some(2),
+            pad: Some(3),
+            ..Settings::default()
+        });
+        let text = pusher_body(&sc, Target::Room(1), 4, 9);
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&text).unwrap(),
+            serde_json::json!({"name": "load", "channel": "r1",
+                               "data": r#"{"pad":"xxx","seq":4,"t":9}"#})
+        );
+        assert_eq!(sc.push_urls, ["http://127.0.0.1:3000/apps/load-app/events"]);
+        let url = pusher_signed_url(&sc.push_urls[0], &sc.pusher_app, &text, 1_700_000_000);
+        let (base, query) = url.split_once('?').unwrap();
+        assert_eq!(base, sc.push_urls[0]);
+        let params: Vec<(String, String)> = form_pairs(query);
+        assert_eq!(
+            signature::check_request(
+                "load-key",
+                "load-secret",
+                "POST",
+                "/apps/load-app/events",
+                &params,
+                text.as_bytes(),
+                1_700_000_100,
+            ),
+            Ok(())
+        );
+    }
+
+    fn form_pairs(query: &str) -> Vec<(String, String)> {
+        query
+            .split('&')
+            .filter_map(|kv| kv.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.replace("%26", "&").replace("%3D", "=")))
+            .collect()
     }
 
     #[test]

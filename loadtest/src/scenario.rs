@@ -37,6 +37,56 @@ pub enum PushTo {
     Room,
 }
 
+/// Which HTTP API pushes go through.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum PushApi {
+    /// pushgate's `POST /v1/push` (every target kind, acks, `wait`).
+    #[default]
+    V1,
+    /// The Pusher HTTP API, `POST /apps/<id>/events` signed with the app's secret: what
+    /// pushgate's Pusher frontend and any Pusher server (Sockudo) answer. Rooms only
+    /// (a room is a channel), no acks.
+    Pusher,
+}
+
+/// The Pusher app the clients connect to and the pushes are signed for.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PusherApp {
+    pub id: String,
+    pub key: String,
+    pub secret: String,
+}
+
+impl fmt::Debug for PusherApp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "PusherApp({}:{}:***)", self.id, self.key)
+    }
+}
+
+/// The app of a run that names none: what `bench/compare.sh` configures on both sides.
+pub const DEFAULT_PUSHER_APP: &str = "load-app:load-key:load-secret";
+
+impl FromStr for PusherApp {
+    type Err = String;
+    /// `app_id:key:secret` (the secret is the rest, so it may hold `:`).
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut parts = s.trim().splitn(3, ':');
+        match (parts.next(), parts.next(), parts.next()) {
+            (Some(id), Some(key), Some(secret))
+                if !id.is_empty() && !key.is_empty() && !secret.is_empty() =>
+            {
+                Ok(PusherApp {
+                    id: id.to_owned(),
+                    key: key.to_owned(),
+                    secret: secret.to_owned(),
+                })
+            }
+            _ => Err("expected app_id:key:secret".to_owned()),
+        }
+    }
+}
+
 /// A duration written `500ms`, `10s`, `2m`, `1h` or a bare number of seconds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Span(pub Duration);
@@ -94,14 +144,23 @@ pub struct Settings {
     /// target i mod len. They must be one cluster (or one node) for the expected counts.
     #[arg(long = "target", alias = "targets", value_delimiter = ',')]
     pub targets: Option<Vec<String>>,
-    /// Client protocol: Socket.IO v4, or Phoenix Channels v2 (joins `pushgate` and the
-    /// room's topic, heartbeats, acks with `pushgate:ack`).
+    /// Client protocol: Socket.IO v4, Phoenix Channels v2 (joins `pushgate` and the
+    /// room's topic, heartbeats, acks with `pushgate:ack`), or Pusher Channels 7
+    /// (subscribes to the room as a public channel; no token, no acks).
     #[arg(long, value_enum)]
     pub protocol: Option<Protocol>,
     /// WebSocket path (default: `/socket.io/` for Socket.IO, `/socket/websocket` for
-    /// Phoenix).
+    /// Phoenix, `/app` for Pusher, which appends `/<key>`).
     #[arg(long)]
     pub path: Option<String>,
+    /// Pusher app `app_id:key:secret`: the key in the clients' URL, the id and secret for
+    /// `--push-api pusher` [default: load-app:load-key:load-secret].
+    #[arg(long, env = "PUSHGATE_LOAD_PUSHER_APP", hide_env_values = true)]
+    pub pusher_app: Option<String>,
+    /// The push API: pushgate's `/v1/push`, or the Pusher HTTP API (`/apps/<id>/events`,
+    /// signed; room pushes only) that any Pusher server answers.
+    #[arg(long, value_enum)]
+    pub push_api: Option<PushApi>,
     /// Connections to open.
     #[arg(long, short = 'n')]
     pub connections: Option<u64>,
@@ -213,7 +272,8 @@ impl Settings {
 
     /// `self` where set, else `base`.
     pub fn over(self, base: Settings) -> Settings {
-        overlay!(self, base; targets, protocol, path, connections, ramp_rate, sources,
+        overlay!(self, base; targets, protocol, path, pusher_app, push_api, connections,
+            ramp_rate, sources,
             connect_timeout, hold, duration, drain, push, push_rate, push_urls, api_key, users,
             rooms, jwt_secret, token_in, heartbeat, ack_timeout_ms, client_ack, wait, event,
             pad, workers, pids, out, chart, label)
@@ -248,6 +308,8 @@ pub struct Scenario {
     pub targets: Vec<String>,
     pub protocol: Protocol,
     pub path: String,
+    pub pusher_app: PusherApp,
+    pub push_api: PushApi,
     pub connections: u64,
     pub ramp_rate: f64,
     /// 0 = automatic (decided by the plan).
@@ -328,11 +390,24 @@ impl Scenario {
         }
         let rooms = s.rooms.unwrap_or(0);
         let jwt_secret = s.jwt_secret.filter(|k| !k.is_empty());
+        let tokens = protocol.rooms_need_token();
         match push {
-            PushTo::User | PushTo::Room if jwt_secret.is_none() => {
+            PushTo::User if protocol == Protocol::Pusher => {
+                return Err(invalid(
+                    "push",
+                    "Pusher clients of this tool do not sign in: push to rooms (channels) or all",
+                ))
+            }
+            PushTo::User if jwt_secret.is_none() => {
                 return Err(invalid(
                     "jwt_secret",
-                    "pushes to users or rooms need connection tokens (--jwt-secret)",
+                    "pushes to users need connection tokens (--jwt-secret)",
+                ))
+            }
+            PushTo::Room if tokens && jwt_secret.is_none() => {
+                return Err(invalid(
+                    "jwt_secret",
+                    "pushes to rooms need connection tokens (--jwt-secret)",
                 ))
             }
             PushTo::Room if rooms == 0 => {
@@ -340,11 +415,32 @@ impl Scenario {
             }
             _ => {}
         }
-        if rooms > 0 && jwt_secret.is_none() {
+        if rooms > 0 && tokens && jwt_secret.is_none() {
             return Err(invalid(
                 "rooms",
                 "rooms are joined through the token: set --jwt-secret",
             ));
+        }
+        let pusher_app: PusherApp = s
+            .pusher_app
+            .as_deref()
+            .unwrap_or(DEFAULT_PUSHER_APP)
+            .parse()
+            .map_err(|e| invalid("pusher_app", e))?;
+        let push_api = s.push_api.unwrap_or_default();
+        if push_api == PushApi::Pusher {
+            if !matches!(push, PushTo::Room | PushTo::None) {
+                return Err(invalid(
+                    "push_api",
+                    "the Pusher HTTP API pushes to channels: use --push room",
+                ));
+            }
+            if s.ack_timeout_ms.is_some() || s.wait == Some(true) {
+                return Err(invalid(
+                    "push_api",
+                    "the Pusher HTTP API has no acks and no reports: drop --ack-timeout-ms and --wait",
+                ));
+            }
         }
         if let Some(ms) = s.ack_timeout_ms {
             if !(1..=300_000).contains(&ms) {
@@ -363,7 +459,10 @@ impl Scenario {
             Some(urls) => urls,
             None => targets
                 .iter()
-                .map(|t| format!("http://{t}/v1/push"))
+                .map(|t| match push_api {
+                    PushApi::V1 => format!("http://{t}/v1/push"),
+                    PushApi::Pusher => format!("http://{t}/apps/{}/events", pusher_app.id),
+                })
                 .collect(),
         };
         for u in &push_urls {
@@ -387,6 +486,8 @@ impl Scenario {
             targets,
             protocol,
             path,
+            pusher_app,
+            push_api,
             connections,
             ramp_rate,
             sources,
@@ -438,6 +539,7 @@ impl Scenario {
         let mut s = self.clone();
         s.api_key = s.api_key.map(|_| "***".to_owned());
         s.jwt_secret = s.jwt_secret.map(|_| "***".to_owned());
+        s.pusher_app.secret = "***".to_owned();
         s
     }
 }
@@ -548,7 +650,78 @@ mod tests {
                 ..
             })
         ));
-        assert!(Cli::try_parse_from(["pushgate-load", "--protocol", "pusher"]).is_err());
+        assert!(Cli::try_parse_from(["pushgate-load", "--protocol", "sockjs"]).is_err());
+    }
+
+    #[test]
+    fn pusher_subscribes_rooms_without_tokens_and_pushes_through_either_api() {
+        let s = Scenario::resolve(flags(&[
+            "--protocol",
+            "pusher",
+            "--rooms",
+            "1",
+            "--push",
+            "room",
+        ]))
+        .unwrap();
+        assert_eq!(s.path, "/app", "the client appends /<key>");
+        assert_eq!(s.pusher_app.key, "load-key");
+        assert_eq!(s.push_api, PushApi::V1);
+        assert_eq!(s.push_urls, ["http://127.0.0.1:3000/v1/push"]);
+        let s = Scenario::resolve(flags(&[
+            "--protocol",
+            "pusher",
+            "--rooms",
+            "1",
+            "--push",
+            "room",
+            "--push-api",
+            "pusher",
+            "--pusher-app",
+            "7:k:s:e:c",
+            "--target",
+            "127.0.0.1:6001",
+        ]))
+        .unwrap();
+        assert_eq!(
+            (s.pusher_app.id.as_str(), s.pusher_app.secret.as_str()),
+            ("7", "s:e:c")
+        );
+        assert_eq!(s.push_urls, ["http://127.0.0.1:6001/apps/7/events"]);
+        assert_eq!(s.redacted().pusher_app.secret, "***");
+        assert!(!format!("{:?}", s.pusher_app).contains("s:e:c"));
+        let refused = |args: &[&str]| match Scenario::resolve(flags(args)) {
+            Err(ScenarioError::Invalid { setting, .. }) => setting,
+            other => panic!("{args:?}: {other:?}"),
+        };
+        assert_eq!(refused(&["--protocol", "pusher", "--push", "user"]), "push");
+        assert_eq!(
+            refused(&["--push-api", "pusher", "--push", "all"]),
+            "push_api"
+        );
+        assert_eq!(
+            refused(&[
+                "--protocol",
+                "pusher",
+                "--rooms",
+                "1",
+                "--push",
+                "room",
+                "--push-api",
+                "pusher",
+                "--wait"
+            ]),
+            "push_api"
+        );
+        assert_eq!(
+            refused(&["--protocol", "pusher", "--pusher-app", "id:key"]),
+            "pusher_app"
+        );
+        assert_eq!(
+            refused(&["--rooms", "1"]),
+            "rooms",
+            "Socket.IO still needs tokens"
+        );
     }
 
     #[test]

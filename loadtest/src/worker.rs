@@ -194,6 +194,7 @@ pub async fn run(spec: WorkerSpec, tx: mpsc::UnboundedSender<WorkerMsg>, stop: C
             connect_timeout: sc.connect_timeout,
             ack: sc.client_ack,
             heartbeat: sc.heartbeat,
+            pusher_key: sc.pusher_app.key.clone(),
         },
         minter: sc.jwt_secret.as_deref().map(Minter::new),
         recorder: Recorder::default(),

@@ -337,3 +337,71 @@ fn a_phoenix_token_signed_with_another_secret_is_reported_as_refused() {
     assert!(summary.contains("failed Auth x3"), "{summary}");
     assert!(summary.contains("HTTP 403"), "{summary}");
 }
+
+#[test]
+fn pusher_channel_pushes_through_v1_and_the_pusher_api_are_all_delivered_while_pings_keep_sockets_open(
+) {
+    // The gateway pings a connection silent for 1 s and announces 1 s, so the client
+    // pings too: both kinds of ping are answered through the 2 s hold.
+    let gw = Gateway::start(&[
+        ("PUSHGATE_PUSHER_APPS", "load-app:load-key:load-secret"),
+        ("PUSHGATE_PUSHER_ACTIVITY_TIMEOUT_MS", "1000"),
+        ("PUSHGATE_PUSHER_PONG_TIMEOUT_MS", "1000"),
+    ]);
+    let common = [
+        "--protocol",
+        "pusher",
+        "-n",
+        "30",
+        "--rooms",
+        "3",
+        "--push",
+        "room",
+        "--push-rate",
+        "10",
+        "--hold",
+        "2s",
+        "--duration",
+        "2s",
+    ];
+    let v1 = run_load(&gw, "pusher-v1", &common);
+    assert_eq!(v1["scenario"]["protocol"], "pusher");
+    assert_every_delivery(&v1, 30);
+    let mut api_args = common.to_vec();
+    api_args.extend(["--push-api", "pusher"]);
+    let api = run_load(&gw, "pusher-api", &api_args);
+    assert_eq!(api["scenario"]["push_api"], "pusher");
+    assert_every_delivery(&api, 30);
+    assert_eq!(
+        gw.series(r#"pushgate_connects_total{frontend="pusher"}"#),
+        60
+    );
+    assert_eq!(
+        gw.series(r#"pushgate_client_joins_total{op="join",outcome="ok"}"#),
+        60,
+        "each connection subscribed to its room's channel"
+    );
+    assert_eq!(
+        gw.series(r#"pushgate_http_requests_total{route="/apps/{app_id}/events",status="200"}"#),
+        n(&api, "/pushes/accepted"),
+        "every Pusher API push was signed as the gateway checks it"
+    );
+    assert_eq!(
+        gw.series(r#"pushgate_disconnects_total{frontend="pusher",reason="ping_timeout"}"#),
+        0
+    );
+}
+
+#[test]
+fn a_pusher_app_key_the_server_does_not_know_is_reported_as_refused() {
+    let gw = Gateway::start(&[("PUSHGATE_PUSHER_APPS", "load-app:load-key:load-secret")]);
+    let output = Command::new(env!("CARGO_BIN_EXE_pushgate-load"))
+        .args(["--quiet", "--target", &gw.addr])
+        .args(["--protocol", "pusher", "--pusher-app", "x:other-key:s"])
+        .args(["-n", "3", "--push-rate", "0", "--hold", "100ms"])
+        .output()
+        .expect("run pushgate-load");
+    let summary = String::from_utf8_lossy(&output.stdout);
+    assert!(summary.contains("3 failed"), "{summary}");
+    assert!(summary.contains("4001"), "{summary}");
+}

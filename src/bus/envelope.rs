@@ -122,6 +122,10 @@ pub struct PushEnvelope {
     /// When the origin accepted the push, ms since the epoch (for the write-latency
     /// histogram on the delivering node).
     pub accepted_ms: u64,
+    /// The member that sent a client event ([`Push::sender`]). Added within version
+    /// 2: absent from older nodes' envelopes, and ignored by them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sender: Option<String>,
 }
 
 /// A push's target as it travels; a push to several users travels as one envelope
@@ -204,6 +208,7 @@ impl PushEnvelope {
                     except: except.clone(),
                     ack_ms: push.ack.map(|d| d.as_millis() as u64),
                     accepted_ms,
+                    sender: push.sender.as_deref().map(str::to_owned),
                 };
                 (target, env)
             })
@@ -238,6 +243,7 @@ impl PushEnvelope {
             ack: self.ack_ms.map(Duration::from_millis),
             wait: false,
             accepted_at: now.checked_sub(age).unwrap_or(now),
+            sender: self.sender.map(Arc::from),
         })
     }
 }
@@ -266,6 +272,27 @@ mod tests {
         assert_eq!(p.scope(), "/admin");
         assert_eq!(p.ack, Some(Duration::from_millis(700)));
         assert!(p.except.contains("n1.x"));
+    }
+
+    #[test]
+    fn a_client_events_sender_travels_and_an_envelope_without_one_reads_as_none() {
+        let mut push = Push::new(Target::Room(RoomName::from("presence-a")), "client-x", None);
+        push.sender = Some(Arc::from("ann"));
+        let (_, env) = PushEnvelope::of(&push, "n1", 5).remove(0);
+        let back = Envelope::decode(&Envelope::new(Message::Push(env)).encode()).unwrap();
+        let Message::Push(env) = back.m else {
+            panic!("not a push");
+        };
+        assert_eq!(env.into_push(5).unwrap().sender.as_deref(), Some("ann"));
+        let old = rmp_serde::to_vec_named(&json!({"v": VERSION, "m": {"Push": {
+            "id": "p", "origin": "n", "target": {"Room": "r"}, "event": "e", "data": null,
+            "scope": null, "except": [], "ack_ms": null, "accepted_ms": 1
+        }}}))
+        .unwrap();
+        let Message::Push(env) = Envelope::decode(&old).unwrap().m else {
+            panic!("not a push");
+        };
+        assert_eq!(env.sender, None);
     }
 
     #[test]

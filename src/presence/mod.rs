@@ -16,6 +16,17 @@
 //! Two stores keep the state: [`local::LocalPresence`] in memory on a single node, and
 //! the cluster registry in Redis (`registry`), where the bus publishes each diff on the
 //! room's channel so every node with members renders it.
+//!
+//! A connection usually counts for its user (the JWT `sub`), and its meta says nothing
+//! more. A protocol in which a connection names the member itself, per room, and
+//! describes it to the others (Pusher's `channel_data`: `user_id` and `user_info`)
+//! enters the room with a [`Profile`]; the meta then carries the profile's key and
+//! `info`. Only such connections pay for it: the hub keeps profiles beside its members,
+//! not in them.
+//!
+//! Both stores also tell a [`Watcher`] (the Pusher frontend's webhooks) what they
+//! decided exactly once, cluster-wide: a watched room's first connection arriving and
+//! last one leaving (occupancy), and every presence change with its edge.
 
 pub mod local;
 
@@ -45,6 +56,10 @@ pub struct Meta {
     pub r#ref: String,
     /// When the connection entered the room, ms since the epoch.
     pub online_at: u64,
+    /// What the member tells the others about itself, as compact JSON text (Pusher's
+    /// `user_info`); absent for connections that entered without a [`Profile`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub info: Option<String>,
 }
 
 impl Meta {
@@ -55,8 +70,39 @@ impl Meta {
             key: user.map_or_else(|| r#ref.clone(), str::to_owned),
             r#ref,
             online_at,
+            info: None,
         }
     }
+
+    /// The meta of `socket` entering a room at `online_at`: as [`Meta::new`], or, with
+    /// a profile, as the member the profile names, with its info.
+    pub fn of(
+        socket: &SocketId,
+        user: Option<&str>,
+        profile: Option<&Profile>,
+        online_at: u64,
+    ) -> Self {
+        match profile {
+            None => Self::new(socket, user, online_at),
+            Some(p) => Self {
+                key: p.key.clone(),
+                r#ref: meta_ref(socket),
+                online_at,
+                info: p.info.clone(),
+            },
+        }
+    }
+}
+
+/// How a connection presents itself in one presence room when its protocol names the
+/// member per room (Pusher's `channel_data`), instead of counting for its user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Profile {
+    /// The member it counts for (a user id in pushgate's user namespace, so a Pusher
+    /// member `alice` and a Phoenix connection of user `alice` are one member).
+    pub key: String,
+    /// Compact JSON text shown to the other members.
+    pub info: Option<String>,
 }
 
 /// One connection entering or leaving a room.
@@ -117,12 +163,35 @@ pub fn members(metas: &[Meta]) -> Vec<Member> {
 /// one node matches the join another node announced; and it does not reveal the
 /// socket id, which lets an API caller address the connection.
 pub fn meta_ref(socket: &SocketId) -> String {
+    format!("{:016x}", meta_ref_hash(socket))
+}
+
+/// The number behind [`meta_ref`], compared without allocating (the hub matches it
+/// against each member of a room when a frontend does not tell a connection of its
+/// own join).
+pub fn meta_ref_hash(socket: &SocketId) -> u64 {
     let mut h: u64 = 0xcbf2_9ce4_8422_2325;
     for b in socket.as_str().bytes() {
         h ^= u64::from(b);
         h = h.wrapping_mul(0x0100_0000_01b3);
     }
-    format!("{h:016x}")
+    h
+}
+
+/// Told what the presence stores decided exactly once, cluster-wide, about the rooms
+/// it watches: on a single node by [`local::LocalPresence`], in a cluster by the
+/// registry write whose atomic result showed the change (so one node tells, however
+/// many nodes have members). Calls are made from the stores' tasks and locks: an
+/// implementation only queues.
+pub trait Watcher: Send + Sync {
+    /// Whether `room` is watched. Only watched rooms pay for occupancy (a script per
+    /// join and leave in a cluster, a counter on a single node).
+    fn watches(&self, room: &str) -> bool;
+    /// `room` got its first connection (`true`) or lost its last one (`false`).
+    fn occupancy(&self, room: &RoomName, occupied: bool);
+    /// A connection entered (`join`) or left presence room `room`; `change.edge` marks
+    /// its member's first or last connection there.
+    fn presence(&self, room: &RoomName, change: &Change, join: bool);
 }
 
 /// Why presence could not be read.

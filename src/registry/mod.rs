@@ -19,7 +19,9 @@
 //!   cleanup removes, and the node's connection counts (SCARD) for `/v1/nodes`.
 //! - `{p}:s:{sid}` — hash: `node`, `user`, `frontend`, `namespace`, `transport`,
 //!   `connected_at`, and `r:{room}` → when it joined, per room.
-//! - `{p}:us:{user}` / `{p}:rs:{room}` — sets of socket ids, on every node.
+//! - `{p}:us:{user}` / `{p}:rs:{room}` — sets of socket ids, on every node. The index
+//!   of a room a [`Watcher`] watches is changed only by a script that answers the
+//!   room's new size, so exactly one write sees it become occupied or vacated.
 //! - `{p}:pr:{room}` — a presence room: `s:{sid}` → the connection's meta (JSON),
 //!   `u:{member}` → the member's connections, `n` → the member count. Changed only by
 //!   Lua scripts on this one key, so the counts are exact, every change is idempotent
@@ -47,7 +49,7 @@ use crate::delivery::{Report, State, RETENTION};
 use crate::hub::SocketInfo;
 use crate::id::{Frontend, NodeId, RoomName, SocketId, UserId};
 use crate::metrics::Metrics;
-use crate::presence::Meta;
+use crate::presence::{Meta, Watcher};
 
 /// The default registry TTL: a SIGKILLed node's entries leave every answer within
 /// 30 s. Its lease lives half of it and is refreshed every sixth, so a node survives
@@ -157,6 +159,9 @@ pub struct Registry {
     /// The other nodes that had a live lease at the last scan: whose re-subscription
     /// a node that lost Redis waits for (see `bus::redis::health`).
     peers: RwLock<Vec<NodeId>>,
+    /// Told of the occupancy and presence changes this node's writes decide in the
+    /// rooms it watches (the Pusher frontend's webhooks); set once.
+    watcher: std::sync::OnceLock<std::sync::Arc<dyn Watcher>>,
 }
 
 impl Registry {
@@ -179,7 +184,15 @@ impl Registry {
             metrics,
             dead: RwLock::new(HashSet::new()),
             peers: RwLock::new(Vec::new()),
+            watcher: std::sync::OnceLock::new(),
         }
+    }
+
+    /// Tells `watcher` of every occupancy and presence change this node's writes
+    /// decide in the rooms it watches, from now on (set once, before connections
+    /// arrive; a second call is ignored).
+    pub fn watch(&self, watcher: std::sync::Arc<dyn Watcher>) {
+        let _ = self.watcher.set(watcher);
     }
 
     pub fn ttl(&self) -> Duration {
@@ -257,10 +270,15 @@ impl Registry {
         Ok(out)
     }
 
-    /// The live entries of the sockets in the index set `index`. Members whose hash is
-    /// gone are removed from the index; members of dead nodes are skipped (their
-    /// node's cleanup removes them).
-    async fn indexed(&self, index: String) -> Result<Vec<Entry>, RegistryError> {
+    /// The live entries of the sockets in the index set `index` (of `room`, for a room
+    /// index). Members whose hash is gone are removed from the index (through the
+    /// occupancy script in a watched room, whose watcher hears if that vacated it);
+    /// members of dead nodes are skipped (their node's cleanup removes them).
+    async fn indexed(
+        &self,
+        index: String,
+        room: Option<&RoomName>,
+    ) -> Result<Vec<Entry>, RegistryError> {
         let members: Vec<String> = self
             .client
             .smembers(&index)
@@ -285,10 +303,22 @@ impl Registry {
                 None => stale.push(m),
             }
         }
-        if !stale.is_empty() {
-            let r: FredResult<i64> = self.client.srem(index, stale).await;
-            if let Err(e) = r {
-                self.error("write", &e);
+        if stale.is_empty() {
+            return Ok(out);
+        }
+        match room.filter(|r| self.watched(r)) {
+            Some(room) => {
+                // Only the index changes here: a stale socket's room field and
+                // presence went with its hash.
+                if let Err(e) = self.forget_in_index(room, stale).await {
+                    self.error("write", &e);
+                }
+            }
+            None => {
+                let r: FredResult<i64> = self.client.srem(index, stale).await;
+                if let Err(e) = r {
+                    self.error("write", &e);
+                }
             }
         }
         Ok(out)
@@ -296,12 +326,13 @@ impl Registry {
 
     /// Every socket of `user` on any live node.
     pub async fn user(&self, user: &UserId) -> Result<Vec<Entry>, RegistryError> {
-        self.indexed(self.keys.user(user.as_str())).await
+        self.indexed(self.keys.user(user.as_str()), None).await
     }
 
     /// Every socket in `room` on any live node.
     pub async fn room(&self, room: &RoomName) -> Result<Vec<Entry>, RegistryError> {
-        self.indexed(self.keys.room(room.as_str())).await
+        self.indexed(self.keys.room(room.as_str()), Some(room))
+            .await
     }
 
     /// The names of the rooms that start with `prefix` and have an index entry (a room
@@ -618,6 +649,8 @@ fn entry(sid: &SocketId, mut map: HashMap<String, String>) -> Option<Entry> {
                 .get("connected_at")
                 .and_then(|c| c.parse().ok())
                 .unwrap_or(0),
+            // Profiles live in the presence hashes' metas, not in the socket's hash.
+            profiles: Vec::new(),
         },
     })
 }

@@ -12,14 +12,16 @@ use std::collections::{HashMap, HashSet};
 use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 
+use std::sync::Arc;
+
 use super::{Registry, RegistryError, PIPELINE_CHUNK, ROOM_FIELD};
 use crate::hub::SocketInfo;
 use crate::id::{Frontend, RoomName, SocketId, UserId};
-use crate::presence::{is_presence_room, Change, Diff, Meta};
+use crate::presence::{is_presence_room, Change, Diff, Meta, Profile};
 
 /// Adds a connection's meta to a presence room. KEYS[1] the room's hash; ARGV: the
-/// meta's field, the meta, the member's field. Returns the member's connections after
-/// the join, or -1 when the meta was already there (nothing changed).
+/// meta's field, the meta (JSON), the member's field. Returns the member's connections
+/// after the join, or -1 when the meta was already there (nothing changed).
 const PRESENCE_JOIN: &str = r#"
 if redis.call('HSETNX', KEYS[1], ARGV[1], ARGV[2]) == 0 then return -1 end
 local n = redis.call('HINCRBY', KEYS[1], ARGV[3], 1)
@@ -28,17 +30,43 @@ return n
 "#;
 
 /// Removes a connection's meta from a presence room. KEYS[1] the room's hash; ARGV:
-/// the meta's field, the member's field. Returns the member's connections left, or -1
-/// when the meta was not there (nothing changed). The last member takes the key.
+/// the meta's field, the member's field to use if the stored meta names none. The
+/// member is the one the stored meta names (a connection may have entered as another
+/// member than its user: see `presence::Profile`). Returns `{connections left, the
+/// stored meta}`, or -1 when the meta was not there (nothing changed). The last
+/// member takes the key.
 const PRESENCE_LEAVE: &str = r#"
-if redis.call('HDEL', KEYS[1], ARGV[1]) == 0 then return -1 end
-local n = redis.call('HINCRBY', KEYS[1], ARGV[2], -1)
-if n <= 0 then
-  redis.call('HDEL', KEYS[1], ARGV[2])
-  if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then redis.call('DEL', KEYS[1]) end
-  return 0
+local meta = redis.call('HGET', KEYS[1], ARGV[1])
+if not meta then return -1 end
+redis.call('HDEL', KEYS[1], ARGV[1])
+local member = ARGV[2]
+local ok, decoded = pcall(cjson.decode, meta)
+if ok and type(decoded) == 'table' and type(decoded['key']) == 'string' then
+  member = 'u:' .. decoded['key']
 end
-return n
+local n = redis.call('HINCRBY', KEYS[1], member, -1)
+if n <= 0 then
+  redis.call('HDEL', KEYS[1], member)
+  if redis.call('HINCRBY', KEYS[1], 'n', -1) <= 0 then redis.call('DEL', KEYS[1]) end
+  n = 0
+end
+return {n, meta}
+"#;
+
+/// Adds (ARGV[2] = `1`) or removes a socket id (ARGV[1]) to or from a room's index
+/// set (KEYS[1]) and returns the room's connections after it, or -1 when nothing
+/// changed: so exactly one write, cluster-wide, sees a watched room go from 0 to 1
+/// and from 1 to 0 (`presence::Watcher::occupancy`). One key, so a Redis Cluster runs
+/// it on the room's shard.
+pub(super) const ROOM_OCCUPANCY: &str = r#"
+local changed
+if ARGV[2] == '1' then
+  changed = redis.call('SADD', KEYS[1], ARGV[1])
+else
+  changed = redis.call('SREM', KEYS[1], ARGV[1])
+end
+if changed == 0 then return -1 end
+return redis.call('SCARD', KEYS[1])
 "#;
 
 /// One change to the registry.
@@ -47,12 +75,14 @@ pub enum Op {
     /// The socket whole: its hash, its node's set, its user's and rooms' indexes, its
     /// presence.
     Put(SocketInfo),
-    /// Joined `room` at `at` (ms since the epoch).
+    /// Joined `room` at `at` (ms since the epoch), as the member `profile` names when
+    /// it has one.
     Join {
         socket: SocketId,
         user: Option<UserId>,
         room: RoomName,
         at: u64,
+        profile: Option<Arc<Profile>>,
     },
     Leave {
         socket: SocketId,
@@ -72,12 +102,21 @@ pub enum Op {
     },
 }
 
-/// A presence script to run once the chunk's plain writes are queued.
-struct PresenceOp {
-    room: RoomName,
-    meta: Meta,
-    join: bool,
-    field: String,
+/// A script to run once the chunk's plain writes are queued, whose answer says what
+/// changed.
+enum Scripted {
+    Presence {
+        room: RoomName,
+        meta: Meta,
+        join: bool,
+        field: String,
+    },
+    /// A watched room's index (see [`ROOM_OCCUPANCY`]).
+    Occupancy {
+        room: RoomName,
+        socket: SocketId,
+        enter: bool,
+    },
 }
 
 /// Gathers presence changes into per-room diffs, in order. phoenix.js applies a
@@ -108,9 +147,24 @@ impl Diffs {
     }
 }
 
+/// `EVAL script` on `key`'s slot, by hand: fred pipelines no scripts, and routes a
+/// custom command on a Redis Cluster only by an explicit slot (the script's one key's).
+pub(super) fn eval(
+    script: &'static str,
+    key: String,
+    args: impl IntoIterator<Item = String>,
+) -> (CustomCommand, Vec<String>) {
+    let slot = fred::types::Key::from(key.as_str()).cluster_hash();
+    let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+    let mut all = vec![script.to_owned(), "1".to_owned(), key];
+    all.extend(args);
+    (command, all)
+}
+
 impl Registry {
     /// Applies `ops` in order, in pipelines of at most [`PIPELINE_CHUNK`]; returns the
-    /// presence diffs they made (only real changes: a replayed join makes none).
+    /// presence diffs they made (only real changes: a replayed join makes none), and
+    /// tells the watcher, if any, what they changed in the rooms it watches.
     pub async fn apply(&self, ops: Vec<Op>) -> Result<Vec<Diff>, RegistryError> {
         let mut diffs = Diffs::default();
         for chunk in ops.chunks(PIPELINE_CHUNK) {
@@ -124,80 +178,129 @@ impl Registry {
 
     async fn apply_chunk(&self, ops: &[Op], diffs: &mut Diffs) -> FredResult<()> {
         let p = self.client.pipeline();
-        let mut presence: Vec<PresenceOp> = Vec::new();
+        let mut scripted: Vec<Scripted> = Vec::new();
         for op in ops {
-            self.queue(&p, op, &mut presence).await?;
+            self.queue(&p, op, &mut scripted).await?;
         }
         let _: Vec<Value> = p.all().await?;
-        if presence.is_empty() {
+        if scripted.is_empty() {
             return Ok(());
         }
         let p = self.client.pipeline();
-        for op in &presence {
-            let key = self.keys.presence(op.room.as_str());
-            // EVAL by hand: fred pipelines no scripts, and routes a custom command on a
-            // Redis Cluster only by an explicit slot (the script's one key's).
-            let slot = fred::types::Key::from(key.as_str()).cluster_hash();
-            let eval = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
-            let member = format!("u:{}", op.meta.key);
-            let args: Vec<String> = if op.join {
-                let meta = serde_json::to_string(&op.meta).unwrap_or_default();
-                vec![
-                    PRESENCE_JOIN.into(),
-                    "1".into(),
-                    key,
-                    op.field.clone(),
+        for op in &scripted {
+            let (command, args) = match op {
+                Scripted::Presence {
+                    room,
                     meta,
-                    member,
-                ]
-            } else {
-                vec![
-                    PRESENCE_LEAVE.into(),
-                    "1".into(),
-                    key,
-                    op.field.clone(),
-                    member,
-                ]
+                    join: true,
+                    field,
+                } => eval(
+                    PRESENCE_JOIN,
+                    self.keys.presence(room.as_str()),
+                    [
+                        field.clone(),
+                        serde_json::to_string(meta).unwrap_or_default(),
+                        format!("u:{}", meta.key),
+                    ],
+                ),
+                Scripted::Presence {
+                    room,
+                    meta,
+                    join: false,
+                    field,
+                } => eval(
+                    PRESENCE_LEAVE,
+                    self.keys.presence(room.as_str()),
+                    [field.clone(), format!("u:{}", meta.key)],
+                ),
+                Scripted::Occupancy {
+                    room,
+                    socket,
+                    enter,
+                } => eval(
+                    ROOM_OCCUPANCY,
+                    self.keys.room(room.as_str()),
+                    [
+                        socket.to_string(),
+                        if *enter { "1" } else { "0" }.to_owned(),
+                    ],
+                ),
             };
-            let () = p.custom(eval.clone(), args).await?;
+            let () = p.custom(command, args).await?;
         }
-        let counts: Vec<i64> = p.all().await?;
-        for (op, n) in presence.into_iter().zip(counts) {
-            if n < 0 {
-                continue;
+        let answers: Vec<Value> = p.all().await?;
+        let watcher = self.watcher.get();
+        for (op, answer) in scripted.into_iter().zip(answers) {
+            match op {
+                Scripted::Occupancy { room, enter, .. } => {
+                    let n = answer.as_i64().unwrap_or(-1);
+                    if n < 0 || (enter && n != 1) || (!enter && n != 0) {
+                        continue;
+                    }
+                    tracing::debug!(room = %room, occupied = enter, "room occupancy changed");
+                    if let Some(w) = watcher {
+                        w.occupancy(&room, enter);
+                    }
+                }
+                Scripted::Presence {
+                    room, meta, join, ..
+                } => {
+                    let (n, meta) = match answer {
+                        // A leave answers the meta as stored, with the member it counted.
+                        Value::Array(mut pair) if !join && pair.len() == 2 => {
+                            let stored = pair
+                                .pop()
+                                .and_then(|m| m.into_string())
+                                .and_then(|m| serde_json::from_str::<Meta>(&m).ok());
+                            (pair[0].as_i64().unwrap_or(-1), stored.unwrap_or(meta))
+                        }
+                        other => (other.as_i64().unwrap_or(-1), meta),
+                    };
+                    if n < 0 {
+                        continue;
+                    }
+                    let change = if join { "join" } else { "leave" };
+                    self.metrics
+                        .presence_changes
+                        .with_label_values(&[change])
+                        .inc();
+                    let edge = if join { n == 1 } else { n == 0 };
+                    let change = Change { meta, edge };
+                    if let Some(w) = watcher.filter(|w| w.watches(room.as_str())) {
+                        w.presence(&room, &change, join);
+                    }
+                    diffs.add(&room, change, join);
+                }
             }
-            let change = if op.join { "join" } else { "leave" };
-            self.metrics
-                .presence_changes
-                .with_label_values(&[change])
-                .inc();
-            let edge = if op.join { n == 1 } else { n == 0 };
-            diffs.add(
-                &op.room,
-                Change {
-                    meta: op.meta,
-                    edge,
-                },
-                op.join,
-            );
         }
         Ok(())
     }
 
-    /// Queues `op`'s plain writes on `p` and its presence changes on `presence`.
+    /// Whether the watcher (if any) watches `room`: its index is then changed by
+    /// [`ROOM_OCCUPANCY`] rather than a plain SADD or SREM.
+    pub(super) fn watched(&self, room: &RoomName) -> bool {
+        self.watcher.get().is_some_and(|w| w.watches(room.as_str()))
+    }
+
+    /// Queues `op`'s plain writes on `p` and its scripted changes on `scripted`: for a
+    /// join the room's occupancy before its presence, for a leave after, so a watcher
+    /// hears a room occupied before its first member arrives and a member leave
+    /// before the room is vacated.
     async fn queue(
         &self,
         p: &fred::clients::Pipeline<Client>,
         op: &Op,
-        presence: &mut Vec<PresenceOp>,
+        scripted: &mut Vec<Scripted>,
     ) -> FredResult<()> {
-        let presence_op =
-            |room: &RoomName, socket: &SocketId, user: Option<&UserId>, at, join| PresenceOp {
-                room: room.clone(),
-                meta: Meta::new(socket, user.map(UserId::as_str), at),
-                join,
-                field: format!("s:{socket}"),
-            };
+        let presence = |room: &RoomName, socket: &SocketId, meta: Meta, join| Scripted::Presence {
+            room: room.clone(),
+            field: format!("s:{socket}"),
+            meta,
+            join,
+        };
+        let leave_meta = |socket: &SocketId, user: Option<&UserId>| {
+            Meta::new(socket, user.map(UserId::as_str), 0)
+        };
         match op {
             Op::Put(s) => {
                 let sid = s.id.as_str();
@@ -224,15 +327,16 @@ impl Registry {
                     let () = p.sadd(self.keys.user(user.as_str()), sid).await?;
                 }
                 for room in &s.rooms {
-                    let () = p.sadd(self.keys.room(room.as_str()), sid).await?;
+                    self.enter_index(p, room, &s.id, scripted).await?;
                     if is_presence_room(room.as_str()) {
-                        presence.push(presence_op(
-                            room,
-                            &s.id,
-                            s.user.as_ref(),
-                            s.connected_at,
-                            true,
-                        ));
+                        let profile = s
+                            .profiles
+                            .iter()
+                            .find(|(r, _)| r == room)
+                            .map(|(_, p)| &**p);
+                        let user = s.user.as_ref().map(UserId::as_str);
+                        let meta = Meta::of(&s.id, user, profile, s.connected_at);
+                        scripted.push(presence(room, &s.id, meta, true));
                     }
                 }
             }
@@ -241,27 +345,27 @@ impl Registry {
                 user,
                 room,
                 at,
+                profile,
             } => {
                 let field = format!("{ROOM_FIELD}{room}");
                 let () = p
                     .hset(self.keys.socket(socket.as_str()), (field, at.to_string()))
                     .await?;
-                let () = p
-                    .sadd(self.keys.room(room.as_str()), socket.as_str())
-                    .await?;
+                self.enter_index(p, room, socket, scripted).await?;
                 if is_presence_room(room.as_str()) {
-                    presence.push(presence_op(room, socket, user.as_ref(), *at, true));
+                    let user = user.as_ref().map(UserId::as_str);
+                    let meta = Meta::of(socket, user, profile.as_deref(), *at);
+                    scripted.push(presence(room, socket, meta, true));
                 }
             }
             Op::Leave { socket, user, room } => {
                 let field = format!("{ROOM_FIELD}{room}");
                 let () = p.hdel(self.keys.socket(socket.as_str()), field).await?;
-                let () = p
-                    .srem(self.keys.room(room.as_str()), socket.as_str())
-                    .await?;
                 if is_presence_room(room.as_str()) {
-                    presence.push(presence_op(room, socket, user.as_ref(), 0, false));
+                    let meta = leave_meta(socket, user.as_ref());
+                    scripted.push(presence(room, socket, meta, false));
                 }
+                self.leave_index(p, room, socket, scripted).await?;
             }
             Op::Transport { socket, transport } => {
                 let () = p
@@ -282,11 +386,78 @@ impl Registry {
                     let () = p.srem(self.keys.user(user.as_str()), sid).await?;
                 }
                 for room in rooms {
-                    let () = p.srem(self.keys.room(room.as_str()), sid).await?;
                     if is_presence_room(room.as_str()) {
-                        presence.push(presence_op(room, socket, user.as_ref(), 0, false));
+                        let meta = leave_meta(socket, user.as_ref());
+                        scripted.push(presence(room, socket, meta, false));
                     }
+                    self.leave_index(p, room, socket, scripted).await?;
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Adds `socket` to `room`'s index: a plain SADD, or the occupancy script for a
+    /// watched room.
+    async fn enter_index(
+        &self,
+        p: &fred::clients::Pipeline<Client>,
+        room: &RoomName,
+        socket: &SocketId,
+        scripted: &mut Vec<Scripted>,
+    ) -> FredResult<()> {
+        if self.watched(room) {
+            scripted.push(Scripted::Occupancy {
+                room: room.clone(),
+                socket: socket.clone(),
+                enter: true,
+            });
+            return Ok(());
+        }
+        p.sadd(self.keys.room(room.as_str()), socket.as_str()).await
+    }
+
+    /// Removes `socket` from `room`'s index (see [`Registry::enter_index`]).
+    async fn leave_index(
+        &self,
+        p: &fred::clients::Pipeline<Client>,
+        room: &RoomName,
+        socket: &SocketId,
+        scripted: &mut Vec<Scripted>,
+    ) -> FredResult<()> {
+        if self.watched(room) {
+            scripted.push(Scripted::Occupancy {
+                room: room.clone(),
+                socket: socket.clone(),
+                enter: false,
+            });
+            return Ok(());
+        }
+        p.srem(self.keys.room(room.as_str()), socket.as_str()).await
+    }
+
+    /// Removes `sids` from watched room `room`'s index through the occupancy script,
+    /// telling the watcher if that vacated the room (a reader that found sockets whose
+    /// hash is gone may be the one write that sees it).
+    pub(super) async fn forget_in_index(
+        &self,
+        room: &RoomName,
+        sids: Vec<String>,
+    ) -> FredResult<()> {
+        let p = self.client.pipeline();
+        for sid in sids {
+            let (command, args) = eval(
+                ROOM_OCCUPANCY,
+                self.keys.room(room.as_str()),
+                [sid, "0".into()],
+            );
+            let () = p.custom(command, args).await?;
+        }
+        let answers: Vec<Value> = p.all().await?;
+        if answers.iter().any(|a| a.as_i64() == Some(0)) {
+            tracing::debug!(room = %room, occupied = false, "room occupancy changed");
+            if let Some(w) = self.watcher.get() {
+                w.occupancy(room, false);
             }
         }
         Ok(())
@@ -399,6 +570,7 @@ mod tests {
                 key: key.into(),
                 r#ref: key.into(),
                 online_at: 0,
+                info: None,
             },
             edge: true,
         }

@@ -3,7 +3,8 @@
 //! connection, no reconnection.
 //!
 //! Every frame is read and written with the gateway's own pure codecs
-//! (`pushgate::frontend::socketio::{engineio, packet}`, `pushgate::frontend::phoenix::codec`),
+//! (`pushgate::frontend::socketio::{engineio, packet}`, `pushgate::frontend::phoenix::codec`,
+//! `pushgate::frontend::pusher::protocol`),
 //! so the tool speaks exactly the wire format the gateway is tested against, and a change
 //! to a codec reaches the load generator too.
 //!
@@ -11,11 +12,14 @@
 //!   pongs, `43<id>[]` acks).
 //! - [`phoenix`]: Phoenix Channels, serializer v2 (`phx_join` of `pushgate` and the room
 //!   topic, heartbeats every 30 s, `pushgate:ack`).
+//! - [`pusher`]: Pusher Channels, protocol 7 (`/app/<key>`, the room as a public
+//!   channel, pings after silence; no acks), against pushgate or any Pusher server.
 //!
 //! [`connect`] sets a connection up for either; [`Session::run`] hands every event to the
 //! caller until the server ends the session or the caller stops it.
 
 pub mod phoenix;
+pub mod pusher;
 pub mod socketio;
 
 use std::io;
@@ -51,6 +55,9 @@ pub enum Protocol {
     Socketio,
     /// Phoenix Channels, serializer v2 (`vsn=2.0.0`).
     Phoenix,
+    /// Pusher Channels, protocol 7 (pushgate's Pusher frontend, or another Pusher
+    /// server such as Sockudo).
+    Pusher,
 }
 
 impl Protocol {
@@ -59,6 +66,7 @@ impl Protocol {
         match self {
             Protocol::Socketio => "Socket.IO",
             Protocol::Phoenix => "Phoenix",
+            Protocol::Pusher => "Pusher",
         }
     }
 
@@ -67,6 +75,8 @@ impl Protocol {
         match self {
             Protocol::Socketio => "/socket.io/",
             Protocol::Phoenix => "/socket/websocket",
+            // The app key follows: `/app/<key>`.
+            Protocol::Pusher => "/app",
         }
     }
 
@@ -75,8 +85,15 @@ impl Protocol {
     pub fn default_token_place(self) -> TokenPlace {
         match self {
             Protocol::Socketio => TokenPlace::Auth,
-            Protocol::Phoenix => TokenPlace::Query,
+            // Pusher connections carry no token.
+            Protocol::Phoenix | Protocol::Pusher => TokenPlace::Query,
         }
+    }
+
+    /// Whether connections join their room through a JWT's `rooms` claim (Pusher
+    /// clients subscribe to their room's channel themselves).
+    pub fn rooms_need_token(self) -> bool {
+        self != Protocol::Pusher
     }
 }
 
@@ -105,6 +122,8 @@ pub struct ClientConfig {
     pub ack: bool,
     /// Phoenix heartbeat interval (phoenix.js: 30 s).
     pub heartbeat: Duration,
+    /// Pusher: the app key in the connection URL.
+    pub pusher_key: String,
 }
 
 /// Who one connection is: its token, and the room its token names.
@@ -113,7 +132,7 @@ pub struct Identity<'a> {
     /// The connection JWT, when the scenario has a secret.
     pub token: Option<&'a str>,
     /// The room in the token's `rooms` claim: Socket.IO is joined to it on connect,
-    /// Phoenix joins it as a topic.
+    /// Phoenix joins it as a topic, Pusher subscribes to it as a public channel.
     pub room: Option<&'a str>,
 }
 
@@ -172,7 +191,7 @@ pub enum CloseReason {
     /// Phoenix `phx_close` or `phx_error` on a joined topic: the channel is gone.
     ChannelClosed,
     /// Phoenix: the previous heartbeat was still unanswered at the next one (phoenix.js
-    /// closes the socket then too).
+    /// closes the socket then too). Pusher: no answer to a ping within 30 s.
     HeartbeatTimeout,
     /// WebSocket close frame or EOF.
     TransportClose,
@@ -194,6 +213,7 @@ pub struct Event<'a> {
 pub enum Session {
     SocketIo(socketio::Session),
     Phoenix(phoenix::Session),
+    Pusher(pusher::Session),
 }
 
 impl Session {
@@ -208,6 +228,7 @@ impl Session {
         match self {
             Session::SocketIo(s) => s.run(stop, on_event).await,
             Session::Phoenix(s) => s.run(stop, on_event).await,
+            Session::Pusher(s) => s.run(stop, on_event).await,
         }
     }
 }
@@ -268,6 +289,9 @@ pub async fn connect(
             Protocol::Phoenix => phoenix::handshake(stream, target, who, cfg)
                 .await
                 .map(Session::Phoenix),
+            Protocol::Pusher => pusher::handshake(stream, target, who, cfg)
+                .await
+                .map(Session::Pusher),
         }
     };
     tokio::time::timeout(cfg.connect_timeout, handshake)

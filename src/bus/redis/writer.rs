@@ -76,12 +76,15 @@ impl RedisBus {
     fn op(&self, change: SocketChange) -> Option<Op> {
         let now = |sid: &SocketId| self.hub.socket(sid);
         match change {
-            SocketChange::Registered(info) => now(&info.id).map(Op::Put),
+            SocketChange::Registered(info) | SocketChange::UserSet(info) => {
+                now(&info.id).map(Op::Put)
+            }
             SocketChange::Joined {
                 socket,
                 user,
                 room,
                 at,
+                profile,
             } => now(&socket)
                 .filter(|s: &SocketInfo| s.rooms.contains(&room))
                 .map(|_| Op::Join {
@@ -89,6 +92,7 @@ impl RedisBus {
                     user,
                     room,
                     at,
+                    profile,
                 }),
             SocketChange::Left { socket, user, room } => {
                 let rejoined = now(&socket).is_some_and(|s| s.rooms.contains(&room));

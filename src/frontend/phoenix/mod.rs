@@ -133,7 +133,9 @@ impl PushCodec for PhoenixCodec {
 const EVENT_PRESENCE_DIFF: &str = "presence_diff";
 const EVENT_PRESENCE_STATE: &str = "presence_state";
 
-/// Phoenix's presence shape: `{member: {"metas": [{"phx_ref", "online_at"}, …]}}`.
+/// Phoenix's presence shape: `{member: {"metas": [{"phx_ref", "online_at"}, …]}}`. A
+/// meta of a connection that described itself (a Pusher member's `user_info`) also
+/// carries that as `info`.
 fn presence_map<'a>(metas: impl IntoIterator<Item = &'a Meta>) -> Value {
     let mut map = serde_json::Map::new();
     for m in metas {
@@ -141,7 +143,11 @@ fn presence_map<'a>(metas: impl IntoIterator<Item = &'a Meta>) -> Value {
             .entry(m.key.clone())
             .or_insert_with(|| json!({"metas": []}));
         if let Some(list) = entry["metas"].as_array_mut() {
-            list.push(json!({"phx_ref": m.r#ref, "online_at": m.online_at}));
+            let mut meta = json!({"phx_ref": m.r#ref, "online_at": m.online_at});
+            if let Some(info) = m.info.as_deref().and_then(|i| serde_json::from_str(i).ok()) {
+                meta["info"] = info;
+            }
+            list.push(meta);
         }
     }
     Value::Object(map)

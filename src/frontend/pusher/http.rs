@@ -5,8 +5,10 @@
 //! `auth_version`, `body_md5`, `auth_signature`; see [`super::signature`]). Events
 //! become pushes through the push service, so they reach every node; channel and user
 //! questions are answered for the whole cluster: this node's hub for its own sockets,
-//! the registry for the others', as `/v1` does. Errors carry Pusher's status codes
-//! (400, 401, 404, 413, 503) with the gateway's JSON error body.
+//! the registry for the others', as `/v1` does, and the presence core for presence
+//! channels (`user_count` is one read whatever the channel's size, `/users` lists the
+//! members). Errors carry Pusher's status codes (400, 401, 404, 413, 503) with the
+//! gateway's JSON error body.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Instant;
@@ -24,6 +26,7 @@ use super::protocol::{self, ChannelKind};
 use super::signature;
 use super::{App, Pusher};
 use crate::id::{Frontend, RoomName, SocketId, Target};
+use crate::presence::PresenceError;
 use crate::push::Push;
 use crate::push_service::SendError;
 
@@ -106,6 +109,21 @@ impl From<crate::bus::BusError> for ApiError {
             "unavailable",
             e.to_string(),
         )
+    }
+}
+
+impl From<PresenceError> for ApiError {
+    fn from(e: PresenceError) -> Self {
+        match e {
+            PresenceError::NotTracked => {
+                Self::bad_request("only presence channels have users".to_owned())
+            }
+            PresenceError::Unavailable(e) => Self::new(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "unavailable",
+                format!("the cluster registry cannot be read: {e}; retry later"),
+            ),
+        }
     }
 }
 
@@ -266,28 +284,50 @@ impl Pusher {
     /// The rooms of `app` whose channel starts with `prefix`, on every node.
     async fn occupied(&self, app: &App, prefix: &str) -> Result<Vec<RoomName>, ApiError> {
         let s = &self.shared;
-        let room_prefix = format!("{}{prefix}", app.prefix);
+        let room_prefixes = app.room_prefixes(prefix);
         let mut rooms: BTreeSet<RoomName> = s
             .hub
             .sockets()
             .into_iter()
             .flat_map(|i| i.rooms)
-            .filter(|r| r.as_str().starts_with(&room_prefix))
+            .filter(|r| room_prefixes.iter().any(|p| r.as_str().starts_with(p)))
             .collect();
         if let Some(c) = &s.cluster {
-            rooms.extend(c.registry().rooms(&room_prefix).await?);
+            for p in &room_prefixes {
+                rooms.extend(c.registry().rooms(p).await?);
+            }
         }
         Ok(rooms
             .into_iter()
-            .filter(|r| app.channel_of(r.as_str()).is_some())
+            .filter(|r| {
+                app.channel_of(r.as_str())
+                    .is_some_and(|c| c.starts_with(prefix))
+            })
             .collect())
+    }
+
+    /// How many distinct members presence channel `room` has, on every node.
+    async fn user_count(&self, room: &RoomName) -> Result<usize, ApiError> {
+        Ok(self.shared.presences.count(room).await?)
     }
 }
 
-/// The `info` attributes asked for. `user_count` belongs to presence channels, which
-/// this gateway does not serve yet.
-fn info_attributes(info: Option<&str>) -> Result<bool, ApiError> {
-    let mut subscription_count = false;
+/// The `info` attributes asked for.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+struct Info {
+    subscription_count: bool,
+    /// Distinct members: presence channels only.
+    user_count: bool,
+}
+
+impl Info {
+    fn any(self) -> bool {
+        self.subscription_count || self.user_count
+    }
+}
+
+fn info_attributes(info: Option<&str>) -> Result<Info, ApiError> {
+    let mut out = Info::default();
     for attr in info
         .unwrap_or("")
         .split(',')
@@ -295,27 +335,33 @@ fn info_attributes(info: Option<&str>) -> Result<bool, ApiError> {
         .filter(|a| !a.is_empty())
     {
         match attr {
-            "subscription_count" => subscription_count = true,
-            "user_count" => {
-                return Err(ApiError::bad_request(
-                    "info=user_count is only for presence channels, which this gateway does not serve yet",
-                ))
-            }
+            "subscription_count" => out.subscription_count = true,
+            "user_count" => out.user_count = true,
             other => {
                 return Err(ApiError::bad_request(format!(
-                    "unknown info attribute {other:?}: ask for subscription_count"
+                    "unknown info attribute {other:?}: ask for subscription_count or user_count"
                 )))
             }
         }
     }
-    Ok(subscription_count)
+    Ok(out)
+}
+
+/// Refuses `info=user_count` for a channel that is not a presence channel.
+fn user_count_only_for_presence(info: Info, channel: &str) -> Result<(), ApiError> {
+    if info.user_count && !channel.starts_with(protocol::PRESENCE_PREFIX) {
+        return Err(ApiError::bad_request(format!(
+            "info=user_count is only for presence channels, and {channel:?} is not one"
+        )));
+    }
+    Ok(())
 }
 
 /// One event as validated: the pushes it becomes, and the channels to report on.
 struct Event {
     pushes: Vec<Push>,
     channels: Vec<String>,
-    info: bool,
+    info: Info,
 }
 
 /// Validates one event object (`events` body, or one entry of `batch`).
@@ -390,10 +436,13 @@ fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
         }
     };
     let info = match obj.remove("info") {
-        None | Some(Value::Null) => false,
+        None | Some(Value::Null) => Info::default(),
         Some(Value::String(i)) => info_attributes(Some(&i))?,
         Some(_) => return Err(ApiError::bad_request("\"info\" must be a string")),
     };
+    for channel in &channels {
+        user_count_only_for_presence(info, channel)?;
+    }
     let mut pushes = Vec::with_capacity(channels.len());
     for channel in &channels {
         let target = match protocol::channel_kind(channel) {
@@ -437,14 +486,21 @@ impl Pusher {
         Ok(())
     }
 
-    /// `{"<channel>": {"subscription_count": n}}` for an event that asked for info.
+    /// `{"<channel>": {"subscription_count": n, "user_count": m}}` for an event that
+    /// asked for info.
     async fn channel_info(&self, app: &App, e: &Event) -> Result<Value, ApiError> {
         let mut out = Map::new();
         for channel in &e.channels {
             let mut attrs = Map::new();
             if !channel.starts_with(protocol::SERVER_TO_USER_PREFIX) {
-                let n = self.subscription_count(&app.room(channel)).await?;
-                attrs.insert("subscription_count".into(), n.into());
+                let room = app.room(channel);
+                if e.info.subscription_count {
+                    let n = self.subscription_count(&room).await?;
+                    attrs.insert("subscription_count".into(), n.into());
+                }
+                if e.info.user_count {
+                    attrs.insert("user_count".into(), self.user_count(&room).await?.into());
+                }
             }
             out.insert(channel.clone(), Value::Object(attrs));
         }
@@ -461,7 +517,7 @@ async fn events(
     let signed = p.signed(&app_id, req).await?;
     let e = event(signed.app, signed.json()?, false)?;
     p.trigger(std::slice::from_ref(&e)).await?;
-    if !e.info {
+    if !e.info.any() {
         return Ok(Json(json!({})));
     }
     Ok(Json(
@@ -495,12 +551,12 @@ async fn batch_events(
         })
         .collect::<Result<Vec<_>, _>>()?;
     p.trigger(&events).await?;
-    if !events.iter().any(|e| e.info) {
+    if !events.iter().any(|e| e.info.any()) {
         return Ok(Json(json!({})));
     }
     let mut batch = Vec::with_capacity(events.len());
     for e in &events {
-        batch.push(if e.info {
+        batch.push(if e.info.any() {
             let info = p.channel_info(signed.app, e).await?;
             info.as_object()
                 .and_then(|o| o.values().next().cloned())
@@ -512,15 +568,21 @@ async fn batch_events(
     Ok(Json(json!({ "batch": batch })))
 }
 
-/// `GET /apps/{app_id}/channels?filter_by_prefix=…&info=subscription_count`.
+/// `GET /apps/{app_id}/channels?filter_by_prefix=…&info=subscription_count,user_count`
+/// (`user_count` only with `filter_by_prefix=presence-…`, as Pusher asks).
 async fn channels(
     State(p): State<Pusher>,
     Path(app_id): Path<String>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let signed = p.signed(&app_id, req).await?;
-    let counts = info_attributes(signed.param("info"))?;
+    let info = info_attributes(signed.param("info"))?;
     let prefix = signed.param("filter_by_prefix").unwrap_or("");
+    if info.user_count && !prefix.starts_with(protocol::PRESENCE_PREFIX) {
+        return Err(ApiError::bad_request(
+            "info=user_count is only for presence channels: give filter_by_prefix=presence-",
+        ));
+    }
     let mut out: BTreeMap<String, Value> = BTreeMap::new();
     for room in p.occupied(signed.app, prefix).await? {
         // An index may outlive its last member by a TTL: count to be sure.
@@ -531,54 +593,63 @@ async fn channels(
         let Some(channel) = signed.app.channel_of(room.as_str()) else {
             continue;
         };
-        let attrs = if counts {
-            json!({ "subscription_count": n })
-        } else {
-            json!({})
-        };
-        out.insert(channel.to_owned(), attrs);
+        let mut attrs = Map::new();
+        if info.subscription_count {
+            attrs.insert("subscription_count".into(), n.into());
+        }
+        if info.user_count {
+            attrs.insert("user_count".into(), p.user_count(&room).await?.into());
+        }
+        out.insert(channel.into_owned(), Value::Object(attrs));
     }
     Ok(Json(json!({ "channels": out })))
 }
 
-/// `GET /apps/{app_id}/channels/{channel}?info=subscription_count`.
+/// `GET /apps/{app_id}/channels/{channel}?info=subscription_count,user_count`.
 async fn channel(
     State(p): State<Pusher>,
     Path((app_id, channel)): Path<(String, String)>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let signed = p.signed(&app_id, req).await?;
-    let counts = info_attributes(signed.param("info"))?;
+    let info = info_attributes(signed.param("info"))?;
     if !protocol::is_channel_name(&channel) {
         return Err(ApiError::bad_request(format!(
             "invalid channel name {channel:?}"
         )));
     }
-    let n = p.subscription_count(&signed.app.room(&channel)).await?;
+    user_count_only_for_presence(info, &channel)?;
+    let room = signed.app.room(&channel);
+    let n = p.subscription_count(&room).await?;
     let mut out = json!({ "occupied": n > 0 });
-    if counts {
+    if info.subscription_count {
         out["subscription_count"] = n.into();
+    }
+    if info.user_count {
+        out["user_count"] = p.user_count(&room).await?.into();
     }
     Ok(Json(out))
 }
 
-/// `GET /apps/{app_id}/channels/{channel}/users`: presence channels only.
+/// `GET /apps/{app_id}/channels/{channel}/users`: a presence channel's members,
+/// each once, as `{"users": [{"id"}, …]}`.
 async fn channel_users(
     State(p): State<Pusher>,
     Path((app_id, channel)): Path<(String, String)>,
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
-    p.signed(&app_id, req).await?;
-    if !channel.starts_with(protocol::PRESENCE_PREFIX) {
+    let signed = p.signed(&app_id, req).await?;
+    if !channel.starts_with(protocol::PRESENCE_PREFIX) || !protocol::is_channel_name(&channel) {
         return Err(ApiError::bad_request(
             "users are only listed for presence channels",
         ));
     }
-    Err(ApiError::new(
-        StatusCode::NOT_IMPLEMENTED,
-        "not_implemented",
-        "presence channels are not served by this gateway yet",
-    ))
+    let metas = p.shared.presences.state(&signed.app.room(&channel)).await?;
+    let users: Vec<Value> = crate::presence::members(&metas)
+        .iter()
+        .map(|m| json!({ "id": signed.app.user_id(&m.user) }))
+        .collect();
+    Ok(Json(json!({ "users": users })))
 }
 
 /// `POST /apps/{app_id}/users/{user_id}/terminate_connections`: closes the user's
@@ -630,6 +701,7 @@ mod tests {
                 id: "9".into(),
                 key: "k".into(),
                 secret: "s".into(),
+                webhook: None,
             },
             first,
         )
@@ -644,7 +716,13 @@ mod tests {
             false,
         )
         .unwrap();
-        assert!(e.info);
+        assert_eq!(
+            e.info,
+            Info {
+                subscription_count: true,
+                user_count: false
+            }
+        );
         assert_eq!(e.pushes.len(), 2);
         assert_eq!(e.pushes[0].target, Target::Room(RoomName::from("a")));
         assert_eq!(e.pushes[1].target, Target::User("u".into()));
@@ -703,6 +781,17 @@ mod tests {
         );
         assert_eq!(
             status(json!({"name": "n", "data": "d", "channel": "a", "info": "user_count"})),
+            Some(StatusCode::BAD_REQUEST),
+            "user_count is for presence channels"
+        );
+        assert_eq!(
+            status(
+                json!({"name": "n", "data": "d", "channel": "presence-a", "info": "user_count,subscription_count"})
+            ),
+            None
+        );
+        assert_eq!(
+            status(json!({"name": "n", "data": "d", "channel": "a", "info": "users"})),
             Some(StatusCode::BAD_REQUEST)
         );
         assert!(

@@ -20,13 +20,30 @@
 //!   socket without a channel (pusher-js: `pusher.bind`).
 //! - Pusher has no client acks: ack-tracked pushes count Pusher deliveries as
 //!   `unackable` ([`crate::id::Frontend::acks`]).
-//! - Presence channels are refused for now (`pusher:subscription_error`, status 501);
-//!   they will come from the shared presence core.
+//! - Presence channels live in the shared presence core: a subscriber enters the room
+//!   as the member its `channel_data` names (`user_id`, with `user_info`), or, without
+//!   `channel_data`, as its signed-in user (with the `user_info` of its `user_data`),
+//!   through a [`crate::presence::Profile`]. The member id is pushgate's user id as
+//!   [`App::user`] maps it, so a Phoenix client of user `alice` and a Pusher
+//!   subscriber with `user_id` `alice` are one member, counted once however many
+//!   connections or nodes they have. It is independent of the connection's own user
+//!   (its sign-in, the target of `/v1` user pushes); apps normally give both the same
+//!   id. `member_added` and `member_removed` render the diffs whose change is an edge
+//!   (the member's first or last connection, cluster-wide), never to the joining
+//!   connection itself.
+//! - A further app's presence channel `presence-X` is the room `presence-pusher:A:X`
+//!   (not `pusher:A:presence-X`), so the presence core, which tracks rooms named
+//!   `presence-*`, tracks it; channel names hold no `:`, so no channel of the first
+//!   app is such a room.
+//! - Webhooks ([`webhook`]): each app may name a URL; the events are decided once,
+//!   cluster-wide, where the presence core decides them.
 
 pub mod http;
 pub mod protocol;
 pub mod signature;
+pub mod webhook;
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -54,6 +71,7 @@ use crate::hub::{Connection, Hub, Join, Member};
 use crate::id::{Frontend, NodeId, RoomName, SocketId, Target, UserId};
 use crate::limits::{Admission, UserSlot};
 use crate::metrics::Metrics;
+use crate::presence::{Diff, Presences, Profile};
 use crate::push::Push;
 use crate::push_service::PushService;
 use crate::transport::admission::{Gate, Refusal as GateRefusal};
@@ -74,12 +92,41 @@ const REFUSE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 /// The room-name and scope prefix of every app but the first.
 const APP_PREFIX: &str = "pusher:";
 
-/// The channel a room is seen as by a Pusher client: `pusher:<app>:<channel>` rooms
-/// (apps after the first) lose their prefix, other rooms are their own channel.
-fn channel_of_room(room: &str) -> &str {
-    room.strip_prefix(APP_PREFIX)
+/// The app id a room of a further app names, and the channel it is for that app's
+/// clients: `pusher:<app>:<channel>`, or `presence-pusher:<app>:<rest>` for its
+/// presence channel `presence-<rest>`. Other rooms are the first app's, and their own
+/// channel.
+fn split_room(room: &str) -> (Option<&str>, Cow<'_, str>) {
+    let presence = room
+        .strip_prefix(protocol::PRESENCE_PREFIX)
+        .and_then(|r| r.strip_prefix(APP_PREFIX))
+        .and_then(|r| r.split_once(':'));
+    if let Some((app, rest)) = presence {
+        return (
+            Some(app),
+            Cow::Owned(format!("{}{rest}", protocol::PRESENCE_PREFIX)),
+        );
+    }
+    match room
+        .strip_prefix(APP_PREFIX)
         .and_then(|rest| rest.split_once(':'))
-        .map_or(room, |(_, channel)| channel)
+    {
+        Some((app, channel)) => (Some(app), Cow::Borrowed(channel)),
+        None => (None, Cow::Borrowed(room)),
+    }
+}
+
+/// The channel a room is seen as by a Pusher client (see [`split_room`]).
+fn channel_of_room(room: &str) -> Cow<'_, str> {
+    split_room(room).1
+}
+
+/// The id a Pusher client knows a pushgate user (or presence member) by: a further
+/// app's `pusher:<app>:<id>` loses its prefix.
+fn user_of_key(key: &str) -> &str {
+    key.strip_prefix(APP_PREFIX)
+        .and_then(|rest| rest.split_once(':'))
+        .map_or(key, |(_, id)| id)
 }
 
 /// How Pusher carries pushes: one text frame per push, encoded once for every Pusher
@@ -104,7 +151,7 @@ impl PushCodec for PusherCodec {
     fn encode(&self, push: &Push, _ack_id: Option<u64>) -> Vec<Frame> {
         match &push.target {
             Target::Room(room) => encode(push, Some(channel_of_room(room.as_str()))),
-            Target::User(user) => encode(push, Some(&user_channel(user))),
+            Target::User(user) => encode(push, Some(Cow::Owned(user_channel(user)))),
             // A users push is encoded per user (`encode_for_user`); all and socket
             // pushes have no channel in the protocol.
             Target::Users(_) | Target::All | Target::Socket(_) => encode(push, None),
@@ -116,7 +163,30 @@ impl PushCodec for PusherCodec {
     }
 
     fn encode_for_user(&self, push: &Push, user: &UserId, _ack_id: Option<u64>) -> Vec<Frame> {
-        encode(push, Some(&user_channel(user)))
+        encode(push, Some(Cow::Owned(user_channel(user))))
+    }
+    /// `member_added` for each join that is its member's first connection in the
+    /// room, `member_removed` for each leave that is its last; nothing for the others
+    /// (a member is announced once however many connections it has).
+    fn encode_presence(&self, diff: &Diff) -> Vec<Frame> {
+        let channel = channel_of_room(&diff.room);
+        let mut frames = Vec::new();
+        for c in diff.joins.iter().filter(|c| c.edge) {
+            let mut out = String::new();
+            let id = user_of_key(&c.meta.key);
+            protocol::encode_member_added(&mut out, &channel, id, c.meta.info.as_deref());
+            frames.push(Frame::text(out));
+        }
+        for c in diff.leaves.iter().filter(|c| c.edge) {
+            let mut out = String::new();
+            protocol::encode_member_removed(&mut out, &channel, user_of_key(&c.meta.key));
+            frames.push(Frame::text(out));
+        }
+        frames
+    }
+
+    fn presence_tells_own_join(&self) -> bool {
+        false
     }
 }
 
@@ -125,12 +195,13 @@ fn user_channel(user: &UserId) -> String {
     format!(
         "{}{}",
         protocol::SERVER_TO_USER_PREFIX,
-        channel_of_room(user.as_str())
+        user_of_key(user.as_str())
     )
 }
 
-/// One push as a Pusher event on `channel` (none for pushes to all or to a socket).
-fn encode(push: &Push, channel: Option<&str>) -> Vec<Frame> {
+/// One push as a Pusher event on `channel` (none for pushes to all or to a socket);
+/// a client event on a presence channel names its sender.
+fn encode(push: &Push, channel: Option<Cow<'_, str>>) -> Vec<Frame> {
     let text;
     let data = match &push.data {
         Some(Value::String(s)) => s.as_str(),
@@ -141,7 +212,18 @@ fn encode(push: &Push, channel: Option<&str>) -> Vec<Frame> {
         None => "{}",
     };
     let mut out = String::with_capacity(push.event.len() + data.len() + 64);
-    protocol::encode_event(&mut out, &push.event, channel, data);
+    match (&push.sender, channel.as_deref()) {
+        (Some(sender), Some(channel)) if channel.starts_with(protocol::PRESENCE_PREFIX) => {
+            protocol::encode_client_event(
+                &mut out,
+                &push.event,
+                channel,
+                data,
+                Some(user_of_key(sender)),
+            )
+        }
+        _ => protocol::encode_event(&mut out, &push.event, channel.as_deref(), data),
+    }
     vec![Frame::text(out)]
 }
 
@@ -195,9 +277,19 @@ impl App {
         }
     }
 
-    /// The pushgate room of channel `channel`.
+    /// The pushgate room of channel `channel` (see [`split_room`]).
     pub fn room(&self, channel: &str) -> RoomName {
-        RoomName::from(format!("{}{channel}", self.prefix))
+        if self.prefix.is_empty() {
+            return RoomName::from(channel);
+        }
+        match channel.strip_prefix(protocol::PRESENCE_PREFIX) {
+            Some(rest) => RoomName::from(format!(
+                "{}{}{rest}",
+                protocol::PRESENCE_PREFIX,
+                self.prefix
+            )),
+            None => RoomName::from(format!("{}{channel}", self.prefix)),
+        }
     }
 
     /// The pushgate user of this app's user `id`.
@@ -205,11 +297,32 @@ impl App {
         UserId::from(format!("{}{id}", self.prefix))
     }
 
+    /// The id this app's clients know pushgate user (or presence member) `key` by.
+    pub fn user_id<'a>(&self, key: &'a str) -> &'a str {
+        key.strip_prefix(self.prefix.as_str()).unwrap_or(key)
+    }
+
     /// The channel that `room` is for this app's clients, if it is one of its rooms
     /// with a name clients can subscribe to.
-    pub fn channel_of<'a>(&self, room: &'a str) -> Option<&'a str> {
-        let channel = room.strip_prefix(self.prefix.as_str())?;
-        protocol::is_channel_name(channel).then_some(channel)
+    pub fn channel_of<'a>(&self, room: &'a str) -> Option<Cow<'a, str>> {
+        let (app, channel) = split_room(room);
+        let mine = match app {
+            None => self.prefix.is_empty(),
+            Some(id) => id == self.config.id,
+        };
+        (mine && protocol::is_channel_name(&channel)).then_some(channel)
+    }
+
+    /// The prefixes of this app's rooms whose channels start with `prefix`.
+    pub fn room_prefixes(&self, prefix: &str) -> Vec<String> {
+        let mut out = vec![self.room(prefix).to_string()];
+        if !self.prefix.is_empty()
+            && prefix.len() < protocol::PRESENCE_PREFIX.len()
+            && protocol::PRESENCE_PREFIX.starts_with(prefix)
+        {
+            out.push(self.room(protocol::PRESENCE_PREFIX).to_string());
+        }
+        out
     }
 
     /// The scope of a push to this app's channels and users.
@@ -223,6 +336,11 @@ struct Shared {
     apps: Vec<Arc<App>>,
     hub: Arc<Hub>,
     push: Arc<PushService>,
+    /// Where presence is kept: the member list a presence subscriber gets, and the
+    /// HTTP API's `user_count` and `/users`.
+    presences: Arc<dyn Presences>,
+    /// The apps' webhooks, when any app names a URL.
+    webhooks: Option<Arc<webhook::Webhooks>>,
     /// Cluster mode: the registry (rooms and users on other nodes) and kicks.
     cluster: Option<Arc<RedisBus>>,
     node: NodeId,
@@ -254,16 +372,18 @@ impl Pusher {
         hub: Arc<Hub>,
         bus: Arc<dyn Bus>,
         push: Arc<PushService>,
+        presences: Arc<dyn Presences>,
         cluster: Option<Arc<RedisBus>>,
         node: NodeId,
         metrics: Arc<Metrics>,
     ) -> Self {
-        let apps = config
+        let apps: Vec<Arc<App>> = config
             .apps
             .iter()
             .enumerate()
             .map(|(i, a)| Arc::new(App::new(a.clone(), i == 0)))
             .collect();
+        let webhooks = webhook::Webhooks::start(&apps, metrics.clone());
         let (tx, mut rx) = mpsc::channel::<Push>(CLIENT_EVENT_QUEUE);
         tokio::spawn(async move {
             while let Some(push) = rx.recv().await {
@@ -279,6 +399,8 @@ impl Pusher {
                 apps,
                 hub,
                 push,
+                presences,
+                webhooks,
                 cluster,
                 node,
                 metrics,
@@ -303,6 +425,23 @@ impl Pusher {
 
     pub fn connection_count(&self) -> usize {
         self.shared.connections.read().len()
+    }
+
+    /// What the presence stores tell of the apps' rooms, when any app has a webhook
+    /// (see [`crate::presence::Watcher`]): the server hands it to the store in use.
+    pub fn watcher(&self) -> Option<Arc<dyn crate::presence::Watcher>> {
+        self.shared
+            .webhooks
+            .clone()
+            .map(|w| w as Arc<dyn crate::presence::Watcher>)
+    }
+
+    /// Sends what the webhooks still hold, waiting at most `grace` (at shutdown,
+    /// after the bus wrote the last removals).
+    pub async fn flush_webhooks(&self, grace: Duration) {
+        if let Some(w) = &self.shared.webhooks {
+            w.flush(grace).await;
+        }
     }
 
     fn app_by_key(&self, key: &str) -> Option<&Arc<App>> {
@@ -538,15 +677,38 @@ async fn refuse(mut ws: websocket::Ws, code: u16, message: &str) {
 #[derive(Default)]
 struct ConnState {
     /// Subscribed channels. A connection holds a few, so a list.
-    channels: Vec<Box<str>>,
-    /// The signed-in user, as the app names it.
-    user: Option<Box<str>>,
+    channels: Vec<Subscribed>,
+    /// The signed-in user (boxed: most connections never sign in).
+    user: Option<Box<SignedIn>>,
     /// Its share of the user's connections, once signed in.
     user_slot: Option<UserSlot>,
     /// The start of the current one-second window of client events, and how many
     /// were sent in it.
     window: Option<Instant>,
     events: u32,
+}
+
+/// One subscribed channel.
+struct Subscribed {
+    name: Box<str>,
+    /// On a presence channel: the member id it subscribed as, as the app names it
+    /// (client events carry it as `user_id`).
+    member: Option<Box<str>>,
+}
+
+/// Who a connection signed in as.
+struct SignedIn {
+    /// The user id, as the app names it.
+    id: Box<str>,
+    /// The `user_info` of its `user_data` (compact JSON), for a presence subscription
+    /// without `channel_data`.
+    info: Option<Box<str>>,
+}
+
+impl ConnState {
+    fn subscribed(&self, channel: &str) -> Option<&Subscribed> {
+        self.channels.iter().find(|c| *c.name == *channel)
+    }
 }
 
 /// One Pusher connection.
@@ -604,7 +766,7 @@ impl Conn {
         self.send(out);
     }
 
-    fn handle(&self, m: ClientMessage) {
+    fn handle(self: &Arc<Self>, m: ClientMessage) {
         match m {
             ClientMessage::Ping => {
                 let mut out = String::new();
@@ -612,7 +774,11 @@ impl Conn {
                 self.send(out);
             }
             ClientMessage::Pong => {}
-            ClientMessage::Subscribe { channel, auth, .. } => self.subscribe(channel, auth),
+            ClientMessage::Subscribe {
+                channel,
+                auth,
+                channel_data,
+            } => self.subscribe(channel, auth, channel_data),
             ClientMessage::Unsubscribe { channel } => self.unsubscribe(&channel),
             ClientMessage::Signin { auth, user_data } => self.signin(&auth, &user_data),
             ClientMessage::ClientEvent {
@@ -633,23 +799,22 @@ impl Conn {
         }
     }
 
-    fn subscribe(&self, channel: String, auth: Option<String>) {
+    fn subscribe(self: &Arc<Self>, channel: String, auth: Option<String>, data: Option<String>) {
         self.count("join");
         let kind = match protocol::channel_kind(&channel) {
             Ok(k) => k,
             Err(e) => return self.refuse_subscription(&channel, None, 400, &e.to_string()),
         };
         let app = &self.app.config;
+        let mut member: Option<protocol::MemberData> = None;
         match &kind {
             ChannelKind::Public => {}
-            ChannelKind::Presence => {
-                return self.refuse_subscription(
-                    &channel,
-                    None,
-                    501,
-                    "presence channels are not served by this gateway yet",
-                )
-            }
+            ChannelKind::Presence => match self.presence_member(&channel, auth, data) {
+                Ok(m) => member = Some(m),
+                Err((code, status, message)) => {
+                    return self.refuse_subscription(&channel, code, status, &message)
+                }
+            },
             ChannelKind::Private | ChannelKind::Encrypted => {
                 let message = signature::channel_message(&self.pusher_id, &channel);
                 if let Err(e) =
@@ -664,7 +829,12 @@ impl Conn {
                 }
             }
             ChannelKind::ServerToUser(user) => {
-                let mine = self.state.lock().user.as_deref() == Some(user.as_str());
+                let mine = self
+                    .state
+                    .lock()
+                    .user
+                    .as_ref()
+                    .is_some_and(|u| *u.id == **user);
                 if !mine {
                     return self.refuse_subscription(
                         &channel,
@@ -678,22 +848,32 @@ impl Conn {
         let added = {
             let mut state = self.state.lock();
             let max = self.shared.config.max_channels;
-            if state.channels.iter().any(|c| **c == *channel) {
+            if state.subscribed(&channel).is_some() {
                 false
             } else if let Some(max) = max.filter(|m| state.channels.len() >= *m) {
                 drop(state);
                 return self.refuse_channels(&channel, max);
             } else {
-                state.channels.push(channel.as_str().into());
+                state.channels.push(Subscribed {
+                    name: channel.as_str().into(),
+                    member: member.as_ref().map(|m| m.user_id.as_str().into()),
+                });
                 true
             }
         };
         // Joined before the client hears of it, so a push it triggers next reaches it.
         if added && !matches!(kind, ChannelKind::ServerToUser(_)) {
+            let profile = member.map(|m| Profile {
+                key: self.app.user(&m.user_id).to_string(),
+                info: m.user_info,
+            });
             // Rooms joined through the API count against the same limit.
-            if let Join::Full { max } = self.shared.hub.try_join(&self.id, &self.app.room(&channel))
+            if let Join::Full { max } =
+                self.shared
+                    .hub
+                    .try_join_as(&self.id, &self.app.room(&channel), profile)
             {
-                self.state.lock().channels.retain(|c| **c != *channel);
+                self.state.lock().channels.retain(|c| *c.name != *channel);
                 return self.refuse_channels(&channel, max);
             }
         }
@@ -702,6 +882,9 @@ impl Conn {
             .client_joins
             .with_label_values(&["join", "ok"])
             .inc();
+        if kind == ChannelKind::Presence {
+            return self.send_presence_state(channel);
+        }
         let mut out = String::new();
         protocol::encode_subscription_succeeded(&mut out, &channel);
         self.send(out);
@@ -718,12 +901,103 @@ impl Conn {
         );
     }
 
+    /// Checks a presence subscription and names its member: `channel_data` signed
+    /// with the channel (`<socket_id>:<channel>:<channel_data>`), or, without it, the
+    /// connection's signed-in user and a signature of `<socket_id>:<channel>`. The
+    /// error is `(pusher:error code, status, message)`.
+    fn presence_member(
+        &self,
+        channel: &str,
+        auth: Option<String>,
+        data: Option<String>,
+    ) -> Result<protocol::MemberData, (Option<u16>, u16, String)> {
+        let app = &self.app.config;
+        let message = match &data {
+            Some(d) => format!(
+                "{}:{d}",
+                signature::channel_message(&self.pusher_id, channel)
+            ),
+            None => signature::channel_message(&self.pusher_id, channel),
+        };
+        if let Err(e) = signature::check_auth(&app.key, &app.secret, auth.as_deref(), &message) {
+            return Err((
+                Some(protocol::code::UNAUTHORIZED),
+                401,
+                format!("{e}: expected the app key and the HMAC-SHA256 of {message:?}"),
+            ));
+        }
+        let member = match &data {
+            Some(d) => protocol::parse_channel_data(d).map_err(|e| (None, 400, e.to_string()))?,
+            None => {
+                let state = self.state.lock();
+                let Some(user) = &state.user else {
+                    return Err((
+                        None,
+                        400,
+                        "a presence subscription needs channel_data, or a signed-in connection"
+                            .to_owned(),
+                    ));
+                };
+                protocol::MemberData {
+                    user_id: user.id.to_string(),
+                    user_info: user.info.as_deref().map(str::to_owned),
+                }
+            }
+        };
+        // The first app's members are pushgate's users as they are, so its ids must
+        // not reach into the further apps' `pusher:<id>:` users.
+        if self.app.prefix.is_empty() && member.user_id.starts_with(APP_PREFIX) {
+            return Err((
+                None,
+                400,
+                format!("user ids starting with {APP_PREFIX:?} are reserved"),
+            ));
+        }
+        Ok(member)
+    }
+
+    /// Sends `subscription_succeeded` with the channel's members once this join is in
+    /// the presence store (in a cluster, after this node's registry write), unless the
+    /// channel was left meanwhile. A member that arrives between the store's answer
+    /// and the frame may be announced by `member_added` too; pusher-js counts it once.
+    fn send_presence_state(self: &Arc<Self>, channel: String) {
+        let conn = self.clone();
+        self.shared.tasks.spawn(async move {
+            let room = conn.app.room(&channel);
+            let state = conn.shared.presences.state(&room).await;
+            if conn.state.lock().subscribed(&channel).is_none() {
+                return;
+            }
+            let metas = match state {
+                Ok(metas) => metas,
+                Err(e) => {
+                    tracing::warn!(socket = %conn.id, channel, error = %e, "presence members not read");
+                    return conn.refuse_subscription(
+                        &channel,
+                        None,
+                        503,
+                        "the presence members cannot be read; subscribe again later",
+                    );
+                }
+            };
+            let mut out = String::new();
+            protocol::encode_presence_succeeded(
+                &mut out,
+                &channel,
+                metas
+                    .iter()
+                    .map(|m| (conn.app.user_id(&m.key), m.info.as_deref())),
+            );
+            conn.send(out);
+        });
+    }
+
     fn unsubscribe(&self, channel: &str) {
         self.count("leave");
         let removed = {
             let mut state = self.state.lock();
             let before = state.channels.len();
-            state.channels.retain(|c| **c != *channel);
+            state.channels.retain(|c| *c.name != *channel);
             state.channels.len() != before
         };
         if removed && !channel.starts_with(protocol::SERVER_TO_USER_PREFIX) {
@@ -749,13 +1023,13 @@ impl Conn {
             Err(e) => Some(format!(
                 "sign-in refused: {e}: expected the app key and the HMAC-SHA256 of {message:?}"
             )),
-            Ok(()) => match user_id(user_data) {
+            Ok(()) => match (user_id(user_data), protocol::parse_user_data(user_data)) {
                 // The first app's users are pushgate's users as they are, so its ids
                 // must not reach into the further apps' `pusher:<id>:` users.
-                Some(id) if self.app.prefix.is_empty() && id.starts_with(APP_PREFIX) => Some(
+                (Some(id), _) if self.app.prefix.is_empty() && id.starts_with(APP_PREFIX) => Some(
                     format!("sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"),
                 ),
-                Some(id) => {
+                (Some(id), member) => {
                     let user = self.app.user(&id);
                     let slot = match &self.shared.gate {
                         None => None,
@@ -772,13 +1046,16 @@ impl Conn {
                     };
                     {
                         let mut state = self.state.lock();
-                        state.user = Some(id.as_str().into());
+                        state.user = Some(Box::new(SignedIn {
+                            id: id.as_str().into(),
+                            info: member.ok().and_then(|m| m.user_info).map(Box::from),
+                        }));
                         state.user_slot = slot;
                     }
                     self.shared.hub.set_user(&self.id, user);
                     None
                 }
-                None => Some(
+                (None, _) => Some(
                     "sign-in refused: user_data must be a JSON object with a non-empty string id"
                         .to_owned(),
                 ),
@@ -803,15 +1080,19 @@ impl Conn {
             self.count("client_event_refused");
             self.error(code, message);
         };
-        let subscribed = self.state.lock().channels.iter().any(|c| **c == *channel);
-        if !subscribed {
+        let subscribed = self
+            .state
+            .lock()
+            .subscribed(channel)
+            .map(|s| s.member.as_deref().map(str::to_owned));
+        let Some(member) = subscribed else {
             return refuse(
                 None,
                 &format!("client event refused: not subscribed to {channel:?}"),
             );
-        }
+        };
         match protocol::channel_kind(channel) {
-            Ok(ChannelKind::Private) => {}
+            Ok(ChannelKind::Private | ChannelKind::Presence) => {}
             Ok(ChannelKind::Encrypted) => {
                 return refuse(
                     None,
@@ -821,11 +1102,12 @@ impl Conn {
             _ => {
                 return refuse(
                     None,
-                    "client event refused: client events are only allowed on private channels",
+                    "client event refused: client events are only allowed on private and presence channels",
                 )
             }
         }
-        if data.to_string().len() > protocol::MAX_DATA_BYTES {
+        let text = data.to_string();
+        if text.len() > protocol::MAX_DATA_BYTES {
             return refuse(
                 Some(protocol::code::CLIENT_EVENT_REJECTED),
                 &format!(
@@ -854,9 +1136,22 @@ impl Conn {
                 &format!("client event refused: more than {CLIENT_EVENTS_PER_SECOND} per second"),
             );
         }
-        let mut push = Push::new(Target::Room(self.app.room(channel)), event, Some(data));
+        // For the webhook: the data as the other subscribers get it (a string as it is,
+        // other JSON as its text).
+        let wire = self.shared.webhooks.as_ref().map(|_| match &data {
+            Value::String(s) => s.clone(),
+            _ => text.clone(),
+        });
+        let mut push = Push::new(
+            Target::Room(self.app.room(channel)),
+            event.clone(),
+            Some(data),
+        );
         push.scope = self.app.scope.clone();
         push.except.insert(self.id.clone());
+        push.sender = member
+            .as_deref()
+            .map(|m| Arc::from(self.app.user(m).as_str()));
         if let Err(e) = self.shared.push.check(&push) {
             return refuse(None, &format!("client event refused: {e}"));
         }
@@ -867,6 +1162,16 @@ impl Conn {
             );
         }
         self.count("client_event");
+        if let (Some(w), Some(wire)) = (&self.shared.webhooks, &wire) {
+            w.client_event(
+                &self.app,
+                channel,
+                &event,
+                wire,
+                &self.pusher_id,
+                member.as_deref(),
+            );
+        }
     }
 }
 
@@ -1051,6 +1356,7 @@ mod tests {
                 id: "1".into(),
                 key: "k".into(),
                 secret: "s".into(),
+                webhook: None,
             },
             true,
         );
@@ -1059,6 +1365,7 @@ mod tests {
                 id: "2".into(),
                 key: "k2".into(),
                 secret: "s".into(),
+                webhook: None,
             },
             false,
         );
@@ -1066,11 +1373,101 @@ mod tests {
         assert_eq!(second.room("news").as_str(), "pusher:2:news");
         assert_eq!(second.user("u").as_str(), "pusher:2:u");
         assert_eq!(second.scope().as_deref(), Some("/pusher:2"));
-        assert_eq!(first.channel_of("news"), Some("news"));
+        assert_eq!(first.channel_of("news").as_deref(), Some("news"));
         assert_eq!(first.channel_of("chat:1"), None, "not a channel name");
         assert_eq!(first.channel_of("pusher:2:news"), None);
-        assert_eq!(second.channel_of("pusher:2:news"), Some("news"));
+        assert_eq!(second.channel_of("pusher:2:news").as_deref(), Some("news"));
         assert_eq!(second.channel_of("news"), None);
+        // A further app's presence channel is a room the presence core tracks.
+        let room = second.room("presence-lobby");
+        assert_eq!(room.as_str(), "presence-pusher:2:lobby");
+        assert!(crate::presence::is_presence_room(room.as_str()));
+        assert_eq!(
+            second.channel_of(room.as_str()).as_deref(),
+            Some("presence-lobby")
+        );
+        assert_eq!(first.channel_of(room.as_str()), None);
+        assert_eq!(first.room("presence-lobby").as_str(), "presence-lobby");
+        assert_eq!(second.user_id("pusher:2:u"), "u");
+        assert_eq!(
+            second.room_prefixes(""),
+            ["pusher:2:", "presence-pusher:2:"]
+        );
+        assert_eq!(second.room_prefixes("presence-l"), ["presence-pusher:2:l"]);
+        assert_eq!(second.room_prefixes("news"), ["pusher:2:news"]);
+        assert_eq!(first.room_prefixes("pre"), ["pre"]);
+    }
+
+    fn change(key: &str, info: Option<&str>, edge: bool) -> crate::presence::Change {
+        crate::presence::Change {
+            meta: crate::presence::Meta {
+                key: key.into(),
+                r#ref: "0123456789abcdef".into(),
+                online_at: 1,
+                info: info.map(str::to_owned),
+            },
+            edge,
+        }
+    }
+
+    fn texts(frames: Vec<Frame>) -> Vec<Value> {
+        frames
+            .into_iter()
+            .map(|f| match f {
+                Frame::Text(t) => serde_json::from_str(t.as_str()).unwrap(),
+                Frame::Binary(_) => panic!("binary"),
+            })
+            .collect()
+    }
+
+    #[test]
+    fn presence_diffs_announce_members_only_at_their_edges() {
+        let diff = Diff {
+            room: "presence-pusher:2:lobby".into(),
+            joins: vec![
+                change("pusher:2:ann", Some(r#"{"n":1}"#), true),
+                change("pusher:2:ann", None, false),
+            ],
+            leaves: vec![
+                change("pusher:2:bob", None, false),
+                change("pusher:2:cy", None, true),
+            ],
+        };
+        let frames = texts(PusherCodec.encode_presence(&diff));
+        assert_eq!(
+            frames,
+            [
+                json!({"event": "pusher_internal:member_added", "channel": "presence-lobby",
+                       "data": r#"{"user_id":"ann","user_info":{"n":1}}"#}),
+                json!({"event": "pusher_internal:member_removed", "channel": "presence-lobby",
+                       "data": r#"{"user_id":"cy"}"#}),
+            ]
+        );
+        assert!(!PusherCodec.presence_tells_own_join());
+        let quiet = Diff {
+            room: "presence-x".into(),
+            joins: vec![change("ann", None, false)],
+            leaves: vec![],
+        };
+        assert!(PusherCodec.encode_presence(&quiet).is_empty());
+    }
+
+    #[test]
+    fn a_client_event_names_its_sender_on_presence_channels_only() {
+        let mut p = Push::new(
+            Target::Room(RoomName::from("presence-pusher:2:x")),
+            "client-hi",
+            Some(json!({"a": 1})),
+        );
+        p.sender = Some(Arc::from("pusher:2:ann"));
+        assert_eq!(
+            decoded(PusherCodec.encode(&p, None)),
+            json!({"event": "client-hi", "channel": "presence-x", "data": "{\"a\":1}", "user_id": "ann"})
+        );
+        p.target = Target::Room(RoomName::from("private-x"));
+        assert!(decoded(PusherCodec.encode(&p, None))
+            .get("user_id")
+            .is_none());
     }
 
     #[test]

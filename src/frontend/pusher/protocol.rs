@@ -20,6 +20,10 @@ pub const MAX_CHANNEL_LEN: usize = 200;
 pub const MAX_EVENT_LEN: usize = 200;
 /// Largest `data` of an event, client event or HTTP API trigger (Pusher's 10 KB).
 pub const MAX_DATA_BYTES: usize = 10 * 1024;
+/// Longest presence member id (Pusher's limit).
+pub const MAX_USER_ID_LEN: usize = 128;
+/// Largest presence `user_info`, as compact JSON (Pusher's 1 KB).
+pub const MAX_USER_INFO_BYTES: usize = 1024;
 
 /// The channel pusher-js subscribes after a sign-in; events on it reach `pusher.user`.
 pub const SERVER_TO_USER_PREFIX: &str = "#server-to-user-";
@@ -221,6 +225,56 @@ pub fn decode(text: &str) -> Result<ClientMessage, DecodeError> {
     })
 }
 
+/// A message from the server, as a client reads it (the load generator, tests).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerMessage {
+    pub event: String,
+    pub channel: Option<String>,
+    /// `data` as sent: a JSON string for events (double encoding), an object for
+    /// `pusher:error`, ping and pong; `Null` when absent.
+    pub data: Value,
+    /// The sender of a client event on a presence channel.
+    pub user_id: Option<String>,
+}
+
+impl ServerMessage {
+    /// `data` as JSON: a string's JSON text parsed (a string that is not JSON stays a
+    /// string), any other value as it is.
+    pub fn data_json(&self) -> Value {
+        match &self.data {
+            Value::String(s) => serde_json::from_str(s).unwrap_or_else(|_| self.data.clone()),
+            other => other.clone(),
+        }
+    }
+}
+
+/// Decodes one text frame from the server: `{"event", "channel"?, "data"?, "user_id"?}`.
+pub fn decode_server(text: &str) -> Result<ServerMessage, DecodeError> {
+    let value: Value = serde_json::from_str(text).map_err(|e| DecodeError::Json(JsonError(e)))?;
+    let Value::Object(mut obj) = value else {
+        return Err(DecodeError::NotAnObject);
+    };
+    let event = match obj.remove("event") {
+        Some(Value::String(e)) if !e.is_empty() && e.len() <= MAX_EVENT_LEN => e,
+        _ => return Err(DecodeError::Event),
+    };
+    let text_field = |v: Option<Value>, field: &'static str| match v {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(DecodeError::Field {
+            event: "a server message",
+            field,
+            what: "a string",
+        }),
+    };
+    Ok(ServerMessage {
+        channel: text_field(obj.remove("channel"), "channel")?,
+        user_id: text_field(obj.remove("user_id"), "user_id")?,
+        data: obj.remove("data").unwrap_or(Value::Null),
+        event,
+    })
+}
+
 /// A protocol event's `data`: an object, or a string holding one (some clients encode
 /// it twice, as the server does).
 fn object(data: Option<Value>, event: &'static str) -> Result<Map<String, Value>, DecodeError> {
@@ -320,6 +374,66 @@ pub fn encode_client(out: &mut String, message: &ClientMessage) {
     out.push_str(&Value::Object(obj).to_string());
 }
 
+/// A presence member as a client's `channel_data` (or a sign-in's `user_data`) names
+/// it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberData {
+    /// The member's id: a string, or an integer written in decimal (Laravel sends
+    /// numbers).
+    pub user_id: String,
+    /// `user_info` as compact JSON text; `None` when absent or null.
+    pub user_info: Option<String>,
+}
+
+/// Why `channel_data` (or `user_data`) names no member.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MemberDataError {
+    #[error("{0} must be JSON text of an object")]
+    NotAnObject(&'static str),
+    #[error("{0} needs {1}: a string of 1 to {MAX_USER_ID_LEN} characters, or an integer")]
+    UserId(&'static str, &'static str),
+    #[error("user_info is larger than {MAX_USER_INFO_BYTES} bytes")]
+    UserInfoTooLarge,
+}
+
+/// Reads a presence subscription's `channel_data`: `{"user_id", "user_info"?}`.
+pub fn parse_channel_data(text: &str) -> Result<MemberData, MemberDataError> {
+    member_data(text, "channel_data", "user_id")
+}
+
+/// Reads a sign-in's `user_data` as a presence member: `{"id", "user_info"?}` (how
+/// pusher-js subscribes to a presence channel when the auth answer has no
+/// `channel_data`).
+pub fn parse_user_data(text: &str) -> Result<MemberData, MemberDataError> {
+    member_data(text, "user_data", "id")
+}
+
+fn member_data(
+    text: &str,
+    what: &'static str,
+    id_field: &'static str,
+) -> Result<MemberData, MemberDataError> {
+    let Ok(Value::Object(mut obj)) = serde_json::from_str::<Value>(text) else {
+        return Err(MemberDataError::NotAnObject(what));
+    };
+    let user_id = match obj.remove(id_field) {
+        Some(Value::String(s)) if !s.is_empty() && s.chars().count() <= MAX_USER_ID_LEN => s,
+        Some(Value::Number(n)) if n.is_i64() || n.is_u64() => n.to_string(),
+        _ => return Err(MemberDataError::UserId(what, id_field)),
+    };
+    let user_info = match obj.remove("user_info") {
+        None | Some(Value::Null) => None,
+        Some(info) => {
+            let text = info.to_string();
+            if text.len() > MAX_USER_INFO_BYTES {
+                return Err(MemberDataError::UserInfoTooLarge);
+            }
+            Some(text)
+        }
+    };
+    Ok(MemberData { user_id, user_info })
+}
+
 /// Appends `s` as a JSON string literal.
 fn push_str(out: &mut String, s: &str) {
     // Serializing a str cannot fail.
@@ -366,6 +480,85 @@ pub fn encode_ping(out: &mut String) {
 
 pub fn encode_pong(out: &mut String) {
     out.push_str(r#"{"event":"pusher:pong","data":{}}"#);
+}
+
+/// The data of a `member_added` for a member without `user_info`, and its `hash`
+/// entry: an empty object, so `member.info.name` reads `undefined` rather than throw.
+const NO_INFO: &str = "{}";
+
+/// `pusher_internal:subscription_succeeded` on a presence channel: its members as
+/// `{"presence": {"ids", "hash", "count"}}`, each member once (`members` is in the
+/// order to list them; a repeated id is skipped), `info` as JSON text.
+pub fn encode_presence_succeeded<'a>(
+    out: &mut String,
+    channel: &str,
+    members: impl IntoIterator<Item = (&'a str, Option<&'a str>)>,
+) {
+    let mut ids = String::from("[");
+    let mut hash = String::from("{");
+    let mut seen = std::collections::HashSet::new();
+    for (id, info) in members {
+        if !seen.insert(id) {
+            continue;
+        }
+        if seen.len() > 1 {
+            ids.push(',');
+            hash.push(',');
+        }
+        push_str(&mut ids, id);
+        push_str(&mut hash, id);
+        hash.push(':');
+        hash.push_str(info.unwrap_or(NO_INFO));
+    }
+    ids.push(']');
+    hash.push('}');
+    let data = format!(
+        r#"{{"presence":{{"ids":{ids},"hash":{hash},"count":{}}}}}"#,
+        seen.len()
+    );
+    encode_event(
+        out,
+        "pusher_internal:subscription_succeeded",
+        Some(channel),
+        &data,
+    );
+}
+
+/// `pusher_internal:member_added`: a member's first connection subscribed.
+pub fn encode_member_added(out: &mut String, channel: &str, user_id: &str, info: Option<&str>) {
+    let mut data = String::from(r#"{"user_id":"#);
+    push_str(&mut data, user_id);
+    data.push_str(r#","user_info":"#);
+    data.push_str(info.unwrap_or(NO_INFO));
+    data.push('}');
+    encode_event(out, "pusher_internal:member_added", Some(channel), &data);
+}
+
+/// `pusher_internal:member_removed`: a member's last connection left.
+pub fn encode_member_removed(out: &mut String, channel: &str, user_id: &str) {
+    let mut data = String::from(r#"{"user_id":"#);
+    push_str(&mut data, user_id);
+    data.push('}');
+    encode_event(out, "pusher_internal:member_removed", Some(channel), &data);
+}
+
+/// A client event as the other subscribers get it: [`encode_event`] plus, on a
+/// presence channel, the sender's `user_id` (pusher-js hands it to the callback as
+/// `metadata.user_id`).
+pub fn encode_client_event(
+    out: &mut String,
+    event: &str,
+    channel: &str,
+    data_text: &str,
+    user_id: Option<&str>,
+) {
+    encode_event(out, event, Some(channel), data_text);
+    if let Some(id) = user_id {
+        out.pop();
+        out.push_str(",\"user_id\":");
+        push_str(out, id);
+        out.push('}');
+    }
 }
 
 pub fn encode_subscription_succeeded(out: &mut String, channel: &str) {
@@ -630,5 +823,156 @@ mod tests {
         assert_eq!(socket_of("99.4"), None, "code past the alphabet");
         assert_eq!(socket_of("12.4.5"), None);
         assert!(!is_socket_id("1.") && !is_socket_id("a.1") && !is_socket_id("12"));
+    }
+
+    #[test]
+    fn channel_data_names_a_member_with_optional_info() {
+        assert_eq!(
+            parse_channel_data(r#"{"user_id":"u1","user_info":{"name": "Ann"}}"#),
+            Ok(MemberData {
+                user_id: "u1".into(),
+                user_info: Some(r#"{"name":"Ann"}"#.into())
+            }),
+            "info is kept as compact JSON"
+        );
+        assert_eq!(
+            parse_channel_data(r#"{"user_id":42,"user_info":null}"#),
+            Ok(MemberData {
+                user_id: "42".into(),
+                user_info: None
+            }),
+            "Laravel's integer ids are written in decimal"
+        );
+        assert_eq!(
+            parse_user_data(r#"{"id":"u2","user_info":[1]}"#).unwrap(),
+            MemberData {
+                user_id: "u2".into(),
+                user_info: Some("[1]".into())
+            }
+        );
+        for bad in [
+            "",
+            "[]",
+            "{}",
+            r#"{"user_id":""}"#,
+            r#"{"user_id":1.5}"#,
+            r#"{"user_id":true}"#,
+        ] {
+            assert!(parse_channel_data(bad).is_err(), "{bad}");
+        }
+        let long = format!(r#"{{"user_id":"{}"}}"#, "x".repeat(MAX_USER_ID_LEN + 1));
+        assert!(matches!(
+            parse_channel_data(&long),
+            Err(MemberDataError::UserId(..))
+        ));
+        let big = format!(
+            r#"{{"user_id":"u","user_info":"{}"}}"#,
+            "x".repeat(MAX_USER_INFO_BYTES)
+        );
+        assert_eq!(
+            parse_channel_data(&big),
+            Err(MemberDataError::UserInfoTooLarge)
+        );
+        assert!(parse_channel_data(r#"{"user_id":"u"}"#).is_ok());
+    }
+
+    /// The data of a server frame, parsed from its JSON string.
+    fn data_of(frame: &str) -> (Value, Value) {
+        let v: Value = serde_json::from_str(frame).unwrap();
+        let data = serde_json::from_str(v["data"].as_str().unwrap()).unwrap();
+        (v, data)
+    }
+
+    #[test]
+    fn presence_frames_are_what_pusher_js_reads() {
+        let mut out = String::new();
+        encode_presence_succeeded(
+            &mut out,
+            "presence-a",
+            [
+                ("u1", Some(r#"{"n":1}"#)),
+                ("u2", None),
+                ("u1", Some(r#"{"n":1}"#)),
+            ],
+        );
+        let (frame, data) = data_of(&out);
+        assert_eq!(frame["event"], "pusher_internal:subscription_succeeded");
+        assert_eq!(frame["channel"], "presence-a");
+        assert_eq!(
+            data,
+            json!({"presence": {"ids": ["u1", "u2"], "hash": {"u1": {"n": 1}, "u2": {}}, "count": 2}}),
+            "a member with two connections is listed once"
+        );
+        let mut out = String::new();
+        encode_presence_succeeded(&mut out, "presence-empty", std::iter::empty());
+        assert_eq!(
+            data_of(&out).1,
+            json!({"presence": {"ids": [], "hash": {}, "count": 0}})
+        );
+
+        let mut out = String::new();
+        encode_member_added(&mut out, "presence-a", "u\"3", Some("[1,2]"));
+        let (frame, data) = data_of(&out);
+        assert_eq!(frame["event"], "pusher_internal:member_added");
+        assert_eq!(data, json!({"user_id": "u\"3", "user_info": [1, 2]}));
+        let mut out = String::new();
+        encode_member_added(&mut out, "presence-a", "u4", None);
+        assert_eq!(data_of(&out).1, json!({"user_id": "u4", "user_info": {}}));
+
+        let mut out = String::new();
+        encode_member_removed(&mut out, "presence-a", "u1");
+        let (frame, data) = data_of(&out);
+        assert_eq!(frame["event"], "pusher_internal:member_removed");
+        assert_eq!(data, json!({"user_id": "u1"}));
+    }
+
+    #[test]
+    fn a_client_event_on_a_presence_channel_names_its_sender() {
+        let mut out = String::new();
+        encode_client_event(&mut out, "client-x", "presence-a", r#"{"a":1}"#, Some("u1"));
+        let v: Value = serde_json::from_str(&out).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "client-x", "channel": "presence-a", "data": "{\"a\":1}", "user_id": "u1"})
+        );
+        let mut plain = String::new();
+        encode_client_event(&mut plain, "client-x", "private-a", "d", None);
+        let v: Value = serde_json::from_str(&plain).unwrap();
+        assert_eq!(
+            v,
+            json!({"event": "client-x", "channel": "private-a", "data": "d"})
+        );
+    }
+
+    #[test]
+    fn server_frames_decode_as_a_client_reads_them() {
+        let mut out = String::new();
+        encode_client_event(&mut out, "client-x", "presence-a", r#"{"a":1}"#, Some("u1"));
+        let m = decode_server(&out).unwrap();
+        assert_eq!(
+            (m.event.as_str(), m.channel.as_deref(), m.user_id.as_deref()),
+            ("client-x", Some("presence-a"), Some("u1"))
+        );
+        assert_eq!(m.data_json(), json!({"a": 1}));
+        let mut out = String::new();
+        encode_connection_established(&mut out, "1.2", 120);
+        assert_eq!(
+            decode_server(&out).unwrap().data_json(),
+            json!({"socket_id": "1.2", "activity_timeout": 120})
+        );
+        let mut out = String::new();
+        encode_error(&mut out, Some(4001), "no");
+        let m = decode_server(&out).unwrap();
+        assert_eq!(m.data, json!({"code": 4001, "message": "no"}));
+        assert_eq!(m.channel, None);
+        let mut out = String::new();
+        encode_ping(&mut out);
+        assert_eq!(decode_server(&out).unwrap().event, "pusher:ping");
+        let mut out = String::new();
+        encode_event(&mut out, "e", None, "not json");
+        assert_eq!(decode_server(&out).unwrap().data_json(), json!("not json"));
+        assert!(decode_server("[]").is_err());
+        assert!(decode_server(r#"{"event":"e","channel":1}"#).is_err());
+        assert!(decode_server(r#"{"data":"x"}"#).is_err());
     }
 }
