@@ -193,6 +193,17 @@ struct Shared {
 /// its user's connections.
 type Admitted = (Option<Admission>, Option<UserSlot>);
 
+/// A bodiless copy of `req` (method, URI, headers, extensions such as the peer
+/// address): what admission reads, kept for a request that is handed on.
+fn head_of(req: &Request) -> Request {
+    let mut head = Request::new(axum::body::Body::empty());
+    *head.method_mut() = req.method().clone();
+    *head.uri_mut() = req.uri().clone();
+    *head.headers_mut() = req.headers().clone();
+    *head.extensions_mut() = req.extensions().clone();
+    head
+}
+
 /// The Phoenix endpoint.
 #[derive(Clone)]
 pub struct Phoenix {
@@ -444,14 +455,23 @@ impl Phoenix {
                     (Route::Owner(node), Some(forwarder)) => {
                         let forwarder = forwarder.clone();
                         let node = node.to_owned();
+                        // Its node may be gone: then a GET opens a session here, as
+                        // for any unknown token, which needs the request's address
+                        // and headers after the request itself went to the forwarder.
+                        let reopen =
+                            (req.method() == Method::GET).then(|| (self.clone(), head_of(&req)));
                         LongPoll::Later(Box::pin(async move {
                             match forwarder
                                 .forward(req, &node, Frontend::Phoenix, POLL_HOLD)
                                 .await
                             {
                                 Ok(response) => response,
-                                // Its node is gone: as for any unknown token.
-                                Err(forward::NoOwner) => unknown(),
+                                Err(forward::NoOwner) => match reopen {
+                                    Some((endpoint, head)) => {
+                                        endpoint.open_longpoll(&head, user_token)
+                                    }
+                                    None => unknown(),
+                                },
                             }
                         }))
                     }

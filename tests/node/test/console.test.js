@@ -118,7 +118,7 @@ describe("dev console in headless Chromium", () => {
     assert.equal(await text(consolePage, '#push-report [data-field="delivered"]'), "delivered: 1");
     assert.equal(await text(consolePage, '#push-report [data-field="timed_out"]'), "timed_out: 0");
     const status = await text(consolePage, "#push-status");
-    const pushId = /push (\w+)/.exec(status)[1];
+    const pushId = /push ([\w.]+)/.exec(status)[1];
 
     // The log shows the push and its final report.
     const pushed = await consolePage.waitForSelector(`#log li[data-type="pushed"][data-push="${pushId}"]`, { timeout: 10_000 });

@@ -101,7 +101,6 @@ describe("HAProxy round robin without stickiness: polling, upgrading and long-po
   });
 
   after(async () => {
-    await h.phoenixCleanup();
     if (haproxy && haproxy.exitCode === null) {
       const exited = new Promise((r) => haproxy.once("exit", r));
       haproxy.kill("SIGKILL");
