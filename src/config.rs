@@ -44,7 +44,7 @@ pub const DEFAULT_QUEUE_CAPACITY: usize = 256;
 /// megabytes per slow connection.
 pub const DEFAULT_QUEUE_BYTES: usize = 1024 * 1024;
 /// See [`crate::registry::DEFAULT_REGISTRY_TTL_MS`]; shorter than this many ms and
-/// the refresh (every third) would be too busy and too close to a Redis hiccup.
+/// the lease refresh (every sixth) would be too busy and too close to a Redis hiccup.
 pub const MIN_REGISTRY_TTL_MS: u64 = 1_000;
 /// How long queues may drain on SIGTERM before sessions are closed.
 pub const DEFAULT_SHUTDOWN_TIMEOUT_MS: u64 = 10_000;
@@ -79,7 +79,7 @@ pub struct Flags {
     /// Prefix of every Redis key and channel [env: PUSHGATE_REDIS_PREFIX] [default: pushgate]
     #[arg(long)]
     pub redis_prefix: Option<String>,
-    /// TTL of this node's registry entries in Redis, refreshed every third of it [env: PUSHGATE_REGISTRY_TTL_MS] [default: 30000]
+    /// Within this time a killed node's sockets leave every cluster answer (its lease lives half of it) [env: PUSHGATE_REGISTRY_TTL_MS] [default: 30000]
     #[arg(long)]
     pub registry_ttl_ms: Option<String>,
     /// Comma-separated bearer keys for /v1; unset = loopback callers only [env: PUSHGATE_API_KEYS]

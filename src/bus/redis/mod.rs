@@ -114,7 +114,8 @@ const RECOVERY_WAIT: Duration = Duration::from_secs(5);
 pub struct RedisSettings {
     pub url: String,
     pub prefix: String,
-    /// TTL of registry entries; refreshed every third of it.
+    /// Within this a dead node's entries leave every answer: its lease lives half of
+    /// it and is refreshed (and the others' checked) every sixth.
     pub registry_ttl: Duration,
     /// Where the other nodes reach this one (`host:port`), published in the registry.
     pub advertise: Option<String>,
