@@ -16,4 +16,11 @@ cargo build --bin pushgate
 bin="$(cd "${CARGO_TARGET_DIR:-target}" && pwd)/debug/pushgate"
 cd tests/node
 npm ci --no-audit --no-fund
-PUSHGATE_BIN="$bin" npm test
+# Each test has its own timeout and each file force-exits (package.json); this bounds
+# the whole suite as well, so a hang fails CI with a message instead of running out
+# its time.
+PUSHGATE_BIN="$bin" timeout --kill-after=30 40m npm test || {
+  rc=$?
+  [ "$rc" -ne 124 ] || echo "the Node suite did not finish within 40 minutes" >&2
+  exit "$rc"
+}

@@ -147,7 +147,7 @@ def stats(path):
     return out
 a, b = stats(f0), stats(f1)
 delta = {k: b[k] - a.get(k, 0) for k in b}
-delta["info"] = delta.get("info", 0) - 2  # the script's own (info stats, info commandstats)
+delta["info"] = delta.get("info", 0) - 3  # the script's own: two `info stats`, one `info commandstats`
 delta = {k: v for k, v in delta.items() if v > 0}
 secs = float(t1) - float(t0)
 total = (int(c1) - int(c0) - 1) / secs
