@@ -3,7 +3,8 @@
 # makes Redis process while its connections sit idle, at several connection counts.
 #
 #   loadtest/bench/redis-idle.sh [--sizes 1000,10000,100000] [--window 60] \
-#       [--per-proc 18000] [--rooms 100] [--ttl-ms 30000] [--bin PATH] [--out FILE]
+#       [--per-proc 18000] [--rooms 100] [--ttl-ms 30000] [--ramp 2000] [--bin PATH]
+#       [--out FILE]
 #
 # For each size N: a fresh redis-server on a free loopback port, ceil(N / per-proc)
 # gateways on it (PUSHGATE_REGISTRY_TTL_MS=ttl-ms), and pushgate-load holding N
@@ -27,6 +28,7 @@ window=60
 per_proc=18000
 rooms=100
 ttl_ms=30000
+ramp=2000
 out=""
 secret="bench-secret"
 
@@ -37,6 +39,7 @@ while [ $# -gt 0 ]; do
     --per-proc) per_proc="$2"; shift 2 ;;
     --rooms) rooms="$2"; shift 2 ;;
     --ttl-ms) ttl_ms="$2"; shift 2 ;;
+    --ramp) ramp="$2"; shift 2 ;;
     --bin) bin="$2"; shift 2 ;;
     --out) out="$2"; shift 2 ;;
     -h|--help) sed -n '2,18p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//'; exit 0 ;;
@@ -80,7 +83,7 @@ connections() {
 row() { # size
   local n="$1" rport nodes targets=() i port life
   nodes=$(( (n + per_proc - 1) / per_proc ))
-  life=$(( n / 500 + window + ttl_ms / 1000 + 300 ))
+  life=$(( n / ramp * 2 + window + ttl_ms / 1000 + 300 ))
   rport="$(free_port)"
   timeout -k 5 "$life" redis-server --port "$rport" --bind 127.0.0.1 --save "" --appendonly no \
     --daemonize no --loglevel warning --maxclients 10000 >>"$work/redis.log" 2>&1 &
@@ -103,22 +106,32 @@ row() { # size
   local target_list
   target_list="$(IFS=,; echo "${targets[*]}")"
   say "$n connections on $nodes gateway(s), Redis :$rport"
+  # Several loopback source addresses past 40k connections, as compare.sh's big run.
+  local sources=0
+  [ "$n" -le 40000 ] || sources=$(( n / 20000 + 1 ))
   timeout -k 5 "$life" "$load_bin" --quiet --target "$target_list" --jwt-secret "$secret" \
-    -n "$n" --ramp-rate 2000 --rooms "$rooms" --hold "${life}s" --push none --push-rate 0 \
+    --sources "$sources" -n "$n" --ramp-rate "$ramp" --rooms "$rooms" --hold "${life}s" --push none --push-rate 0 \
     --out "$work/load-$n.json" >"$work/load-$n.txt" 2>&1 &
   local load=$!
   pids+=("$load")
-  local deadline=$((SECONDS + n / 500 + 120)) held
+  local deadline=$((SECONDS + n / ramp * 2 + 120)) held
+  # Every connection up, or (some set-ups failed) at least 90 % by the deadline: the
+  # table says how many were held.
   while held="$(connections "${targets[@]}")"; [ "$held" -lt "$n" ]; do
+    if [ "$SECONDS" -gt "$deadline" ] && [ "$held" -ge $((n * 9 / 10)) ]; then
+      say "$held of $n connections came up; measuring those"
+      break
+    fi
     if [ "$SECONDS" -gt "$deadline" ] || ! kill -0 "$load" 2>/dev/null; then
-      say "only $held of $n connections came up; see $work/load-$n.txt"
+      say "only $held of $n connections came up; the load tool said:"
       tail -5 "$work/load-$n.txt" >&2
       stop_all
-      return 1
+      echo "| $n | $nodes | only $held came up | - | - | - | - | - |"
+      return 0
     fi
     sleep 1
   done
-  say "all $n connected; settling $((ttl_ms / 1000)) s"
+  say "$held connected; settling $((ttl_ms / 1000)) s"
   sleep $((ttl_ms / 1000))
   redis-cli -p "$rport" info commandstats >"$work/cs0"
   local c0 c1 t0 t1
