@@ -656,6 +656,8 @@ impl Limits {
                 .limit
                 .with_label_values(&[limit.as_str()])
                 .set(value.unwrap_or(0) as i64);
+            // Refusals of every limit exist from the first scrape, at 0.
+            metrics.limit_refusals.with_label_values(&[limit.as_str()]);
         }
         Arc::new(Self {
             connections: Slots::new(settings.max_connections, None),

@@ -74,8 +74,8 @@ pub struct Metrics {
     /// Events not sent to readers on other nodes, by `reason` (`queue_full`,
     /// `unavailable`).
     pub events_dropped: IntCounterVec,
-    /// Connections, requests and pushes refused by a limit, by `limit`
-    /// ([`crate::limits::Limit`]).
+    /// Connections, requests and pushes refused by a limit, by `limit` (the limits
+    /// module's names; it starts every series at 0).
     pub limit_refusals: IntCounterVec,
     /// Each limit's configured value by `limit` (0 = no limit; rates per second).
     pub limit: IntGaugeVec,
@@ -463,10 +463,8 @@ impl Metrics {
         for reason in EVENTS_DROP_REASONS {
             self.events_dropped.with_label_values(&[reason]);
         }
-        for limit in crate::limits::Limit::ALL.map(crate::limits::Limit::as_str) {
-            self.limit_refusals.with_label_values(&[limit]);
-            self.limit.with_label_values(&[limit]);
-        }
+        // The limits' own series (`pushgate_limit`, refusals) are started by
+        // `Limits::new`, which knows them; metrics stays below limits.
         for table in LIMIT_TABLES {
             self.limit_addresses.with_label_values(&[table]);
             self.limit_address_evictions.with_label_values(&[table]);
@@ -526,7 +524,7 @@ const CONNECT_ERROR_REASONS: &[&str] = &[
     "rooms",
     // The Origin allow-list (`PUSHGATE_ALLOWED_ORIGINS`).
     "origin",
-    // Connection limits (`crate::limits::Limit::as_str`).
+    // Connection limits (the limits module's names).
     "node_connections",
     "ip_connections",
     "user_connections",
