@@ -358,14 +358,16 @@ fn user_count_only_for_presence(info: Info, channel: &str) -> Result<(), ApiErro
 }
 
 /// One event as validated: the pushes it becomes, and the channels to report on.
-struct Event {
-    pushes: Vec<Push>,
-    channels: Vec<String>,
+pub struct Event {
+    /// One per channel, in the order of `channels`.
+    pub pushes: Vec<Push>,
+    pub channels: Vec<String>,
     info: Info,
 }
 
-/// Validates one event object (`events` body, or one entry of `batch`).
-fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
+/// Validates one event object (`events` body, or one entry of `batch`). Pure, and
+/// public for the `pusher_events` fuzz target.
+pub fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
     let Value::Object(mut obj) = value else {
         return Err(ApiError::bad_request("an event is a JSON object"));
     };

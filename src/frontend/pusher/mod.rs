@@ -260,7 +260,9 @@ pub struct App {
 }
 
 impl App {
-    fn new(config: PusherApp, first: bool) -> Self {
+    /// The app of `config`; the `first` configured one keeps channel names and user ids
+    /// as they are, the others get their prefix and scope.
+    pub fn new(config: PusherApp, first: bool) -> Self {
         let (prefix, scope) = if first {
             (String::new(), None)
         } else {
