@@ -11,7 +11,10 @@ fuzz_target!(|data: &[u8]| {
         return;
     };
     assert!(head.len <= data.len());
-    assert_eq!(parse(&data[..head.len]), Parsed::Complete(parse_again(data)));
+    assert_eq!(
+        parse(&data[..head.len]),
+        Parsed::Complete(parse_again(data))
+    );
     if let Plan::Serve { body, .. } = plan(&head, |path| path.starts_with("/socket.io")) {
         assert!(body <= MAX_BODY);
         assert_eq!(head.version, 1);

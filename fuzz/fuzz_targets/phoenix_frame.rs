@@ -1,12 +1,16 @@
 //! Phoenix V2 frames: text and binary decoding never panic; a decoded text frame encodes
 //! (with `encode_message`) to text that decodes to the same message; a decoded binary push
-//! keeps its payload bytes; long-poll bodies split into frames without panicking.
+//! keeps its payload bytes; long-poll bodies split into frames without panicking. The
+//! `Sec-WebSocket-Protocol` header: reading the auth token never panics, and a token read
+//! is found again in a header that offers only it (as phoenix.js writes it: standard
+//! base64 without padding).
 #![no_main]
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
 use pushgate::frontend::phoenix::codec::{
-    decode, decode_binary, decode_poll_body, encode_message, Payload,
+    auth_token_from_protocols, decode, decode_binary, decode_poll_body, encode_message,
+    offers_phoenix_subprotocol, Payload, AUTH_TOKEN_PREFIX,
 };
 
 fuzz_target!(|data: &[u8]| {
@@ -27,6 +31,17 @@ fuzz_target!(|data: &[u8]| {
             let again = decode(&encoded)
                 .unwrap_or_else(|e| panic!("re-encoded {encoded:?} failed to decode: {e}"));
             assert_eq!(again, message);
+        }
+    }
+
+    if let Ok(header) = std::str::from_utf8(data) {
+        let _ = offers_phoenix_subprotocol(header);
+        if let Ok(Some(token)) = auth_token_from_protocols(header) {
+            use base64::Engine as _;
+            let encoded = base64::engine::general_purpose::STANDARD_NO_PAD.encode(&token);
+            let again = format!("phoenix, {AUTH_TOKEN_PREFIX}{encoded}");
+            assert_eq!(auth_token_from_protocols(&again), Ok(Some(token)));
+            assert!(offers_phoenix_subprotocol(&again));
         }
     }
 

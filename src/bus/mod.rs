@@ -13,7 +13,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 
-pub use envelope::{DecodeError, Envelope, Message, WireTarget, VERSION};
+pub use envelope::{DecodeError, Envelope, Message, PushEnvelope, WireTarget, VERSION};
 pub use redis::{ClusterObserver, RedisBus, RedisSettings, RoomChange};
 
 use crate::hub::{FanOut, Hub};

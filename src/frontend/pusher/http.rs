@@ -357,15 +357,25 @@ fn user_count_only_for_presence(info: Info, channel: &str) -> Result<(), ApiErro
     Ok(())
 }
 
+/// Why the first app may not name a user ([`App::reserves`]).
+fn reserved() -> String {
+    format!(
+        "user ids starting with {:?} are reserved",
+        super::APP_PREFIX
+    )
+}
+
 /// One event as validated: the pushes it becomes, and the channels to report on.
-struct Event {
-    pushes: Vec<Push>,
-    channels: Vec<String>,
+pub struct Event {
+    /// One per channel, in the order of `channels`.
+    pub pushes: Vec<Push>,
+    pub channels: Vec<String>,
     info: Info,
 }
 
-/// Validates one event object (`events` body, or one entry of `batch`).
-fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
+/// Validates one event object (`events` body, or one entry of `batch`). Pure, and
+/// public for the `pusher_events` fuzz target.
+pub fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
     let Value::Object(mut obj) = value else {
         return Err(ApiError::bad_request("an event is a JSON object"));
     };
@@ -446,6 +456,12 @@ fn event(app: &App, value: Value, batch: bool) -> Result<Event, ApiError> {
     let mut pushes = Vec::with_capacity(channels.len());
     for channel in &channels {
         let target = match protocol::channel_kind(channel) {
+            Ok(ChannelKind::ServerToUser(user)) if app.reserves(&user) => {
+                return Err(ApiError::bad_request(format!(
+                    "invalid channel name {channel:?}: {}",
+                    reserved()
+                )))
+            }
             Ok(ChannelKind::ServerToUser(user)) => Target::User(app.user(&user)),
             Ok(_) => Target::Room(app.room(channel)),
             Err(e) => {
@@ -660,6 +676,10 @@ async fn terminate_connections(
     req: Request,
 ) -> Result<Json<Value>, ApiError> {
     let signed = p.signed(&app_id, req).await?;
+    // Else the first app could close a further app's user's connections.
+    if signed.app.reserves(&user_id) {
+        return Err(ApiError::bad_request(reserved()));
+    }
     let s = &p.shared;
     let user = signed.app.user(&user_id);
     let mut n = 0;
@@ -802,6 +822,32 @@ mod tests {
             )
             .is_err(),
             "batch entries name one channel"
+        );
+    }
+
+    #[test]
+    fn the_first_app_may_not_push_to_a_further_apps_user() {
+        // Caught by the pusher_events fuzz target: the push went to pushgate user
+        // `pusher:2:u` (app 2's user `u`) and was rendered on `#server-to-user-u`.
+        let e = event(
+            &app(true),
+            json!({"name": "n", "data": "d", "channel": "#server-to-user-pusher:2:u"}),
+            false,
+        )
+        .err()
+        .expect("refused");
+        assert_eq!(e.status, StatusCode::BAD_REQUEST);
+        assert!(e.message.contains("reserved"), "{}", e.message);
+        // A further app's users may have any id: theirs are prefixed.
+        let e = event(
+            &app(false),
+            json!({"name": "n", "data": "d", "channel": "#server-to-user-pusher:2:u"}),
+            false,
+        )
+        .unwrap();
+        assert_eq!(
+            e.pushes[0].target,
+            Target::User("pusher:9:pusher:2:u".into())
         );
     }
 }

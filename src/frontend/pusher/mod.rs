@@ -90,7 +90,7 @@ const SOCKET_ID_DIGITS: usize = 20;
 const REFUSE_CLOSE_WAIT: Duration = Duration::from_secs(1);
 
 /// The room-name and scope prefix of every app but the first.
-const APP_PREFIX: &str = "pusher:";
+pub(crate) const APP_PREFIX: &str = "pusher:";
 
 /// The app id a room of a further app names, and the channel it is for that app's
 /// clients: `pusher:<app>:<channel>`, or `presence-pusher:<app>:<rest>` for its
@@ -260,7 +260,9 @@ pub struct App {
 }
 
 impl App {
-    fn new(config: PusherApp, first: bool) -> Self {
+    /// The app of `config`; the `first` configured one keeps channel names and user ids
+    /// as they are, the others get their prefix and scope.
+    pub fn new(config: PusherApp, first: bool) -> Self {
         let (prefix, scope) = if first {
             (String::new(), None)
         } else {
@@ -295,6 +297,13 @@ impl App {
     /// The pushgate user of this app's user `id`.
     pub fn user(&self, id: &str) -> UserId {
         UserId::from(format!("{}{id}", self.prefix))
+    }
+
+    /// Whether `id` is a user id this app's clients and backend may not use: the first
+    /// app's users are pushgate's users as they are, so its ids must not reach into the
+    /// further apps' `pusher:<id>:` users (nor be rendered as one of theirs).
+    pub fn reserves(&self, id: &str) -> bool {
+        self.prefix.is_empty() && id.starts_with(APP_PREFIX)
     }
 
     /// The id this app's clients know pushgate user (or presence member) `key` by.
@@ -944,9 +953,7 @@ impl Conn {
                 }
             }
         };
-        // The first app's members are pushgate's users as they are, so its ids must
-        // not reach into the further apps' `pusher:<id>:` users.
-        if self.app.prefix.is_empty() && member.user_id.starts_with(APP_PREFIX) {
+        if self.app.reserves(&member.user_id) {
             return Err((
                 None,
                 400,
@@ -1024,11 +1031,9 @@ impl Conn {
                 "sign-in refused: {e}: expected the app key and the HMAC-SHA256 of {message:?}"
             )),
             Ok(()) => match (user_id(user_data), protocol::parse_user_data(user_data)) {
-                // The first app's users are pushgate's users as they are, so its ids
-                // must not reach into the further apps' `pusher:<id>:` users.
-                (Some(id), _) if self.app.prefix.is_empty() && id.starts_with(APP_PREFIX) => Some(
-                    format!("sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"),
-                ),
+                (Some(id), _) if self.app.reserves(&id) => Some(format!(
+                    "sign-in refused: user ids starting with {APP_PREFIX:?} are reserved"
+                )),
                 (Some(id), member) => {
                     let user = self.app.user(&id);
                     let slot = match &self.shared.gate {

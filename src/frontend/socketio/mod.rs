@@ -501,6 +501,9 @@ mod tests {
             e(json!({"to": {"all": true}, "event": "e", "namespace": "admin"}))
                 .contains("namespace")
         );
+        assert!(e(json!({"to": {"all": true}, "event": "e",
+            "data": [{"$binary": "AQID"}, {"_placeholder": true, "num": 0}]}))
+        .contains("_placeholder"));
         assert!(c
             .check(&push(
                 json!({"to": {"all": true}, "event": "e", "namespace": "/a"})

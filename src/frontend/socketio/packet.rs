@@ -472,6 +472,11 @@ pub enum BinaryError {
     /// More binary values than a client's decoder accepts in one packet.
     #[error("more than {MAX_ATTACHMENTS} \"$binary\" values in one push")]
     TooMany,
+    /// An object with `"_placeholder": true` beside `$binary` values: in a packet with
+    /// attachments the client takes every such object for an attachment, so it would
+    /// receive the wrong bytes there, or drop the connection when its `num` names none.
+    #[error("an object with \"_placeholder\": true cannot travel beside \"$binary\" values")]
+    Placeholder,
 }
 
 /// Replaces every JSON object of exactly the form `{"$binary": "<standard base64>"}` inside
@@ -481,10 +486,16 @@ pub enum BinaryError {
 /// without as a plain EVENT (§2.1).
 ///
 /// Objects with other keys, or whose `$binary` is not a string, are left alone. More than
-/// [`MAX_ATTACHMENTS`] values are refused, since `socket.io-client` would refuse the packet.
+/// [`MAX_ATTACHMENTS`] values are refused, since `socket.io-client` would refuse the packet,
+/// and so is an object of the caller's with `"_placeholder": true` beside them, which the
+/// client would take for one of the attachments (`socket.io-parser`'s `reconstructPacket`
+/// replaces every such object, or fails the packet). Without `$binary` values the packet is
+/// a plain EVENT, which the client does not reconstruct, so such an object is left alone.
 /// On error `value` may be partly rewritten.
 pub fn extract_binary(value: &mut Value) -> Result<Vec<Bytes>, BinaryError> {
     let mut found = Vec::new();
+    // Whether the caller's data has an object the client would read as a placeholder.
+    let mut lookalike = false;
     let mut stack = vec![value];
     while let Some(node) = stack.pop() {
         if let Some(encoded) = binary_form(node) {
@@ -502,9 +513,15 @@ pub fn extract_binary(value: &mut Value) -> Result<Vec<Bytes>, BinaryError> {
         // Children are pushed in reverse so that they are visited in document order.
         match node {
             Value::Array(items) => stack.extend(items.iter_mut().rev()),
-            Value::Object(map) => stack.extend(map.values_mut().rev()),
+            Value::Object(map) => {
+                lookalike |= map.get("_placeholder") == Some(&Value::Bool(true));
+                stack.extend(map.values_mut().rev())
+            }
             _ => {}
         }
+    }
+    if lookalike && !found.is_empty() {
+        return Err(BinaryError::Placeholder);
     }
     Ok(found)
 }
@@ -1270,6 +1287,28 @@ mod tests {
         assert_eq!(extract_binary(&mut ten).map(|b| b.len()), Ok(10));
         let mut eleven = json!(vec![json!({"$binary": "AA=="}); 11]);
         assert_eq!(extract_binary(&mut eleven), Err(BinaryError::TooMany));
+    }
+
+    #[test]
+    fn a_placeholder_of_the_callers_beside_binary_values_is_refused() {
+        // Found by the push_body fuzz target: the client would fill `p` with the
+        // attachment (num 0) or fail the whole packet (num 5, which the assembler
+        // refuses too).
+        for num in [0, 5] {
+            let mut value =
+                json!({"a": {"$binary": "AQID"}, "p": {"_placeholder": true, "num": num}});
+            assert_eq!(extract_binary(&mut value), Err(BinaryError::Placeholder));
+        }
+        let mut nested = json!([[{"$binary": ""}], {"x": [{"_placeholder": true}]}]);
+        assert_eq!(extract_binary(&mut nested), Err(BinaryError::Placeholder));
+        // Without binary values the packet is a plain EVENT: nothing is reconstructed.
+        let original = json!({"p": {"_placeholder": true, "num": 0}});
+        let mut value = original.clone();
+        assert_eq!(extract_binary(&mut value), Ok(vec![]));
+        assert_eq!(value, original);
+        // `_placeholder` that is not `true` is the caller's own business.
+        let mut value = json!({"a": {"$binary": "AQID"}, "p": {"_placeholder": "yes"}});
+        assert_eq!(extract_binary(&mut value).map(|b| b.len()), Ok(1));
     }
 
     #[test]
