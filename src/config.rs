@@ -184,6 +184,12 @@ pub struct Flags {
     /// Rooms per connection; 0 = no limit [env: PUSHGATE_MAX_ROOMS_PER_CONNECTION] [default: 1000]
     #[arg(long)]
     pub max_rooms_per_connection: Option<String>,
+    /// Socket.IO connection state recovery: how long a disconnected client may come back and get what it missed; 0 = off [env: PUSHGATE_RECOVERY_WINDOW_MS] [default: 0]
+    #[arg(long)]
+    pub recovery_window_ms: Option<String>,
+    /// Recent pushes kept for recovery (Redis stream MAXLEN, or the single node's ring) [env: PUSHGATE_RECOVERY_MAX_PUSHES] [default: 10000]
+    #[arg(long)]
+    pub recovery_max_pushes: Option<String>,
     /// Users one push may name [env: PUSHGATE_MAX_PUSH_TARGETS] [default: 1000]
     #[arg(long)]
     pub max_push_targets: Option<String>,
@@ -250,6 +256,8 @@ struct FileSettings {
     connect_rate_per_ip: Option<u64>,
     connect_burst_per_ip: Option<u64>,
     max_rooms_per_connection: Option<u64>,
+    recovery_window_ms: Option<u64>,
+    recovery_max_pushes: Option<u64>,
     max_push_targets: Option<u64>,
     max_batch: Option<u64>,
     api_rate: Option<u64>,
@@ -273,6 +281,8 @@ pub struct Config {
     pub redis_prefix: String,
     /// TTL of the registry entries this node owns in Redis.
     pub registry_ttl: Duration,
+    /// Connection state recovery; `None` = off.
+    pub recovery: Option<crate::recovery::Settings>,
     pub api_keys: Vec<String>,
     pub jwt_secret: Option<String>,
     pub node_id: NodeId,
@@ -470,6 +480,7 @@ impl std::fmt::Debug for Config {
             .field("advertise_addr", &self.advertise_addr)
             .field("redis_prefix", &self.redis_prefix)
             .field("registry_ttl", &self.registry_ttl)
+            .field("recovery", &self.recovery)
             .field(
                 "api_keys",
                 &format_args!("<{} redacted>", self.api_keys.len()),
@@ -743,6 +754,38 @@ impl Config {
         let redis_url = pick(flags.redis_url, "PUSHGATE_REDIS_URL", file.redis_url)
             .map(|url| check_redis_url(&url).map(|()| url))
             .transpose()?;
+        let recovery_window_ms = num(
+            "PUSHGATE_RECOVERY_WINDOW_MS",
+            flags.recovery_window_ms,
+            file.recovery_window_ms,
+            0,
+        )?;
+        let recovery = if recovery_window_ms == 0 {
+            None
+        } else {
+            if redis_url
+                .as_deref()
+                .is_some_and(|u| u.starts_with("redis-cluster://"))
+            {
+                // One ordered stream is what makes a single offset meaningful; on a
+                // Redis Cluster it and the pub/sub channels live on different shards,
+                // so recording and publishing could not be one step (ARCHITECTURE.md).
+                return Err(invalid(
+                    "PUSHGATE_RECOVERY_WINDOW_MS",
+                    &recovery_window_ms.to_string(),
+                    "0 with a redis-cluster:// URL: recovery needs a single Redis",
+                ));
+            }
+            Some(crate::recovery::Settings {
+                window: Duration::from_millis(recovery_window_ms),
+                max_pushes: positive(
+                    "PUSHGATE_RECOVERY_MAX_PUSHES",
+                    flags.recovery_max_pushes,
+                    file.recovery_max_pushes,
+                    crate::recovery::DEFAULT_MAX_PUSHES as u64,
+                )? as usize,
+            })
+        };
         let jwt_secret = secret(
             "PUSHGATE_JWT_SECRET",
             "PUSHGATE_JWT_SECRET_FILE",
@@ -946,6 +989,7 @@ impl Config {
             advertise_addr,
             redis_prefix,
             registry_ttl: ms(registry_ttl_ms),
+            recovery,
             api_keys,
             jwt_secret,
             node_id,
@@ -1344,6 +1388,27 @@ mod tests {
                 .unwrap_or_else(|e| panic!("{url} refused: {e}"));
             assert_eq!(c.redis_url.as_deref(), Some(url));
         }
+    }
+
+    #[test]
+    fn recovery_is_off_by_default_and_refused_on_a_redis_cluster() {
+        let c = from_env(&[("PUSHGATE_RECOVERY_WINDOW_MS", "5000")]).unwrap();
+        assert_eq!(
+            c.recovery,
+            Some(crate::recovery::Settings {
+                window: Duration::from_secs(5),
+                max_pushes: crate::recovery::DEFAULT_MAX_PUSHES
+            })
+        );
+        assert!(from_env(&[]).unwrap().recovery.is_none());
+        let err = from_env(&[
+            ("PUSHGATE_RECOVERY_WINDOW_MS", "5000"),
+            ("PUSHGATE_REDIS_URL", "redis-cluster://a:7000?node=b:7000"),
+        ])
+        .err()
+        .expect("recovery on a cluster")
+        .to_string();
+        assert!(err.contains("PUSHGATE_RECOVERY_WINDOW_MS"), "{err}");
     }
 
     #[test]

@@ -28,6 +28,7 @@ use crate::id::{Frontend, RoomName, SocketId, Target, UserId};
 use crate::metrics::Metrics;
 use crate::presence::{meta_ref_hash, Diff, Profile};
 use crate::push::{Push, DEFAULT_SCOPE};
+use crate::recovery::Saved;
 use crate::report::Report;
 
 /// Enough shards that two cores rarely meet on one lock, few enough that a room
@@ -61,6 +62,10 @@ pub struct Member {
     pub rooms: Vec<RoomName>,
     /// Milliseconds since the Unix epoch.
     pub connected_at: u64,
+    /// A restored session's new socket while the pushes it missed are on their way
+    /// (`recovery`): recoverable pushes skip it, because they are among the missed
+    /// ones, until [`Hub::release`] queues those first.
+    pub held: bool,
 }
 
 /// A copy of one socket's public facts, for the HTTP API.
@@ -153,6 +158,8 @@ pub enum SocketChange {
         user: Option<UserId>,
         frontend: Frontend,
         rooms: Vec<RoomName>,
+        /// Its session may come back (connection state recovery): a store keeps it.
+        keep: bool,
     },
 }
 
@@ -416,16 +423,22 @@ impl Hub {
     /// the room or user entry. The reason (for the event stream) is the connection's
     /// close reason, or `client` while it stays open (the client left a namespace).
     pub fn unregister(&self, socket: &SocketId) -> Option<Member> {
-        self.remove(socket, None)
+        self.remove(socket, None, false)
     }
 
     /// [`Hub::unregister`] with a known reason (a server-side disconnect of one
     /// namespace socket, whose connection stays open).
     pub fn unregister_because(&self, socket: &SocketId, reason: CloseReason) -> Option<Member> {
-        self.remove(socket, Some(reason))
+        self.remove(socket, Some(reason), false)
     }
 
-    fn remove(&self, socket: &SocketId, reason: Option<CloseReason>) -> Option<Member> {
+    /// [`Hub::unregister`] of a socket whose client may come back for its session
+    /// (connection state recovery): the observer is told to keep it.
+    pub fn unregister_keeping(&self, socket: &SocketId) -> Option<Member> {
+        self.remove(socket, None, true)
+    }
+
+    fn remove(&self, socket: &SocketId, reason: Option<CloseReason>, keep: bool) -> Option<Member> {
         let member = {
             let mut shard = self.shard(socket.as_str()).write();
             let shard = &mut *shard;
@@ -454,6 +467,7 @@ impl Hub {
                 user: member.user.clone(),
                 frontend: member.frontend,
                 rooms: member.rooms.clone(),
+                keep,
             });
         }
         self.emit(|| Event::Disconnected {
@@ -793,6 +807,7 @@ impl Hub {
     #[inline]
     fn offer(&self, fan: &mut Fan<'_>, id: &SocketId, m: &Member, direct: bool) {
         if (direct && !m.direct)
+            || (m.held && fan.push.recoverable)
             || m.scope.as_deref().is_some_and(|s| s != fan.scope)
             || (!fan.push.except.is_empty() && fan.push.except.contains(id))
         {
@@ -857,6 +872,45 @@ impl Hub {
                     .inc();
             }
         }
+    }
+
+    /// Queues, in order, the pushes a restored socket missed while it was lost as
+    /// `lost` (those that reach it: see [`Saved::is_reached_by`]), then stops holding
+    /// it: under its shard's lock, so that no push reaches it in between. Returns how
+    /// many it got, or `None` when the socket is gone.
+    pub fn release(&self, socket: &SocketId, lost: &SocketId, missed: &[Push]) -> Option<usize> {
+        let mut shard = self.shard(socket.as_str()).write();
+        let m = shard.members.get_mut(socket)?;
+        let saved = Saved {
+            sid: lost.clone(),
+            user: m.user.clone(),
+            namespace: m.scope.as_deref().unwrap_or(DEFAULT_SCOPE).to_owned(),
+            rooms: m.rooms.clone(),
+        };
+        let codec = self.codecs.get(m.frontend)?;
+        // Recorded before the replay was cut, a push may name the new socket too.
+        let reaches = |p: &&Push| {
+            !p.except.contains(socket)
+                && (saved.is_reached_by(p)
+                    || (matches!(&p.target, Target::Socket(s) if s == socket)
+                        && p.scope() == saved.namespace))
+        };
+        let mut n = 0;
+        for push in missed.iter().filter(reaches) {
+            let frames = codec.encode(push, None);
+            match m.connection.outbox().push(&frames, Some(push.accepted_at)) {
+                Enqueued::Queued => n += 1,
+                Enqueued::Overflow | Enqueued::Closed => break,
+            }
+        }
+        m.held = false;
+        if n > 0 {
+            self.metrics
+                .frontend(m.frontend)
+                .deliveries
+                .inc_by(n as u64);
+        }
+        Some(n)
     }
 
     /// The connection behind a socket, to act on it outside the hub's locks.
@@ -1058,6 +1112,7 @@ mod tests {
                 user: user.map(UserId::from),
                 rooms: rooms.iter().map(|r| RoomName::from(*r)).collect(),
                 connected_at: 0,
+                held: false,
             },
         );
         (id, conn)
@@ -1279,6 +1334,64 @@ mod tests {
         assert_eq!(text(&a_pusher2), "to a");
         assert_eq!(text(&b_pusher), "to b");
         assert_eq!((text(&a_sio), text(&b_sio)), ("e".into(), "e".into()));
+    }
+
+    #[test]
+    fn a_held_socket_gets_its_missed_pushes_first_then_the_live_ones() {
+        let hub = hub();
+        let (id, conn) = add(&hub, Some("u"), &["r"], 16);
+        let texts = |conn: &TestConn| {
+            let mut out: Vec<Queued> = Vec::new();
+            conn.0.drain(&mut out);
+            out.into_iter()
+                .map(|q| match q.frame {
+                    Frame::Text(t) => t.as_str().to_owned(),
+                    Frame::Binary(_) => "binary".to_owned(),
+                })
+                .collect::<Vec<_>>()
+        };
+        hub.shard(id.as_str())
+            .write()
+            .members
+            .get_mut(&id)
+            .unwrap()
+            .held = true;
+        let recoverable = |event: &str, target: Target| {
+            let mut p = Push::new(target, event, None);
+            p.recoverable = true;
+            p
+        };
+        // While held: recoverable pushes skip it (they are among the missed ones),
+        // others (acked: not recorded) do not.
+        assert_eq!(
+            hub.deliver(&recoverable("live-1", Target::All), None)
+                .sockets,
+            0
+        );
+        assert_eq!(
+            hub.deliver(&Push::new(Target::All, "acked", None), Some(3))
+                .delivered,
+            1
+        );
+        let lost = SocketId::from("n0.lost");
+        let missed = vec![
+            recoverable("m1", Target::Room(RoomName::from("r"))),
+            recoverable("other-room", Target::Room(RoomName::from("x"))),
+            recoverable("m2", Target::Socket(lost.clone())),
+            recoverable("m3", Target::Socket(id.clone())),
+            recoverable("m4", Target::User(UserId::from("u"))),
+        ];
+        assert_eq!(hub.release(&id, &lost, &missed), Some(4));
+        assert_eq!(
+            hub.deliver(&recoverable("live-2", Target::All), None)
+                .delivered,
+            1
+        );
+        assert_eq!(texts(&conn), ["acked", "m1", "m2", "m3", "m4", "live-2"]);
+        assert_eq!(
+            hub.release(&SocketId::from("n0.gone"), &lost, &missed),
+            None
+        );
     }
 
     #[test]

@@ -43,6 +43,7 @@ pub mod metrics;
 pub mod presence;
 pub mod push;
 pub mod push_service;
+pub mod recovery;
 pub mod registry;
 pub mod report;
 pub mod server;

@@ -51,6 +51,11 @@ pub struct Metrics {
     pub registry_errors: IntCounterVec,
     /// Dead nodes whose registry entries this node removed.
     pub registry_cleanups: IntCounter,
+    /// Connection state recovery attempts, by `outcome` (`recovered`, `not_found`,
+    /// `partial`, `error`).
+    pub recovery: IntCounterVec,
+    /// Missed pushes replayed to recovered sessions.
+    pub recovery_replayed: IntCounter,
     /// Nodes with a live lease, as this node last saw them.
     pub cluster_nodes: IntGauge,
     /// Requests of sessions held by other nodes, forwarded to them, by `frontend`,
@@ -244,6 +249,15 @@ impl Metrics {
                 "pushgate_registry_cleanups_total",
                 "Dead nodes whose registry entries this node removed."
             )),
+            recovery: reg!(counter(
+                "pushgate_recovery_total",
+                "Connection state recovery attempts, by outcome.",
+                &["outcome"]
+            )),
+            recovery_replayed: reg!(IntCounter::new(
+                "pushgate_recovery_replayed_total",
+                "Missed pushes replayed to recovered sessions."
+            )),
             cluster_nodes: reg!(IntGauge::new(
                 "pushgate_cluster_nodes",
                 "Nodes with a live lease in the cluster registry, as this node last saw them."
@@ -421,6 +435,9 @@ impl Metrics {
         }
         for target in PUSH_TARGETS {
             self.pushes.with_label_values(&[target]);
+        }
+        for outcome in ["recovered", "not_found", "partial", "error"] {
+            self.recovery.with_label_values(&[outcome]);
         }
         for reason in DELIVERY_FAILURE_REASONS {
             self.delivery_failures.with_label_values(&[reason]);

@@ -46,6 +46,9 @@ pub struct Push {
     /// that sent it, which Pusher names as `user_id` on presence channels. `None` for
     /// every push from the API.
     pub sender: Option<Arc<str>>,
+    /// Recorded for connection state recovery (see `recovery`): its id is its offset,
+    /// which frontends that recover hand to the client with it.
+    pub recoverable: bool,
 }
 
 /// Why a push request was refused (an HTTP 400 with this message).
@@ -152,6 +155,7 @@ impl Push {
             wait,
             accepted_at: Instant::now(),
             sender: None,
+            recoverable: false,
         })
     }
 }
@@ -170,6 +174,7 @@ impl Push {
             wait: false,
             accepted_at: Instant::now(),
             sender: None,
+            recoverable: false,
         }
     }
 

@@ -49,6 +49,8 @@ pub struct PushService {
     metrics: Arc<Metrics>,
     /// The event stream, told of every accepted push.
     events: Option<Arc<Events>>,
+    /// Connection state recovery is on: pushes without an ack are recorded.
+    recovery: bool,
 }
 
 impl PushService {
@@ -66,7 +68,15 @@ impl PushService {
             tracker,
             metrics,
             events: None,
+            recovery: false,
         }
+    }
+
+    /// The same service, marking every push without an ack recoverable (the bus
+    /// records them for connection state recovery).
+    pub fn with_recovery(mut self, on: bool) -> Self {
+        self.recovery = on;
+        self
     }
 
     /// The same service, telling `events` of every push it accepts.
@@ -91,6 +101,8 @@ impl PushService {
     /// may retry; a returned id means the push was delivered as its report says.
     pub async fn send(&self, mut push: Push) -> Result<Accepted, SendError> {
         push.id = PushId::accepted_by(&self.node);
+        // An acked push is followed by its report instead, as socket.io does.
+        push.recoverable = self.recovery && push.ack.is_none();
         self.send_as_accepted(push).await
     }
 

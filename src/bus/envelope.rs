@@ -126,6 +126,10 @@ pub struct PushEnvelope {
     /// 2: absent from older nodes' envelopes, and ignored by them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub sender: Option<String>,
+    /// Recorded for recovery: the delivering node hands its id to the client as its
+    /// offset. Added within version 2 (absent = false).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub recoverable: bool,
 }
 
 /// A push's target as it travels; a push to several users travels as one envelope
@@ -209,6 +213,7 @@ impl PushEnvelope {
                     ack_ms: push.ack.map(|d| d.as_millis() as u64),
                     accepted_ms,
                     sender: push.sender.as_deref().map(str::to_owned),
+                    recoverable: push.recoverable,
                 };
                 (target, env)
             })
@@ -244,6 +249,7 @@ impl PushEnvelope {
             wait: false,
             accepted_at: now.checked_sub(age).unwrap_or(now),
             sender: self.sender.map(Arc::from),
+            recoverable: self.recoverable,
         })
     }
 }
@@ -272,6 +278,15 @@ mod tests {
         assert_eq!(p.scope(), "/admin");
         assert_eq!(p.ack, Some(Duration::from_millis(700)));
         assert!(p.except.contains("n1.x"));
+        assert!(!p.recoverable);
+        let mut rec = Push::new(Target::All, "e", None);
+        rec.recoverable = true;
+        let (_, env) = PushEnvelope::of(&rec, "n1", 5).remove(0);
+        let back = Envelope::decode(&Envelope::new(Message::Push(env)).encode()).unwrap();
+        let Message::Push(env) = back.m else {
+            panic!("a push")
+        };
+        assert!(env.into_push(5).unwrap().recoverable, "recoverable travels");
     }
 
     #[test]

@@ -60,11 +60,19 @@ pub trait Bus: Send + Sync {
 /// The in-process bus of a single node: publishing is delivering to the local hub.
 pub struct LocalBus {
     hub: Arc<Hub>,
+    /// Recent recoverable pushes, recorded as they are delivered (recovery on).
+    ring: Option<Arc<crate::recovery::Ring>>,
 }
 
 impl LocalBus {
     pub fn new(hub: Arc<Hub>) -> Self {
-        Self { hub }
+        Self { hub, ring: None }
+    }
+
+    /// The same bus, recording recoverable pushes in `ring`.
+    pub fn with_recovery(mut self, ring: Arc<crate::recovery::Ring>) -> Self {
+        self.ring = Some(ring);
+        self
     }
 }
 
@@ -77,7 +85,12 @@ pub(crate) fn deliver(hub: &Hub, push: &Push, ack_id: Option<u64>) -> FanOut {
 
 impl Bus for LocalBus {
     fn publish<'a>(&'a self, push: &'a Push, ack_id: Option<u64>) -> BusFuture<'a> {
-        let fan = deliver(&self.hub, push, ack_id);
+        let fan = match &self.ring {
+            Some(ring) if push.recoverable => {
+                ring.record(push, || deliver(&self.hub, push, ack_id))
+            }
+            _ => deliver(&self.hub, push, ack_id),
+        };
         Box::pin(std::future::ready(Ok(Published::Local(fan))))
     }
 }

@@ -361,6 +361,7 @@ mod tests {
                 user: user.map(UserId::from),
                 rooms: rooms.iter().map(|r| RoomName::from(*r)).collect(),
                 connected_at: 1,
+                held: false,
             },
         );
         (id, conn)

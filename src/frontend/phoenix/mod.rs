@@ -576,6 +576,7 @@ impl Phoenix {
                 user: conn.identity.user.clone(),
                 rooms: Vec::new(),
                 connected_at: crate::id::now_ms(),
+                held: false,
             },
         );
         let series = s.metrics.frontend(Frontend::Phoenix);

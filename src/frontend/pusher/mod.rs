@@ -617,6 +617,7 @@ impl Pusher {
                 user: None,
                 rooms: Vec::new(),
                 connected_at: crate::id::now_ms(),
+                held: false,
             },
         );
         s.metrics.frontend(Frontend::Pusher).connections.inc();

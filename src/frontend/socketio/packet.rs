@@ -291,6 +291,36 @@ pub fn encode_event(
     out.push(']');
 }
 
+/// Appends an EVENT as [`encode_event`] does, with `offset` as a last string argument:
+/// the connection state recovery offset, which socket.io-client keeps from the last
+/// argument of every event without an ack id and sends back when it reconnects
+/// (§2.3). Listeners see it as an extra argument, as with socket.io's own recovery.
+pub fn encode_recoverable_event(
+    out: &mut String,
+    nsp: &str,
+    attachments: usize,
+    event: &str,
+    arg: Option<&Value>,
+    offset: &str,
+) {
+    encode_event(out, nsp, None, attachments, event, arg);
+    out.pop();
+    out.push(',');
+    push_json(out, offset);
+    out.push(']');
+}
+
+/// Appends the CONNECT reply of a socket with connection state recovery:
+/// `40{"sid":"…","pid":"…"}`. The client sets `recovered` when `pid` is the one it
+/// sent back.
+pub fn encode_connect_with_pid(out: &mut String, nsp: &str, sid: &str, pid: &str) {
+    encode_connect(out, nsp, sid);
+    out.pop();
+    out.push_str(",\"pid\":");
+    push_json(out, pid);
+    out.push('}');
+}
+
 /// Appends `40{"sid":"…"}` (with `/nsp,` when not `/`): the CONNECT reply. The client
 /// accepts it only if `sid` is present (§2.3).
 pub fn encode_connect(out: &mut String, nsp: &str, sid: &str) {
@@ -1012,6 +1042,15 @@ mod tests {
     fn encode_event_without_argument_sends_the_name_alone() {
         let mut out = String::new();
         encode_event(&mut out, "/", None, 0, "ping", None);
+        let mut rec = String::new();
+        encode_recoverable_event(&mut rec, "/a", 0, "e", Some(&json!({"n": 1})), "n1.ff");
+        assert_eq!(rec, r#"42/a,["e",{"n":1},"n1.ff"]"#);
+        let mut rec = String::new();
+        encode_recoverable_event(&mut rec, "/", 0, "e", None, "n1.ff");
+        assert_eq!(rec, r#"42["e","n1.ff"]"#);
+        let mut c = String::new();
+        encode_connect_with_pid(&mut c, "/", "n1.s", "n1.s~ab");
+        assert_eq!(c, r#"40{"sid":"n1.s","pid":"n1.s~ab"}"#);
         assert_eq!(out, "42[\"ping\"]");
     }
 
