@@ -74,6 +74,8 @@ struct Layers {
     presences: Arc<dyn Presences>,
     /// How requests of other nodes' sessions reach them, in cluster mode.
     forwarder: Option<Arc<Forwarder>>,
+    /// Where connection state recovery keeps sessions and recent pushes, when on.
+    recovery: Option<Arc<dyn crate::recovery::Store>>,
     /// The in-memory store, on a single node (told of the Pusher webhooks' rooms).
     local: Option<Arc<LocalPresence>>,
 }
@@ -115,6 +117,9 @@ pub async fn run(
     // Cluster mode: the hub tells the Redis bus about interest and socket changes, and
     // presence lives in the registry. A single node keeps presence in memory.
     let listen = listener.local_addr().map_err(ServerError::Serve)?;
+    // Pids of this node's sockets: made by the Socket.IO frontend, written by the
+    // registry.
+    let pids = Arc::new(crate::recovery::Pids::new());
     let Layers {
         hub,
         bus,
@@ -122,6 +127,7 @@ pub async fn run(
         presences,
         forwarder,
         local,
+        recovery,
     } = match &config.redis_url {
         Some(url) => {
             let advertise = match &config.advertise_addr {
@@ -156,10 +162,14 @@ pub async fn run(
                 Arc::new(RegistryDirectory(redis.registry().clone())),
                 metrics.clone(),
             ));
+            if let Some(settings) = config.recovery {
+                redis.keep_sessions(settings, pids.clone());
+            }
             Layers {
                 hub,
                 bus: redis.clone(),
                 cluster: Some(redis.clone()),
+                recovery: redis.recovery_store(),
                 presences: redis,
                 forwarder: Some(forwarder),
                 local: None,
@@ -172,9 +182,17 @@ pub async fn run(
                     .with_events(events.clone())
                     .with_max_rooms(config.limits.max_rooms),
             );
+            let ring = config
+                .recovery
+                .map(|settings| Arc::new(crate::recovery::Ring::new(settings)));
+            let mut bus = LocalBus::new(hub.clone());
+            if let Some(ring) = &ring {
+                bus = bus.with_recovery(ring.clone());
+            }
             Layers {
-                hub: hub.clone(),
-                bus: Arc::new(LocalBus::new(hub)),
+                hub,
+                bus: Arc::new(bus),
+                recovery: ring.map(|r| r as Arc<dyn crate::recovery::Store>),
                 cluster: None,
                 presences: presence.clone(),
                 local: Some(presence),
@@ -193,7 +211,8 @@ pub async fn run(
             tracker.clone(),
             metrics.clone(),
         )
-        .with_events(events.clone()),
+        .with_events(events.clone())
+        .with_recovery(recovery.is_some()),
     );
     let auth = Arc::new(Authenticator::with_rules(
         config.jwt_secret.as_deref(),
@@ -201,6 +220,21 @@ pub async fn run(
     ));
     let draining = CancellationToken::new();
 
+    let mut socketio = SocketIo::new(
+        hub.clone(),
+        tracker.clone(),
+        config.node_id.clone(),
+        config.namespaces.clone(),
+        Gateway::new(auth.clone(), metrics.clone()),
+        metrics.clone(),
+    )
+    .with_limits(limits.clone());
+    if let Some(store) = &recovery {
+        socketio = socketio.with_recovery(crate::frontend::socketio::Recovery {
+            store: store.clone(),
+            pids: pids.clone(),
+        });
+    }
     let engine = Engine::new(
         EngineConfig {
             ping_interval: config.ping_interval,
@@ -212,15 +246,7 @@ pub async fn run(
             queue_bytes: config.queue_bytes,
             forwarder: forwarder.clone(),
         },
-        SocketIo::new(
-            hub.clone(),
-            tracker.clone(),
-            config.node_id.clone(),
-            config.namespaces.clone(),
-            Gateway::new(auth.clone(), metrics.clone()),
-            metrics.clone(),
-        )
-        .with_limits(limits.clone()),
+        socketio,
         metrics.clone(),
     )
     .with_gate(gate.clone());

@@ -38,6 +38,8 @@
 pub mod lease;
 pub mod write;
 
+pub(crate) use write::{eval_owned, eval_two};
+
 use std::collections::{HashMap, HashSet};
 use std::time::Duration;
 
@@ -101,6 +103,15 @@ impl Keys {
     pub fn socket(&self, sid: &str) -> String {
         format!("{}:s:{sid}", self.prefix)
     }
+    /// The stream of recent recoverable pushes.
+    pub fn recovery_stream(&self) -> String {
+        format!("{}:x", self.prefix)
+    }
+    /// A recovery session by pid: a removed socket's entry, kept for the window, or
+    /// (a restored session's) the socket id it lives on now.
+    pub fn recovery_session(&self, pid: &str) -> String {
+        format!("{}:x:p:{pid}", self.prefix)
+    }
     pub fn user(&self, user: &str) -> String {
         format!("{}:us:{user}", self.prefix)
     }
@@ -162,6 +173,16 @@ pub struct Registry {
     /// Told of the occupancy and presence changes this node's writes decide in the
     /// rooms it watches (the Pusher frontend's webhooks); set once.
     watcher: std::sync::OnceLock<std::sync::Arc<dyn Watcher>>,
+    /// Connection state recovery: each socket's entry names its pid, and a removed
+    /// socket's entry is kept for the window as its session (`write.rs`); set once.
+    sessions: std::sync::OnceLock<Sessions>,
+}
+
+/// What the registry needs to keep sessions for recovery.
+#[derive(Clone)]
+pub struct Sessions {
+    pub pids: std::sync::Arc<crate::recovery::Pids>,
+    pub window: Duration,
 }
 
 impl Registry {
@@ -185,6 +206,7 @@ impl Registry {
             dead: RwLock::new(HashSet::new()),
             peers: RwLock::new(Vec::new()),
             watcher: std::sync::OnceLock::new(),
+            sessions: std::sync::OnceLock::new(),
         }
     }
 
@@ -193,6 +215,15 @@ impl Registry {
     /// arrive; a second call is ignored).
     pub fn watch(&self, watcher: std::sync::Arc<dyn Watcher>) {
         let _ = self.watcher.set(watcher);
+    }
+
+    /// Keeps sessions for connection state recovery (see [`Sessions`]).
+    pub fn keep_sessions(&self, sessions: Sessions) {
+        let _ = self.sessions.set(sessions);
+    }
+
+    pub(crate) fn sessions(&self) -> Option<&Sessions> {
+        self.sessions.get()
     }
 
     pub fn ttl(&self) -> Duration {
@@ -616,7 +647,7 @@ fn address_of(entry: &Value) -> Option<String> {
 }
 
 /// A socket entry from its hash; `None` when the hash is gone (or was never complete).
-fn entry(sid: &SocketId, mut map: HashMap<String, String>) -> Option<Entry> {
+pub(crate) fn entry(sid: &SocketId, mut map: HashMap<String, String>) -> Option<Entry> {
     let node = map.remove("node")?;
     let user = map.remove("user").filter(|u| !u.is_empty());
     let transport = match map.get("transport").map(String::as_str) {

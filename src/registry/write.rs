@@ -69,6 +69,27 @@ if changed == 0 then return -1 end
 return redis.call('SCARD', KEYS[1])
 "#;
 
+/// Removes a socket's hash (KEYS[1]); with recovery on, first keeps it for the window
+/// as its session under `{p}:x:p:{pid}` (ARGV: that key's prefix, the socket id, the
+/// window in ms, now in ms), unless that session lives on as another socket already
+/// (a restored session's pointer names another id). Reads the pid from the hash, so a
+/// survivor cleaning up after a dead node keeps its sessions too.
+const REMOVE_KEEPING_SESSION: &str = r#"
+local pid = redis.call('HGET', KEYS[1], 'pid')
+if pid then
+  local pk = ARGV[1] .. pid
+  local cur = redis.call('HGET', pk, 'sid')
+  if (not cur) or cur == ARGV[2] then
+    local fields = redis.call('HGETALL', KEYS[1])
+    redis.call('DEL', pk)
+    redis.call('HSET', pk, unpack(fields))
+    redis.call('HSET', pk, 'sid', ARGV[2], 'gone', ARGV[4])
+    redis.call('PEXPIRE', pk, ARGV[3])
+  end
+end
+return redis.call('DEL', KEYS[1])
+"#;
+
 /// One change to the registry.
 #[derive(Debug, Clone)]
 pub enum Op {
@@ -99,6 +120,8 @@ pub enum Op {
         user: Option<UserId>,
         frontend: Frontend,
         rooms: Vec<RoomName>,
+        /// Keep its session for recovery (when on): it was lost, not ended.
+        keep: bool,
     },
 }
 
@@ -157,6 +180,34 @@ pub(super) fn eval(
     let slot = fred::types::Key::from(key.as_str()).cluster_hash();
     let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
     let mut all = vec![script.to_owned(), "1".to_owned(), key];
+    all.extend(args);
+    (command, all)
+}
+
+/// [`eval`] of a script built at run time.
+pub(crate) fn eval_owned(
+    script: String,
+    key: String,
+    args: impl IntoIterator<Item = String>,
+) -> (CustomCommand, Vec<String>) {
+    let slot = fred::types::Key::from(key.as_str()).cluster_hash();
+    let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+    let mut all = vec![script, "1".to_owned(), key];
+    all.extend(args);
+    (command, all)
+}
+
+/// [`eval_owned`] of a script on two keys (a single Redis only: they may live on
+/// different shards of a cluster).
+pub(crate) fn eval_two(
+    script: String,
+    first: String,
+    second: String,
+    args: impl IntoIterator<Item = String>,
+) -> (CustomCommand, Vec<String>) {
+    let slot = fred::types::Key::from(first.as_str()).cluster_hash();
+    let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
+    let mut all = vec![script, "2".to_owned(), first, second];
     all.extend(args);
     (command, all)
 }
@@ -319,6 +370,9 @@ impl Registry {
                 for room in &s.rooms {
                     fields.push((format!("{ROOM_FIELD}{room}"), s.connected_at.to_string()));
                 }
+                if let Some(sessions) = self.sessions() {
+                    fields.push(("pid".into(), sessions.pids.pid_of(&s.id)));
+                }
                 let () = p.hset(self.keys.socket(sid), fields).await?;
                 let () = p
                     .sadd(self.keys.node_sockets(node, s.frontend), sid)
@@ -377,10 +431,28 @@ impl Registry {
                 user,
                 frontend,
                 rooms,
+                keep,
             } => {
                 let sid = socket.as_str();
                 let node = socket.node().unwrap_or_default();
-                let () = p.del(self.keys.socket(sid)).await?;
+                match self.sessions().filter(|_| *keep) {
+                    Some(sessions) => {
+                        let (command, args) = eval(
+                            REMOVE_KEEPING_SESSION,
+                            self.keys.socket(sid),
+                            [
+                                self.keys.recovery_session(""),
+                                sid.to_owned(),
+                                sessions.window.as_millis().to_string(),
+                                crate::id::now_ms().to_string(),
+                            ],
+                        );
+                        let () = p.custom(command, args).await?;
+                    }
+                    None => {
+                        let () = p.del(self.keys.socket(sid)).await?;
+                    }
+                }
                 let () = p.srem(self.keys.node_sockets(node, *frontend), sid).await?;
                 if let Some(user) = user {
                     let () = p.srem(self.keys.user(user.as_str()), sid).await?;
@@ -499,12 +571,16 @@ impl Registry {
                         user: e.info.user,
                         frontend: e.info.frontend,
                         rooms: e.info.rooms,
+                        // A dead node's sockets, or ones their node lost track of:
+                        // their clients may come back.
+                        keep: true,
                     },
                     None => Op::Remove {
                         socket,
                         user: None,
                         frontend,
                         rooms: Vec::new(),
+                        keep: true,
                     },
                 }
             })

@@ -51,6 +51,7 @@ mod health;
 mod lease;
 mod outbox;
 mod receive;
+mod recovery;
 mod sync;
 mod writer;
 
@@ -184,6 +185,8 @@ pub struct RedisBus {
     tasks: Mutex<Vec<JoinHandle<()>>>,
     /// The event stream's cluster path, once carried (`events.rs`).
     events: OnceLock<events::Link>,
+    /// Connection state recovery, when on (`recovery.rs`).
+    keeping: OnceLock<recovery::Keeping>,
 }
 
 impl RedisBus {
@@ -260,6 +263,7 @@ impl RedisBus {
             cancel: CancellationToken::new(),
             tasks: Mutex::new(Vec::new()),
             events: OnceLock::new(),
+            keeping: OnceLock::new(),
         });
         // The receive queue must exist before the first SUBSCRIBE.
         let messages = bus.subscriber.message_rx();
@@ -421,6 +425,45 @@ impl RedisBus {
         .map(|_| ())
     }
 
+    /// Publishes a recoverable push through the recording script: all of it or,
+    /// on an error, none of it.
+    async fn publish_recorded(
+        &self,
+        push: &Push,
+        envelopes: Vec<(WireTarget, PushEnvelope)>,
+        start: Instant,
+    ) -> Result<Published, BusError> {
+        let kinds: Vec<&'static str> = envelopes.iter().map(|(t, _)| kind_of(t)).collect();
+        let messages: Vec<(String, Bytes)> = envelopes
+            .into_iter()
+            .map(|(target, env)| {
+                (
+                    self.channel(&target),
+                    Envelope::new(Message::Push(env)).encode(),
+                )
+            })
+            .collect();
+        let counts = self
+            .record_and_publish(push, &messages)
+            .await
+            .map_err(BusError::Redis)?;
+        for kind in kinds {
+            self.metrics
+                .bus_messages
+                .with_label_values(&["out", kind])
+                .inc();
+        }
+        self.metrics
+            .bus_publish_seconds
+            .observe(start.elapsed().as_secs_f64());
+        let nodes = counts.iter().map(|n| (*n).max(0) as usize).sum();
+        tracing::trace!(push = %push.id, nodes, "recorded and published");
+        Ok(Published::Cluster {
+            nodes,
+            refused: Vec::new(),
+        })
+    }
+
     fn send(&self, node: &str, message: Message) {
         let _ = self
             .outbox
@@ -439,6 +482,9 @@ impl Bus for RedisBus {
             }
             let start = Instant::now();
             let envelopes = PushEnvelope::of(push, self.node.as_str(), crate::id::now_ms());
+            if push.recoverable && self.keeping.get().is_some() {
+                return self.publish_recorded(push, envelopes, start).await;
+            }
             let p = self.publisher.pipeline();
             let mut kinds = Vec::with_capacity(envelopes.len());
             for (target, env) in envelopes {

@@ -40,6 +40,9 @@ impl RedisBus {
             Value::String(s) => s.into_inner(),
             _ => Bytes::new(),
         };
+        if bytes.first() == Some(&recovery::REPLAY_TAG) {
+            return self.on_replay(&bytes);
+        }
         let envelope = match Envelope::decode(&bytes) {
             Ok(e) => e,
             Err(e) => {

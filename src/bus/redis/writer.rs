@@ -107,11 +107,13 @@ impl RedisBus {
                 user,
                 frontend,
                 rooms,
+                keep,
             } => Some(Op::Remove {
                 socket,
                 user,
                 frontend,
                 rooms,
+                keep,
             }),
         }
     }

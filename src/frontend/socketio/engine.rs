@@ -557,6 +557,11 @@ impl<H: Handler> Session<H> {
     }
 
     /// Runs `f` on the handler state, unless the session is closed.
+    /// The handler of this session's endpoint.
+    pub fn handler(&self) -> &H {
+        &self.shared.handler
+    }
+
     pub fn with_state<R>(&self, f: impl FnOnce(&mut H::State) -> R) -> Option<R> {
         self.state.lock().as_mut().map(f)
     }

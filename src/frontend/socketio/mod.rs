@@ -34,6 +34,7 @@ use crate::id::{NodeId, RoomName, SocketId};
 use crate::limits::{Limits, UserSlot};
 use crate::metrics::Metrics;
 use crate::push::Push;
+use crate::recovery::{Connect, Pids, Request, Restored, Saved, Store};
 use engine::{Handler, Message};
 use packet::{Assembled, Assembler, PacketKind};
 
@@ -77,14 +78,25 @@ impl PushCodec for SocketIoCodec {
             .map(|d| packet::extract_binary(d).unwrap_or_default())
             .unwrap_or_default();
         let mut text = String::with_capacity(push.event.len() + 32);
-        packet::encode_event(
-            &mut text,
-            push.scope(),
-            ack_id,
-            attachments.len(),
-            &push.event,
-            data.as_ref(),
-        );
+        if push.recoverable && ack_id.is_none() {
+            packet::encode_recoverable_event(
+                &mut text,
+                push.scope(),
+                attachments.len(),
+                &push.event,
+                data.as_ref(),
+                push.id.as_str(),
+            );
+        } else {
+            packet::encode_event(
+                &mut text,
+                push.scope(),
+                ack_id,
+                attachments.len(),
+                &push.event,
+                data.as_ref(),
+            );
+        }
         let mut frames = Vec::with_capacity(1 + attachments.len());
         frames.push(Frame::text(text));
         frames.extend(attachments.into_iter().map(Frame::Binary));
@@ -216,6 +228,47 @@ pub struct SocketIo<B: Behaviour> {
     metrics: Arc<Metrics>,
     /// The per-user connection limit; `None` for none.
     limits: Option<Arc<Limits>>,
+    /// Connection state recovery, when on.
+    recovery: Option<Recovery>,
+}
+
+/// What the handler needs for connection state recovery.
+#[derive(Clone)]
+pub struct Recovery {
+    pub store: Arc<dyn Store>,
+    pub pids: Arc<Pids>,
+}
+
+/// Whether a session that closed for `reason` may come back. As socket.io decides:
+/// a closed or failed transport (the client's WebSocket close included), no pong, the
+/// server shutting down. A socket that left its namespace or was kicked, and a
+/// client that broke the protocol, overran a limit or did not read, start afresh.
+fn recoverable(reason: CloseReason) -> bool {
+    matches!(
+        reason,
+        CloseReason::Client
+            | CloseReason::TransportClose
+            | CloseReason::TransportError
+            | CloseReason::PingTimeout
+            | CloseReason::Shutdown
+    )
+}
+
+/// The recovery a CONNECT asks for: `auth.pid` and `auth.offset`, as
+/// socket.io-client sends them back.
+fn recovery_request(auth: Option<&Value>, identity: &Identity, nsp: &str) -> Option<Request> {
+    let auth = auth?;
+    let pid = auth.get("pid")?.as_str()?;
+    let offset = auth.get("offset")?.as_str()?;
+    if pid.len() > 512 || offset.len() > 512 {
+        return None;
+    }
+    Some(Request {
+        pid: pid.to_owned(),
+        offset: offset.to_owned(),
+        user: identity.user.clone(),
+        namespace: nsp.to_owned(),
+    })
 }
 
 impl<B: Behaviour> SocketIo<B> {
@@ -235,7 +288,14 @@ impl<B: Behaviour> SocketIo<B> {
             behaviour,
             metrics,
             limits: None,
+            recovery: None,
         }
+    }
+
+    /// The same handler, with connection state recovery.
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        self.recovery = Some(recovery);
+        self
     }
 
     /// The same handler, counting each socket against its user's connection limit.
@@ -293,7 +353,7 @@ impl<B: Behaviour> SocketIo<B> {
             .and_then(|a| a.get("token"))
             .and_then(Value::as_str)
             .or(state.query_token.as_deref());
-        let mut identity = match self.behaviour.connect(nsp, auth, token) {
+        let identity = match self.behaviour.connect(nsp, auth, token) {
             Ok(identity) => identity,
             Err(refusal) => return self.refuse(session, nsp, refusal),
         };
@@ -313,11 +373,85 @@ impl<B: Behaviour> SocketIo<B> {
             },
             _ => None,
         };
+        if let Some(recovery) = &self.recovery {
+            if let Some(request) = recovery_request(auth, &identity, nsp) {
+                let session = session.clone();
+                let nsp: Arc<str> = Arc::from(nsp);
+                let auth = auth.cloned();
+                let connect: Connect = Box::new(move |restored| {
+                    let s = session.clone();
+                    session
+                        .with_state(|state| {
+                            s.handler().finish_connect(
+                                &s,
+                                state,
+                                nsp,
+                                identity,
+                                user_slot,
+                                auth.as_ref(),
+                                Some(restored),
+                            )
+                        })
+                        .flatten()
+                });
+                // Off this session's state lock: the store calls `connect`, which
+                // takes it.
+                let store = recovery.store.clone();
+                tokio::spawn(async move { store.restore(request, connect).await });
+                return;
+            }
+        }
+        self.finish_connect(
+            session,
+            state,
+            Arc::from(nsp),
+            identity,
+            user_slot,
+            auth,
+            None,
+        );
+    }
+
+    /// Registers a connected socket and answers its CONNECT. `recovery`: the outcome
+    /// of the recovery it asked for, if it asked. Returns its socket id, or `None`
+    /// when the namespace got connected meanwhile.
+    #[allow(clippy::too_many_arguments)]
+    fn finish_connect(
+        &self,
+        session: &Arc<Session<Self>>,
+        state: &mut State,
+        nsp: Arc<str>,
+        mut identity: Identity,
+        user_slot: Option<UserSlot>,
+        auth: Option<&Value>,
+        recovery: Option<Option<Restored>>,
+    ) -> Option<SocketId> {
+        if state.sockets.iter().any(|s| s.nsp == nsp) {
+            return None;
+        }
         let id = SocketId::generate(&self.node);
-        let nsp: Arc<str> = Arc::from(nsp);
         let mut text = String::new();
-        packet::encode_connect(&mut text, &nsp, id.as_str());
+        let asked = recovery.is_some();
+        let restored = recovery.flatten();
+        match (&self.recovery, &restored) {
+            (Some(r), Some(restored)) => {
+                r.pids.restored(&id, &restored.pid);
+                packet::encode_connect_with_pid(&mut text, &nsp, id.as_str(), &restored.pid);
+            }
+            (Some(r), None) => {
+                packet::encode_connect_with_pid(&mut text, &nsp, id.as_str(), &r.pids.of(&id))
+            }
+            (None, _) => packet::encode_connect(&mut text, &nsp, id.as_str()),
+        }
         session.outbox().push_control(Frame::text(text));
+        let mut rooms = std::mem::take(&mut identity.rooms);
+        if let Some(r) = &restored {
+            for room in &r.saved.rooms {
+                if !rooms.contains(room) {
+                    rooms.push(room.clone());
+                }
+            }
+        }
         let connected_at = crate::id::now_ms();
         self.hub.register(
             id.clone(),
@@ -327,10 +461,28 @@ impl<B: Behaviour> SocketIo<B> {
                 scope: Some(nsp.clone()),
                 direct: true,
                 user: identity.user.clone(),
-                rooms: std::mem::take(&mut identity.rooms),
+                rooms,
                 connected_at,
+                held: restored.is_some(),
             },
         );
+        if let Some(r) = restored {
+            self.metrics
+                .recovery
+                .with_label_values(&["recovered"])
+                .inc();
+            tracing::debug!(socket = %id, lost = %r.saved.sid, missed = r.missed.len(), "socket.io session recovered");
+            if !r.held {
+                if let Some(n) = self.hub.release(&id, &r.saved.sid, &r.missed) {
+                    self.metrics.recovery_replayed.inc_by(n as u64);
+                }
+            }
+        } else if asked {
+            self.metrics
+                .recovery
+                .with_label_values(&["not_found"])
+                .inc();
+        }
         session.set_attached(true);
         tracing::debug!(socket = %id, user = ?identity.user, "socket.io socket connected");
         let socket = Socket {
@@ -345,10 +497,30 @@ impl<B: Behaviour> SocketIo<B> {
         state.sockets.reserve_exact(1);
         state.sockets.push(NamespaceSocket {
             nsp,
-            id,
+            id: id.clone(),
             identity,
             _user: user_slot,
         });
+        Some(id)
+    }
+
+    /// A socket of this session is gone: keep its session when it may come back.
+    fn gone(&self, socket: &SocketId, nsp: &str, member: Option<Member>, keep: bool) {
+        let Some(recovery) = &self.recovery else {
+            return;
+        };
+        if let (true, Some(m)) = (keep, member) {
+            recovery.store.lost(
+                &recovery.pids.pid_of(socket),
+                Saved {
+                    sid: socket.clone(),
+                    user: m.user,
+                    namespace: nsp.to_owned(),
+                    rooms: m.rooms,
+                },
+            );
+        }
+        recovery.pids.forget(socket);
     }
 
     fn packet(
@@ -366,7 +538,8 @@ impl<B: Behaviour> SocketIo<B> {
             PacketKind::Disconnect => {
                 if let Some(pos) = state.sockets.iter().position(|s| *s.nsp == packet.nsp) {
                     let s = state.sockets.swap_remove(pos);
-                    self.hub.unregister(&s.id);
+                    let member = self.hub.unregister(&s.id);
+                    self.gone(&s.id, &s.nsp, member, false);
                     tracing::debug!(socket = %s.id, "socket.io socket disconnected by client");
                 }
                 Ok(())
@@ -453,8 +626,14 @@ impl<B: Behaviour> Handler for SocketIo<B> {
     }
 
     fn close(&self, _session: &Arc<Session<Self>>, state: State, reason: CloseReason) {
+        let keep = self.recovery.is_some() && recoverable(reason);
         for s in state.sockets {
-            self.hub.unregister(&s.id);
+            let member = if keep {
+                self.hub.unregister_keeping(&s.id)
+            } else {
+                self.hub.unregister(&s.id)
+            };
+            self.gone(&s.id, &s.nsp, member, keep);
             tracing::debug!(socket = %s.id, reason = reason.as_str(), "socket.io socket closed");
         }
     }
@@ -462,7 +641,8 @@ impl<B: Behaviour> Handler for SocketIo<B> {
     fn disconnect(&self, session: &Session<Self>, state: &mut State, socket: &SocketId) {
         if let Some(pos) = state.sockets.iter().position(|s| &s.id == socket) {
             let s = state.sockets.swap_remove(pos);
-            self.hub.unregister_because(&s.id, CloseReason::Kicked);
+            let member = self.hub.unregister_because(&s.id, CloseReason::Kicked);
+            self.gone(&s.id, &s.nsp, member, false);
             let mut text = String::new();
             packet::encode_disconnect(&mut text, &s.nsp);
             session.outbox().push_control(Frame::text(text));
@@ -525,5 +705,17 @@ mod tests {
         );
         let plain = SocketIoCodec.encode(&Push::new(Target::All, "e", None), None);
         assert_eq!(plain, vec![Frame::text(r#"42["e"]"#)]);
+        // A recorded push carries its id as the recovery offset, unless acked.
+        let mut rec = Push::new(Target::All, "e", Some(json!(1)));
+        rec.id = crate::id::PushId::from("n1.f00");
+        rec.recoverable = true;
+        assert_eq!(
+            SocketIoCodec.encode(&rec, None),
+            vec![Frame::text(r#"42["e",1,"n1.f00"]"#)]
+        );
+        assert_eq!(
+            SocketIoCodec.encode(&rec, Some(4)),
+            vec![Frame::text(r#"424["e",1]"#)]
+        );
     }
 }
