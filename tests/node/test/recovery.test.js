@@ -1,0 +1,241 @@
+"use strict";
+// Connection state recovery with the real socket.io-client (its own pid/offset
+// mechanism): a client that loses its connection while pushes flow comes back with
+// `socket.recovered === true`, its user and rooms, and every push addressed to it
+// (all, its user, its room, its socket) exactly once and in order, checked by the
+// sequence numbers the pushes carry. On one node (the in-process ring), and in a
+// cluster behind real HAProxy where the client's node is SIGKILLed and it comes back
+// through HAProxy to another node (Redis stream).
+const { describe, test, before, after } = require("node:test");
+const assert = require("node:assert/strict");
+const { spawn, spawnSync } = require("node:child_process");
+const fs = require("node:fs");
+const os = require("node:os");
+const path = require("node:path");
+const h = require("../harness");
+
+const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
+
+/** A socket.io-client that reconnects fast and records every `seq` push it gets. */
+function recoveringClient(url, user, extra = {}) {
+  const sock = h.client({ url }, {
+    auth: { token: h.token({ sub: user, join: ["room-*"] }) },
+    reconnection: true,
+    reconnectionDelay: 100,
+    reconnectionDelayMax: 300,
+    randomizationFactor: 0,
+    ...extra,
+  });
+  const c = { sock, user, got: [], offsets: [], recovered: [], sids: [] };
+  // With recovery on, the offset arrives as a last extra argument.
+  sock.on("seq", (n, offset) => {
+    c.got.push(n);
+    c.offsets.push(offset);
+  });
+  sock.on("connect", () => {
+    c.recovered.push(sock.recovered);
+    c.sids.push(sock.id);
+    c.onConnect?.(sock.id);
+  });
+  return c;
+}
+
+/** Pushes numbered `seq` events to `to` through `gw`, remembering the accepted ones. */
+function sequencer(gw) {
+  const sent = []; // {n, to}
+  let n = 0;
+  let running = true;
+  const targets = (users, room, sockets) => {
+    const list = [{ all: true }, { room }];
+    for (const u of users) list.push({ user: u });
+    for (const s of sockets()) list.push({ socket: s });
+    return list;
+  };
+  return {
+    sent,
+    async run(users, room, sockets, { every = 20 } = {}) {
+      while (running) {
+        const all = targets(users, room, sockets);
+        const to = all[n % all.length];
+        const seq = ++n;
+        const r = await h.push(gw(), { to, event: "seq", data: seq }).catch((e) => ({ status: 0, e }));
+        if (r.status === 202 || r.status === 200) sent.push({ n: seq, to });
+        await h.sleep(every);
+      }
+    },
+    stop() {
+      running = false;
+    },
+  };
+}
+
+/** The sequence numbers `c` should have got: pushes to all, the room, its user, its sockets. */
+function expected(sent, c, room) {
+  return sent
+    .filter(({ to }) => to.all || to.room === room || to.user === c.user || (to.socket && c.sids.includes(to.socket)))
+    .map(({ n }) => n);
+}
+
+async function joinRoom(sock, room) {
+  const answer = await h.emitAck(sock, "pushgate:join", room);
+  assert.equal(answer.ok, true, JSON.stringify(answer));
+}
+
+describe("recovery on one node: the in-process ring", () => {
+  let gw;
+  before(async () => {
+    gw = await h.startGateway({
+      PUSHGATE_JWT_SECRET: h.SECRET,
+      PUSHGATE_RECOVERY_WINDOW_MS: "30000",
+      PUSHGATE_RECOVERY_MAX_PUSHES: "1000",
+    });
+  });
+  after(h.cleanup);
+
+  test("a client whose transport closes gets back its rooms and every push it missed, once, in order", async () => {
+    const c = recoveringClient(gw.url, "ring-u1");
+    await h.connected(c.sock);
+    await joinRoom(c.sock, "room-ring");
+    assert.match(c.sock._pid ?? "", /~[0-9a-f]{32}$/, "the CONNECT answer carries a pid");
+    const seq = sequencer(() => gw);
+    // Pushes name the socket by the id the app knows: the old one until it is lost,
+    // the new one once the client reconnected (a recovered socket has a new id).
+    const sids = new Set([c.sock.id]);
+    c.onConnect = (sid) => sids.add(sid);
+    const running = seq.run(["ring-u1"], "room-ring", () => sids);
+    await h.eventually(() => c.got.length >= 10, { what: "first pushes" });
+    // The transport dies under the socket (as when a network drops): socket.io-client
+    // reconnects by itself and sends back its pid and last offset.
+    sids.clear();
+    c.sock.io.engine.close();
+    await h.eventually(() => c.recovered.length === 2, { what: "reconnected" });
+    await h.sleep(300);
+    seq.stop();
+    await running;
+    await h.eventually(() => c.got.length >= expected(seq.sent, c, "room-ring").length, {
+      what: "every accepted push arrived",
+    }).catch(() => {});
+    assert.deepEqual(c.recovered, [false, true], "the second connect is a recovery");
+    assert.deepEqual(c.got, expected(seq.sent, c, "room-ring"), "every push once, in order");
+    assert.equal(await h.metric(gw, "pushgate_recovery_total", { outcome: "recovered" }), 1);
+    // The room membership came back with the session.
+    const room = await h.api(gw, "GET", "/v1/rooms/room-ring");
+    assert.deepEqual(room.body.sockets, [c.sock.id]);
+  });
+
+  test("an unknown pid, or an offset the ring no longer holds, gets a fresh session", async () => {
+    const c = recoveringClient(gw.url, "ring-u2", {
+      auth: { token: h.token({ sub: "ring-u2" }), pid: "gw.nothing~" + "0".repeat(32), offset: "x" },
+    });
+    await h.connected(c.sock);
+    assert.equal(c.sock.recovered, false);
+    assert.ok(c.sock._pid && c.sock._pid !== "gw.nothing~" + "0".repeat(32));
+    assert.ok((await h.metric(gw, "pushgate_recovery_total", { outcome: "not_found" })) >= 1);
+  });
+});
+
+describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends it to another", () => {
+  let redis, nodes, lb, haproxy, dir;
+  const haproxyLog = [];
+
+  before(async () => {
+    const v = spawnSync("haproxy", ["-v"], { encoding: "utf8" });
+    if (v.error || v.status !== 0) {
+      throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
+    }
+    redis = await h.startRedis();
+    nodes = [];
+    for (const id of ["rc1", "rc2"]) {
+      nodes.push(
+        await h.startGateway({
+          PUSHGATE_REDIS_URL: redis.url,
+          PUSHGATE_NODE_ID: id,
+          PUSHGATE_JWT_SECRET: h.SECRET,
+          PUSHGATE_REGISTRY_TTL_MS: "3000",
+          PUSHGATE_RECOVERY_WINDOW_MS: "30000",
+          PUSHGATE_WORKER_THREADS: "1",
+        })
+      );
+    }
+    const lbPort = await h.freePort();
+    lb = { url: `http://127.0.0.1:${lbPort}`, port: lbPort };
+    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-recovery-"));
+    const cfg = path.join(dir, "haproxy.cfg");
+    const servers = nodes.map((n, i) => `rc${i + 1}=127.0.0.1:${n.port}`).join(",");
+    const r = spawnSync(RENDER, ["--servers", servers, "--listen", `127.0.0.1:${lbPort}`, "--maxconn", "1000", "--output", cfg], {
+      encoding: "utf8",
+    });
+    assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
+    haproxy = spawn("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "pipe", "pipe"] });
+    for (const s of [haproxy.stdout, haproxy.stderr]) s.on("data", (d) => haproxyLog.push(d.toString()));
+    await h.eventually(async () => (await h.api(lb, "GET", "/readyz").catch(() => ({}))).status === 200, {
+      timeout: 10_000,
+      what: "HAProxy answers /readyz",
+    });
+    await h.sleep(4500); // both gateways in rotation
+  });
+
+  after(async () => {
+    h.closeClients();
+    if (haproxy) haproxy.kill("SIGKILL");
+    await h.cleanup();
+    await h.cleanupCluster();
+    if (dir) fs.rmSync(dir, { recursive: true, force: true });
+  });
+
+  test("the killed node's clients come back recovered, with every push exactly once and in order", async () => {
+    const clients = [];
+    for (let i = 0; i < 8; i++) {
+      // Half WebSocket only, half the default (long-polling, then the upgrade).
+      const c = recoveringClient(lb.url, `rc-u${i}`, i % 2 ? { transports: ["websocket"] } : {});
+      await h.connected(c.sock);
+      await joinRoom(c.sock, "room-rc");
+      clients.push(c);
+    }
+    const nodeOf = async (sid) => (await h.api(nodes[0], "GET", `/v1/sockets/${sid}`)).body?.node;
+    await h.eventually(async () => (await Promise.all(clients.map((c) => nodeOf(c.sock.id)))).every(Boolean), {
+      what: "every socket registered",
+    });
+    const on = await Promise.all(clients.map((c) => nodeOf(c.sock.id)));
+    assert.ok(on.includes("rc1") && on.includes("rc2"), `round robin spread the clients: ${on}`);
+    const victims = clients.filter((_, i) => on[i] === "rc1");
+    // Pushes name sockets by the ids the app knows: a victim's old id until its node
+    // is killed, its new one once it reconnected.
+    const sids = new Set(clients.map((c) => c.sock.id));
+    for (const c of victims) c.onConnect = (sid) => sids.add(sid);
+
+    // Pushes through the node that survives, to all, the room, each user and each socket.
+    const seq = sequencer(() => nodes[1]);
+    const running = seq.run(clients.map((c) => c.user), "room-rc", () => sids, { every: 15 });
+    await h.eventually(() => clients.every((c) => c.got.length >= 5), { what: "pushes flowing" });
+    for (const c of victims) sids.delete(c.sock.id);
+    nodes[0].proc.kill("SIGKILL");
+    await h.eventually(() => victims.every((c) => c.recovered.length >= 2), { timeout: 20_000, what: "victims reconnected" });
+    await h.sleep(1000);
+    seq.stop();
+    await running;
+    await h.eventually(
+      () => clients.every((c) => c.got.length >= expected(seq.sent, c, "room-rc").length),
+      { timeout: 10_000, what: "every accepted push arrived" }
+    ).catch(() => {});
+
+    for (const c of victims) {
+      assert.deepEqual(c.recovered, [false, true], `${c.user} reconnected as a recovered session`);
+      const want = expected(seq.sent, c, "room-rc");
+      assert.deepEqual(c.got, want, `${c.user}: every push once, in order`);
+    }
+    for (const c of clients.filter((c) => !victims.includes(c))) {
+      assert.deepEqual(c.recovered, [false], `${c.user} never lost its connection`);
+      assert.deepEqual(c.got, expected(seq.sent, c, "room-rc"), `${c.user}: every push once, in order`);
+    }
+    // Recovered sockets live on the surviving node, in their room, as their user.
+    const room = await h.api(nodes[1], "GET", "/v1/rooms/room-rc");
+    assert.deepEqual([...room.body.sockets].sort(), clients.map((c) => c.sock.id).sort());
+    assert.equal(
+      await h.metric(nodes[1], "pushgate_recovery_total", { outcome: "recovered" }),
+      victims.length,
+      "every victim recovered on the survivor"
+    );
+    assert.ok(seq.sent.length > 50, `a steady flow of pushes (${seq.sent.length})`);
+  });
+});
