@@ -1405,8 +1405,7 @@ mod tests {
             ("PUSHGATE_RECOVERY_WINDOW_MS", "5000"),
             ("PUSHGATE_REDIS_URL", "redis-cluster://a:7000?node=b:7000"),
         ])
-        .err()
-        .expect("recovery on a cluster")
+        .expect_err("recovery on a cluster")
         .to_string();
         assert!(err.contains("PUSHGATE_RECOVERY_WINDOW_MS"), "{err}");
     }
