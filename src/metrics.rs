@@ -51,6 +51,10 @@ pub struct Metrics {
     pub registry_errors: IntCounterVec,
     /// Dead nodes whose registry entries this node removed.
     pub registry_cleanups: IntCounter,
+    /// Registry operations that failed and were queued to be applied again.
+    pub registry_retried_ops: IntCounter,
+    /// Times this node rewrote all of its registry entries (O(connections)).
+    pub registry_reconciles: IntCounter,
     /// Connection state recovery attempts, by `outcome` (`recovered`, `not_found`,
     /// `partial`, `error`).
     pub recovery: IntCounterVec,
@@ -248,6 +252,14 @@ impl Metrics {
             registry_cleanups: reg!(IntCounter::new(
                 "pushgate_registry_cleanups_total",
                 "Dead nodes whose registry entries this node removed."
+            )),
+            registry_reconciles: reg!(IntCounter::new(
+                "pushgate_registry_reconciles_total",
+                "Times this node made its registry entries match its hub whole."
+            )),
+            registry_retried_ops: reg!(IntCounter::new(
+                "pushgate_registry_retried_ops_total",
+                "Registry operations that failed and were queued to be applied again."
             )),
             recovery: reg!(counter(
                 "pushgate_recovery_total",

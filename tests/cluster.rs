@@ -6,6 +6,7 @@ mod common;
 
 use common::{eventually, in_an_hour, token, Gateway, RawSocket, Redis};
 use serde_json::{json, Value};
+use std::time::Duration;
 
 const SECRET: &str = "cluster-test-secret";
 
@@ -348,6 +349,65 @@ async fn a_killed_node_turns_into_timed_out_and_its_sockets_leave_the_registry()
             .is_some_and(|n| n.len() == 2)
     })
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn registry_writes_that_time_out_are_retried_without_rewriting_the_node() {
+    let c = Cluster::start();
+    let _a = c.connect(0, "alice", &[]).await;
+    let reconciles = || c.nodes[0].metric("pushgate_registry_reconciles_total", &[]);
+    let at_start = reconciles().await;
+    assert!(at_start >= 1.0, "the node wrote itself whole once at start");
+
+    // An overloaded Redis: every command times out (after 2 s) while a socket connects.
+    c.redis.freeze();
+    let t = token(SECRET, json!({"sub": "bob", "exp": in_an_hour()}));
+    let b = RawSocket::connect(&c.nodes[0], Some(json!({ "token": t })))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(3000)).await;
+    c.redis.resume();
+    let path = format!("/v1/sockets/{}", b.sid);
+    eventually(10, "the socket's failed write is applied again", || async {
+        c.nodes[1].get(&path).await.0 == 200
+    })
+    .await;
+    assert!(
+        c.nodes[0]
+            .metric("pushgate_registry_retried_ops_total", &[])
+            .await
+            >= 1.0
+    );
+
+    // Its connections to the same Redis server dropped and made again: nothing of
+    // Redis was lost, so nothing is rewritten either.
+    let before = c.nodes[0]
+        .metric("pushgate_bus_reconnects_total", &[])
+        .await;
+    for kind in ["normal", "pubsub"] {
+        c.redis.cmd(&[b"CLIENT", b"KILL", b"TYPE", kind.as_bytes()]);
+    }
+    // Three connections: publisher and registry (normal), subscriber (pubsub).
+    eventually(10, "reconnected", || async {
+        c.nodes[0]
+            .metric("pushgate_bus_reconnects_total", &[])
+            .await
+            >= before + 3.0
+            && c.nodes[0].get("/readyz").await.0 == 200
+            && c.nodes[1].get("/readyz").await.0 == 200
+    })
+    .await;
+    let r = push(
+        &c.nodes[1],
+        json!({"to": {"user": "bob"}, "event": "after"}),
+    )
+    .await;
+    assert_eq!(r["delivered"], 1, "{r}");
+    assert_eq!(
+        reconciles().await,
+        at_start,
+        "a reconnect to the same server rewrote the node whole"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -148,7 +148,7 @@ impl Registry {
         let sids = self.node_sockets(dead.as_str()).await.map_err(fail)?;
         let sockets = sids.len();
         let ops = self.removals(sids).await.map_err(fail)?;
-        let diffs = self.apply(ops).await?;
+        let diffs = self.apply(&ops).await?;
         let sets: Vec<String> = Frontend::ALL
             .into_iter()
             .map(|f| self.keys.node_sockets(dead.as_str(), f))

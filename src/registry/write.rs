@@ -216,7 +216,7 @@ impl Registry {
     /// Applies `ops` in order, in pipelines of at most [`PIPELINE_CHUNK`]; returns the
     /// presence diffs they made (only real changes: a replayed join makes none), and
     /// tells the watcher, if any, what they changed in the rooms it watches.
-    pub async fn apply(&self, ops: Vec<Op>) -> Result<Vec<Diff>, RegistryError> {
+    pub async fn apply(&self, ops: &[Op]) -> Result<Vec<Diff>, RegistryError> {
         let mut diffs = Diffs::default();
         for chunk in ops.chunks(PIPELINE_CHUNK) {
             self.apply_chunk(chunk, &mut diffs).await.map_err(|e| {
@@ -629,7 +629,8 @@ impl Registry {
             ops.push(Op::Put(s));
         }
         let n = ops.len();
-        let diffs = self.apply(ops).await?;
+        let diffs = self.apply(&ops).await?;
+        self.metrics.registry_reconciles.inc();
         tracing::info!(ops = n, "registry reconciled with the hub");
         Ok(diffs)
     }

@@ -268,6 +268,24 @@ impl Redis {
         String::from_utf8_lossy(&buf[..n]).into_owned()
     }
 
+    /// SIGSTOP: Redis holds its connections and answers nothing (an overloaded or
+    /// hung Redis); `resume` undoes it.
+    pub fn freeze(&self) {
+        self.signal("-STOP");
+    }
+
+    pub fn resume(&self) {
+        self.signal("-CONT");
+    }
+
+    fn signal(&self, sig: &str) {
+        if let Some(c) = &self.child {
+            let _ = Command::new("kill")
+                .args([sig, &c.id().to_string()])
+                .status();
+        }
+    }
+
     /// `PUBSUB NUMSUB channel`: how many connections are subscribed to it.
     pub fn numsub(&self, channel: &str) -> i64 {
         let reply = self.cmd(&[b"PUBSUB", b"NUMSUB", channel.as_bytes()]);

@@ -21,14 +21,7 @@ impl RedisBus {
         let was = self.up.swap(up, Ordering::AcqRel);
         self.metrics.bus_up.set(up as i64);
         if !up {
-            self.subscribed.store(false, Ordering::Release);
-            self.caught_up.store(false, Ordering::Release);
-            let mut r = self.recovery.lock();
-            if r.lost_at.is_none() {
-                r.lost_at = Some(crate::id::now_ms());
-                r.peers = self.registry.peers();
-                r.resubscribed_at = None;
-            }
+            self.lost();
         }
         if up != was {
             if up {
@@ -63,12 +56,28 @@ impl RedisBus {
         }
     }
 
+    /// Not ready until re-subscribed and caught up with the peers.
+    fn lost(&self) {
+        self.subscribed.store(false, Ordering::Release);
+        self.caught_up.store(false, Ordering::Release);
+        let mut r = self.recovery.lock();
+        if r.lost_at.is_none() {
+            r.lost_at = Some(crate::id::now_ms());
+            r.peers = self.registry.peers();
+            r.resubscribed_at = None;
+        }
+    }
+
     pub(super) fn reconnected(&self, ok: bool, which: &'static str) {
         if !ok {
             return;
         }
         self.metrics.bus_reconnects.inc();
         tracing::info!(connection = which, "reconnected to Redis");
+        // A connection that came back before a health check saw it gone was lost all
+        // the same (every node's may have been: a Redis restart, a failover): not
+        // ready until the subscriptions, this node's and its peers', are made again.
+        self.lost();
         // A new subscriber connection has no subscriptions; a new publisher may face an
         // empty Redis. Either way: everything again.
         if !self.check_health() {

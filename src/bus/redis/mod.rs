@@ -95,6 +95,9 @@ const HEALTH_INTERVAL: Duration = Duration::from_millis(100);
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
 /// When the sync task could not reach Redis, it tries again after this.
 const RETRY_INTERVAL: Duration = Duration::from_millis(500);
+/// Failed registry operations kept to retry; past this many, the writer reconciles
+/// the node whole instead.
+const MAX_RETRIED_OPS: usize = 50_000;
 /// Messages the subscriber's receive queue holds before it lags (lagged messages are
 /// counted as dropped; their pushes end as `timed_out` at the origin). fred's queues
 /// are tokio broadcast channels, which allocate every slot up front, for each of the

@@ -106,9 +106,9 @@ impl RedisBus {
                 if full {
                     full = !self.resubscribe(&mut subscribed).await;
                     if !full {
-                        // Whatever changed while Redis was away, or before this node
-                        // ever wrote: the registry is made to match the hub.
-                        let _ = self.writer.send(Work::Reconcile);
+                        // Whatever failed while Redis was away is written again; all
+                        // of it, when Redis is a new server (see the writer).
+                        let _ = self.writer.send(Work::Reconnected);
                     }
                     topics.clear();
                 }
