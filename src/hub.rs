@@ -884,7 +884,7 @@ impl Hub {
         let saved = Saved {
             sid: lost.clone(),
             user: m.user.clone(),
-            namespace: m.scope.as_deref().unwrap_or(DEFAULT_SCOPE).to_owned(),
+            namespace: m.scope.as_deref().map(str::to_owned),
             rooms: m.rooms.clone(),
         };
         let codec = self.codecs.get(m.frontend)?;
@@ -893,7 +893,7 @@ impl Hub {
             !p.except.contains(socket)
                 && (saved.is_reached_by(p)
                     || (matches!(&p.target, Target::Socket(s) if s == socket)
-                        && p.scope() == saved.namespace))
+                        && saved.namespace.as_deref().is_none_or(|n| n == p.scope())))
         };
         let mut n = 0;
         for push in missed.iter().filter(reaches) {

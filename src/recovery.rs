@@ -54,14 +54,18 @@ pub struct Saved {
     /// The socket id it had: pushes addressed to it (or excepting it) are its.
     pub sid: SocketId,
     pub user: Option<UserId>,
-    pub namespace: String,
+    /// Its Socket.IO namespace; `None` for a frontend without namespaces (Phoenix),
+    /// which gets pushes of every namespace.
+    pub namespace: Option<String>,
     pub rooms: Vec<RoomName>,
 }
 
 impl Saved {
     /// Whether `push` would have reached this session's socket.
     pub fn is_reached_by(&self, push: &Push) -> bool {
-        if push.scope() != self.namespace || push.except.contains(&self.sid) {
+        if self.namespace.as_deref().is_some_and(|n| n != push.scope())
+            || push.except.contains(&self.sid)
+        {
             return false;
         }
         match &push.target {
@@ -82,7 +86,9 @@ pub struct Request {
     pub offset: String,
     /// The user its token names now: it must be the session's.
     pub user: Option<UserId>,
-    pub namespace: String,
+    /// The namespace it connects to (as [`Saved::namespace`]): it must be the
+    /// session's.
+    pub namespace: Option<String>,
 }
 
 /// A session given back: what it was, its pid, and (single node) the pushes it
@@ -115,6 +121,25 @@ pub trait Store: Send + Sync {
     /// A socket was lost for a reason it may recover from (single node; in a cluster
     /// the registry keeps the session).
     fn lost(&self, _pid: &str, _saved: Saved) {}
+}
+
+/// What a frontend needs for recovery: where sessions are kept, and the pids.
+#[derive(Clone)]
+pub struct Recovery {
+    pub store: std::sync::Arc<dyn Store>,
+    pub pids: std::sync::Arc<Pids>,
+}
+
+/// Whether a connection that closed for `reason` may come back for its session. As
+/// socket.io decides: a closed or failed transport (the client's own WebSocket close
+/// included), no pong, the server shutting down. A client that broke the protocol,
+/// overran a limit, did not read or was disconnected through the API starts afresh.
+pub fn may_come_back(reason: crate::connection::CloseReason) -> bool {
+    use crate::connection::CloseReason::*;
+    matches!(
+        reason,
+        Client | TransportClose | TransportError | PingTimeout | Shutdown
+    )
 }
 
 /// Makes pids (`<socket id>~<hex mac>`) and knows the pid of every socket of this
@@ -302,7 +327,7 @@ mod tests {
         Saved {
             sid: SocketId::from("n1.abc"),
             user: Some(UserId::from("alice")),
-            namespace: "/".into(),
+            namespace: Some("/".into()),
             rooms: vec![RoomName::from("r1")],
         }
     }
@@ -332,6 +357,11 @@ mod tests {
         let mut other_nsp = push(Target::All, 1);
         other_nsp.scope = Some("/admin".into());
         assert!(!s.is_reached_by(&other_nsp));
+        let any = Saved {
+            namespace: None,
+            ..saved()
+        };
+        assert!(any.is_reached_by(&other_nsp), "no namespace: every push's");
     }
 
     #[test]
@@ -359,7 +389,7 @@ mod tests {
                 pid: pid.into(),
                 offset: offset.into(),
                 user: Some(UserId::from(user)),
-                namespace: "/".into(),
+                namespace: Some("/".into()),
             },
             Box::new(move |r| {
                 *o.lock() = r;

@@ -266,6 +266,13 @@ pub async fn run(
         metrics.clone(),
     )
     .with_gate(gate.clone());
+    let phoenix = match &recovery {
+        Some(store) => phoenix.with_recovery(crate::recovery::Recovery {
+            store: store.clone(),
+            pids: pids.clone(),
+        }),
+        None => phoenix,
+    };
     let pusher = (!config.pusher_apps.is_empty()).then(|| {
         Pusher::new(
             PusherConfig {

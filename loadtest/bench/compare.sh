@@ -87,6 +87,7 @@ idle_hold=20
 bcast_secs=30
 step_secs=10
 big_hold=15
+redis_nice=0
 big_secs=40
 results=""
 build=1
@@ -114,6 +115,9 @@ Options (defaults in brackets):
   --users-conns N         [$users_conns]   --users-users N [$users_users]
   --users-steps LIST      [$users_steps]
   --big-conns N           [$big_conns]   --big-ramp R [$big_ramp]
+  --redis-nice N          run redis-server at this nice value [$redis_nice] (e.g. -5: on
+                          one host shared with every gateway and the load tool, as if
+                          Redis had a core of its own, as it would in production)
   --per-proc N            connections per server process [$per_proc] (20k open files each)
   --ramp R                connections per second [$ramp]
   --idle-hold S --bcast-secs S --step-secs S --big-hold S --big-secs S
@@ -152,6 +156,7 @@ while [ $# -gt 0 ]; do
     --bcast-secs) bcast_secs="$2"; shift 2 ;;
     --step-secs) step_secs="$2"; shift 2 ;;
     --big-hold) big_hold="$2"; shift 2 ;;
+    --redis-nice) redis_nice="$2"; shift 2 ;;
     --big-secs) big_secs="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
@@ -309,7 +314,7 @@ trap 'exit 130' INT TERM
 
 start_redis() {
   redis_port="$(free_port)"
-  timeout -k 5 "$life" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
+  nice -n "$redis_nice" timeout -k 5 "$life" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
     --appendonly no --daemonize no --loglevel warning --maxclients 10000 \
     >>"$results/redis.log" 2>&1 &
   wrappers+=("$!")
@@ -601,9 +606,23 @@ if has "$scenarios" big && has "$sides" pushgate; then
   p="$(procs_for "$big_conns")"
   say "big run: $big_conns connections over $p pushgate nodes"
   start_pushgate "$p"
+  # Every 5 s: the load, and what Redis is doing (CPU, clients and their buffers,
+  # commands, memory), to see what stops a run that stops.
+  (
+    while sleep 5; do
+      echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)"
+      redis-cli -p "$redis_port" INFO cpu 2>&1 | grep -E '^used_cpu_(sys|user):' || true
+      redis-cli -p "$redis_port" INFO clients 2>&1 | grep -E '^(connected_clients|blocked_clients|client_recent_max_output_buffer|client_recent_max_input_buffer):' || true
+      redis-cli -p "$redis_port" INFO stats 2>&1 | grep -E '^(total_commands_processed|instantaneous_ops_per_sec|rejected_connections|client_output_buffer_limit_disconnections):' || true
+      redis-cli -p "$redis_port" INFO memory 2>&1 | grep -E '^used_memory_human:' || true
+    done
+  ) >"$results/big-redis-samples.log" 2>&1 &
+  local_sampler=$!
   run_load big pushgate "$big_conns" "" "big-pushgate-$big_conns" -- --ramp-rate "$big_ramp" \
     --hold "${big_hold}s" --push all --push-rate 0.2 --duration "${big_secs}s" --drain 10s \
     --connect-timeout 60s
+  kill "$local_sampler" 2>/dev/null || true
+  redis-cli -p "$redis_port" SLOWLOG GET 20 >"$results/big-redis-slowlog.txt" 2>&1 || true
   stop_all
 fi
 

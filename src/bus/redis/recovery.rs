@@ -268,7 +268,9 @@ impl RedisBus {
         let saved = Saved {
             sid,
             user: entry.info.user,
-            namespace: entry.info.namespace,
+            // Only Socket.IO has namespaces.
+            namespace: (entry.info.frontend == crate::id::Frontend::SocketIo)
+                .then_some(entry.info.namespace),
             rooms: entry.info.rooms,
         };
         if saved.user != request.user || saved.namespace != request.namespace {

@@ -46,6 +46,7 @@ use crate::limits::{Admission, UserSlot};
 use crate::metrics::Metrics;
 use crate::presence::{is_presence_room, Diff, Meta, Presences};
 use crate::push::Push;
+use crate::recovery::{Recovery, Restored, Saved};
 use crate::transport::admission::{Gate, Refusal};
 use crate::transport::forward::{self, Forwarder, Route};
 use crate::transport::heartbeat::{Heartbeat, Mode};
@@ -104,7 +105,20 @@ impl PushCodec for PhoenixCodec {
             }
         };
         let mut text = String::with_capacity(push.event.len() + topic.len() + 32);
-        codec::encode_push(&mut text, topic, &push.event, ack_id, payload);
+        if push.recoverable && ack_id.is_none() {
+            // The recovery offset in the ref slot: phoenix.js hands it to the event's
+            // callback as its second argument, `(payload, ref)`.
+            codec::encode_message(
+                &mut text,
+                None,
+                Some(push.id.as_str()),
+                topic,
+                &push.event,
+                payload,
+            );
+        } else {
+            codec::encode_push(&mut text, topic, &push.event, ack_id, payload);
+        }
         vec![Frame::text(text)]
     }
 
@@ -187,6 +201,12 @@ struct Shared {
     draining: CancellationToken,
     /// Origin and limits checks of new connections; `None` admits everything.
     gate: Option<Arc<Gate>>,
+    /// Connection state recovery, when on: a socket that connects with `pid` and
+    /// `offset` params gets its session back.
+    recovery: Option<Recovery>,
+    /// Told when a connection's recovery is decided, for `pushgate` join answers
+    /// that wait for it.
+    decided: tokio::sync::Notify,
 }
 
 /// What a new connection holds once admitted: its place on the node and its share of
@@ -236,6 +256,8 @@ impl Phoenix {
                 polls: RwLock::new(HashMap::new()),
                 draining: CancellationToken::new(),
                 gate: None,
+                recovery: None,
+                decided: tokio::sync::Notify::new(),
             }),
         }
     }
@@ -245,6 +267,14 @@ impl Phoenix {
     pub fn with_gate(mut self, gate: Arc<Gate>) -> Self {
         if let Some(shared) = Arc::get_mut(&mut self.shared) {
             shared.gate = Some(gate);
+        }
+        self
+    }
+
+    /// The same endpoint, with connection state recovery. Call before serving.
+    pub fn with_recovery(mut self, recovery: Recovery) -> Self {
+        if let Some(shared) = Arc::get_mut(&mut self.shared) {
+            shared.recovery = Some(recovery);
         }
         self
     }
@@ -280,7 +310,13 @@ impl Phoenix {
 
     /// `GET /socket/websocket?vsn=2.0.0&token=…`: authenticates, then upgrades.
     pub async fn websocket(&self, req: Request) -> Response {
-        let Params { vsn, mut token, .. } = Params::of(&req);
+        let Params {
+            vsn,
+            mut token,
+            pid,
+            offset,
+            ..
+        } = Params::of(&req);
         if !vsn.as_deref().is_some_and(codec::is_supported_vsn) {
             return (
                 StatusCode::BAD_REQUEST,
@@ -334,7 +370,7 @@ impl Phoenix {
             else {
                 return;
             };
-            let conn = endpoint.open(identity, "websocket", admitted);
+            let conn = endpoint.open(identity, "websocket", admitted, pid.zip(offset));
             let beat = Heartbeat::new(
                 Mode::ClientBeats {
                     timeout: endpoint.shared.config.timeout,
@@ -497,7 +533,8 @@ impl Phoenix {
         // refusal (it closes and reconnects with backoff).
         match self.admit(req, token.as_deref()) {
             Ok((identity, admitted)) => {
-                let conn = self.open(identity, "longpoll", admitted);
+                let Params { pid, offset, .. } = Params::of(req);
+                let conn = self.open(identity, "longpoll", admitted, pid.zip(offset));
                 let secret = poll_secret();
                 let token: Box<str> = match &self.shared.config.forwarder {
                     Some(forwarder) => forwarder.session_token(&secret).into(),
@@ -549,8 +586,16 @@ impl Phoenix {
         });
     }
 
-    fn open(&self, identity: Identity, transport: &'static str, admitted: Admitted) -> Arc<Conn> {
+    /// Opens a connection; `recover`: the pid and offset it asks to recover with.
+    fn open(
+        &self,
+        identity: Identity,
+        transport: &'static str,
+        admitted: Admitted,
+        recover: Option<(String, String)>,
+    ) -> Arc<Conn> {
         let s = &self.shared;
+        let recover = recover.filter(|_| s.recovery.is_some());
         let id = SocketId::generate(&s.node);
         let conn = Arc::new(Conn {
             id: id.clone(),
@@ -564,6 +609,8 @@ impl Phoenix {
             poll_token: Mutex::new(None),
             last_seen: Mutex::new(tokio::time::Instant::now()),
             polling: std::sync::atomic::AtomicBool::new(false),
+            recovered: std::sync::atomic::AtomicBool::new(false),
+            restoring: std::sync::atomic::AtomicBool::new(false),
         });
         s.connections.write().insert(id.clone(), conn.clone());
         s.hub.register(
@@ -576,9 +623,27 @@ impl Phoenix {
                 user: conn.identity.user.clone(),
                 rooms: Vec::new(),
                 connected_at: crate::id::now_ms(),
-                held: false,
+                // Until its session is given back or found gone.
+                held: recover.is_some(),
             },
         );
+        if let (Some((pid, offset)), Some(recovery)) = (recover, &s.recovery) {
+            let request = crate::recovery::Request {
+                pid,
+                offset,
+                user: conn.identity.user.clone(),
+                namespace: None,
+            };
+            let adopting = conn.clone();
+            conn.restoring
+                .store(true, std::sync::atomic::Ordering::Release);
+            // A single node's store decides in this call, before the connection reads
+            // anything; a cluster's decides in the task.
+            let decided = recovery
+                .store
+                .restore(request, Box::new(move |r| adopting.adopt(r)));
+            s.tasks.spawn(decided);
+        }
         let series = s.metrics.frontend(Frontend::Phoenix);
         series.connections.inc();
         s.metrics
@@ -646,6 +711,10 @@ struct Conn {
     last_seen: Mutex<tokio::time::Instant>,
     /// A long-poll GET is pending.
     polling: std::sync::atomic::AtomicBool,
+    /// It got a lost session back (told in the `pushgate` join's answer).
+    recovered: std::sync::atomic::AtomicBool,
+    /// Its recovery is not decided yet: a `pushgate` join's answer waits.
+    restoring: std::sync::atomic::AtomicBool,
 }
 
 /// A long-poll GET in progress: while it lives the watchdog takes the session as
@@ -664,6 +733,10 @@ impl Drop for PendingPoll<'_> {
 /// The request parameters Phoenix transports read.
 struct Params {
     vsn: Option<String>,
+    /// Connection state recovery: the session's pid and the offset (the ref) of the
+    /// last push the client got, as the app passes them back in its socket params.
+    pid: Option<String>,
+    offset: Option<String>,
     /// The connection token (`params: {token}`): the first `token`.
     token: Option<String>,
     /// The last `token`, which names a long-poll session when there is one: phoenix.js
@@ -675,12 +748,16 @@ impl Params {
     fn of(req: &Request) -> Self {
         let mut p = Params {
             vsn: None,
+            pid: None,
+            offset: None,
             token: None,
             session: None,
         };
         for (k, v) in form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes()) {
             match &*k {
                 "vsn" => p.vsn = Some(v.into_owned()),
+                "pid" if !v.is_empty() && v.len() <= 512 => p.pid = Some(v.into_owned()),
+                "offset" if !v.is_empty() && v.len() <= 512 => p.offset = Some(v.into_owned()),
                 "token" if !v.is_empty() => {
                     if p.token.is_none() {
                         p.token = Some(v.clone().into_owned());
@@ -914,8 +991,26 @@ impl Conn {
                     .client_joins
                     .with_label_values(&[op, "ok"])
                     .inc();
+                if m.topic == TOPIC_PUSHGATE
+                    && self.restoring.load(std::sync::atomic::Ordering::Acquire)
+                {
+                    // Its answer says whether the session came back: once decided.
+                    let conn = self.clone();
+                    self.shared.tasks.spawn(async move {
+                        loop {
+                            let decided = conn.shared.decided.notified();
+                            if !conn.restoring.load(std::sync::atomic::Ordering::Acquire) {
+                                break;
+                            }
+                            decided.await;
+                        }
+                        let response = conn.pushgate_joined();
+                        conn.reply(&m, "ok", response);
+                    });
+                    return;
+                }
                 let response = if m.topic == TOPIC_PUSHGATE {
-                    json!({ "socket_id": self.id })
+                    self.pushgate_joined()
                 } else {
                     json!({})
                 };
@@ -966,6 +1061,66 @@ impl Conn {
                 self.error(&m, "unknown event");
             }
         }
+    }
+}
+
+/// Marks a connection's recovery decided when dropped, whichever way `adopt` ends.
+struct Decided<'a>(&'a Conn);
+
+impl Drop for Decided<'_> {
+    fn drop(&mut self) {
+        self.0
+            .restoring
+            .store(false, std::sync::atomic::Ordering::Release);
+        self.0.shared.decided.notify_waiters();
+    }
+}
+
+impl Conn {
+    /// The answer to a `pushgate` join: the socket id and, with recovery on, the pid
+    /// and whether the session came back.
+    fn pushgate_joined(&self) -> Value {
+        match &self.shared.recovery {
+            Some(r) => json!({
+                "socket_id": self.id,
+                "pid": r.pids.pid_of(&self.id),
+                "recovered": self.recovered.load(std::sync::atomic::Ordering::Acquire),
+            }),
+            None => json!({ "socket_id": self.id }),
+        }
+    }
+
+    /// Takes a lost session over (its rooms, its user's and direct pushes, its pid),
+    /// queues what it missed when the store hands it over, or, with `None`, stops
+    /// holding the connection as a fresh one.
+    fn adopt(&self, restored: Option<Restored>) -> Option<SocketId> {
+        let s = &self.shared;
+        let _decided = Decided(self);
+        if self.closed.load(std::sync::atomic::Ordering::Acquire) {
+            return None;
+        }
+        let recovery = s.recovery.as_ref()?;
+        let Some(r) = restored else {
+            s.hub.release(&self.id, &self.id, &[]);
+            s.metrics.recovery.with_label_values(&["not_found"]).inc();
+            return Some(self.id.clone());
+        };
+        recovery.pids.restored(&self.id, &r.pid);
+        for room in &r.saved.rooms {
+            // Past the room limit it stays out, as a join would.
+            s.hub.try_join(&self.id, room);
+        }
+        s.hub.set_direct(&self.id, true);
+        self.recovered
+            .store(true, std::sync::atomic::Ordering::Release);
+        s.metrics.recovery.with_label_values(&["recovered"]).inc();
+        tracing::debug!(socket = %self.id, lost = %r.saved.sid, "phoenix session recovered");
+        if !r.held {
+            if let Some(n) = s.hub.release(&self.id, &r.saved.sid, &r.missed) {
+                s.metrics.recovery_replayed.inc_by(n as u64);
+            }
+        }
+        Some(self.id.clone())
     }
 }
 
@@ -1035,7 +1190,29 @@ impl Peer for Conn {
         if let Some(token) = self.poll_token.lock().take() {
             s.polls.write().remove(&token);
         }
-        s.hub.unregister(&self.id);
+        match &s.recovery {
+            Some(recovery) if crate::recovery::may_come_back(reason) => {
+                if let Some(m) = s.hub.unregister_keeping(&self.id) {
+                    recovery.store.lost(
+                        &recovery.pids.pid_of(&self.id),
+                        Saved {
+                            sid: self.id.clone(),
+                            user: m.user,
+                            namespace: None,
+                            rooms: m.rooms,
+                        },
+                    );
+                }
+                recovery.pids.forget(&self.id);
+            }
+            Some(recovery) => {
+                s.hub.unregister(&self.id);
+                recovery.pids.forget(&self.id);
+            }
+            None => {
+                s.hub.unregister(&self.id);
+            }
+        }
         if let Some(a) = &self.admitted.0 {
             a.release();
         }

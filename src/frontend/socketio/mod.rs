@@ -34,7 +34,7 @@ use crate::id::{NodeId, RoomName, SocketId};
 use crate::limits::{Limits, UserSlot};
 use crate::metrics::Metrics;
 use crate::push::Push;
-use crate::recovery::{Connect, Pids, Request, Restored, Saved, Store};
+use crate::recovery::{Connect, Request, Restored, Saved};
 use engine::{Handler, Message};
 use packet::{Assembled, Assembler, PacketKind};
 
@@ -232,27 +232,7 @@ pub struct SocketIo<B: Behaviour> {
     recovery: Option<Recovery>,
 }
 
-/// What the handler needs for connection state recovery.
-#[derive(Clone)]
-pub struct Recovery {
-    pub store: Arc<dyn Store>,
-    pub pids: Arc<Pids>,
-}
-
-/// Whether a session that closed for `reason` may come back. As socket.io decides:
-/// a closed or failed transport (the client's WebSocket close included), no pong, the
-/// server shutting down. A socket that left its namespace or was kicked, and a
-/// client that broke the protocol, overran a limit or did not read, start afresh.
-fn recoverable(reason: CloseReason) -> bool {
-    matches!(
-        reason,
-        CloseReason::Client
-            | CloseReason::TransportClose
-            | CloseReason::TransportError
-            | CloseReason::PingTimeout
-            | CloseReason::Shutdown
-    )
-}
+pub use crate::recovery::Recovery;
 
 /// The recovery a CONNECT asks for: `auth.pid` and `auth.offset`, as
 /// socket.io-client sends them back.
@@ -267,7 +247,7 @@ fn recovery_request(auth: Option<&Value>, identity: &Identity, nsp: &str) -> Opt
         pid: pid.to_owned(),
         offset: offset.to_owned(),
         user: identity.user.clone(),
-        namespace: nsp.to_owned(),
+        namespace: Some(nsp.to_owned()),
     })
 }
 
@@ -515,7 +495,7 @@ impl<B: Behaviour> SocketIo<B> {
                 Saved {
                     sid: socket.clone(),
                     user: m.user,
-                    namespace: nsp.to_owned(),
+                    namespace: Some(nsp.to_owned()),
                     rooms: m.rooms,
                 },
             );
@@ -626,7 +606,7 @@ impl<B: Behaviour> Handler for SocketIo<B> {
     }
 
     fn close(&self, _session: &Arc<Session<Self>>, state: State, reason: CloseReason) {
-        let keep = self.recovery.is_some() && recoverable(reason);
+        let keep = self.recovery.is_some() && crate::recovery::may_come_back(reason);
         for s in state.sockets {
             let member = if keep {
                 self.hub.unregister_keeping(&s.id)

@@ -12,6 +12,8 @@ const { spawn, spawnSync } = require("node:child_process");
 const fs = require("node:fs");
 const os = require("node:os");
 const path = require("node:path");
+const Phoenix = require("phoenix");
+const WebSocket = require("ws");
 const h = require("../harness");
 
 const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
@@ -39,6 +41,44 @@ function recoveringClient(url, user, extra = {}) {
   });
   return c;
 }
+
+/**
+ * A phoenix.js socket that does what an app does to recover: it keeps the `pid` the
+ * `pushgate` join answers and the last push's ref (its offset), and passes both back
+ * in its socket params (a function, so each reconnect sends the latest).
+ */
+function recoveringPhoenix(url, user, room) {
+  const token = h.token({ sub: user, join: ["room-*"] });
+  const c = { user, got: [], recovered: [], sids: [], pid: undefined, offset: undefined };
+  const socket = new Phoenix.Socket(url.replace(/^http/, "ws") + "/socket", {
+    transport: WebSocket.WebSocket,
+    params: () => (c.pid && c.offset ? { token, pid: c.pid, offset: c.offset } : { token }),
+    reconnectAfterMs: () => 100,
+    rejoinAfterMs: () => 100,
+  });
+  c.socket = socket;
+  const got = (payload, ref) => {
+    c.got.push(payload.value);
+    c.offset = ref;
+  };
+  const direct = socket.channel("pushgate", {});
+  direct.on("seq", got);
+  socket.channel(room, {}).on("seq", got);
+  c.joined = new Promise((resolve) => {
+    direct.join().receive("ok", (resp) => {
+      c.pid = resp.pid;
+      c.recovered.push(resp.recovered);
+      c.sids.push(resp.socket_id);
+      c.onConnect?.(resp.socket_id);
+      resolve();
+    });
+  });
+  for (const ch of socket.channels) if (ch.topic !== "pushgate") ch.join();
+  socket.connect();
+  phoenixes.push(socket);
+  return c;
+}
+const phoenixes = [];
 
 /** Pushes numbered `seq` events to `to` through `gw`, remembering the accepted ones. */
 function sequencer(gw) {
@@ -134,6 +174,45 @@ describe("recovery on one node: the in-process ring", () => {
   });
 });
 
+describe("recovery on one node, phoenix.js: socket params carry the pid and offset back", () => {
+  let gw;
+  before(async () => {
+    gw = await h.startGateway({
+      PUSHGATE_JWT_SECRET: h.SECRET,
+      PUSHGATE_RECOVERY_WINDOW_MS: "30000",
+    });
+  });
+  after(async () => {
+    for (const s of phoenixes.splice(0)) s.disconnect();
+    await h.cleanup();
+  });
+
+  test("a phoenix.js socket whose connection drops rejoins recovered, with every push once, in order", async () => {
+    const c = recoveringPhoenix(gw.url, "phx-u1", "room-phx");
+    await c.joined;
+    assert.match(c.pid ?? "", /~[0-9a-f]{32}$/, "the pushgate join answers a pid");
+    await h.eventually(async () => (await h.api(gw, "GET", "/v1/rooms/room-phx")).body?.sockets?.length === 1, {
+      what: "joined the room",
+    });
+    const sids = new Set(c.sids);
+    c.onConnect = (sid) => sids.add(sid);
+    const seq = sequencer(() => gw);
+    const running = seq.run(["phx-u1"], "room-phx", () => sids);
+    await h.eventually(() => c.got.length >= 10, { what: "first pushes" });
+    sids.clear();
+    c.socket.conn.close(); // the connection drops; phoenix.js reconnects and rejoins
+    await h.eventually(() => c.recovered.length === 2, { what: "rejoined" });
+    await h.sleep(300);
+    seq.stop();
+    await running;
+    await h.eventually(() => c.got.length >= expected(seq.sent, c, "room-phx").length, {
+      what: "every accepted push arrived",
+    }).catch(() => {});
+    assert.deepEqual(c.recovered, [false, true], "the rejoin is a recovery");
+    assert.deepEqual(c.got, expected(seq.sent, c, "room-phx"), "every push once, in order");
+  });
+});
+
 describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends it to another", () => {
   let redis, nodes, lb, haproxy, dir;
   const haproxyLog = [];
@@ -177,6 +256,7 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
 
   after(async () => {
     h.closeClients();
+    for (const s of phoenixes.splice(0)) s.disconnect();
     if (haproxy) haproxy.kill("SIGKILL");
     await h.cleanup();
     await h.cleanupCluster();
@@ -192,12 +272,24 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
       await joinRoom(c.sock, "room-rc");
       clients.push(c);
     }
+    // And phoenix.js sockets, through HAProxy too.
+    const phx = [];
+    for (let i = 0; i < 4; i++) {
+      const c = recoveringPhoenix(lb.url, `rc-p${i}`, "room-rc");
+      await c.joined;
+      phx.push(c);
+    }
     const nodeOf = async (sid) => (await h.api(nodes[0], "GET", `/v1/sockets/${sid}`)).body?.node;
     await h.eventually(async () => (await Promise.all(clients.map((c) => nodeOf(c.sock.id)))).every(Boolean), {
       what: "every socket registered",
     });
     const on = await Promise.all(clients.map((c) => nodeOf(c.sock.id)));
     assert.ok(on.includes("rc1") && on.includes("rc2"), `round robin spread the clients: ${on}`);
+    const phxOn = await Promise.all(phx.map((c) => nodeOf(c.sids[0])));
+    assert.ok(phxOn.includes("rc1"), `a phoenix.js socket on the node to kill: ${phxOn}`);
+    for (const c of phx) c.sock = { id: c.sids[0] };
+    clients.push(...phx);
+    on.push(...phxOn);
     const victims = clients.filter((_, i) => on[i] === "rc1");
     // Pushes name sockets by the ids the app knows: a victim's old id until its node
     // is killed, its new one once it reconnected.
@@ -208,7 +300,7 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
     const seq = sequencer(() => nodes[1]);
     const running = seq.run(clients.map((c) => c.user), "room-rc", () => sids, { every: 15 });
     await h.eventually(() => clients.every((c) => c.got.length >= 5), { what: "pushes flowing" });
-    for (const c of victims) sids.delete(c.sock.id);
+    for (const c of victims) sids.delete(c.sids[0]);
     nodes[0].proc.kill("SIGKILL");
     await h.eventually(() => victims.every((c) => c.recovered.length >= 2), { timeout: 20_000, what: "victims reconnected" });
     await h.sleep(1000);
@@ -230,7 +322,7 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
     }
     // Recovered sockets live on the surviving node, in their room, as their user.
     const room = await h.api(nodes[1], "GET", "/v1/rooms/room-rc");
-    assert.deepEqual([...room.body.sockets].sort(), clients.map((c) => c.sock.id).sort());
+    assert.deepEqual([...room.body.sockets].sort(), clients.map((c) => c.sids.at(-1)).sort());
     assert.equal(
       await h.metric(nodes[1], "pushgate_recovery_total", { outcome: "recovered" }),
       victims.length,
