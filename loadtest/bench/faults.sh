@@ -5,9 +5,9 @@
 #   loadtest/bench/faults.sh redis-kill [--clients 300] [--rate 50] [--secs 40]
 #                                       [--kill-at 12] [--down 5] [--ack-ms 3000]
 #   loadtest/bench/faults.sh slow       [--clients 1000] [--stalled 3] [--secs 40]
-#                                       [--rounds 2] [--pad 0]
+#                                       [--rounds 3] [--pad 0]
 #   loadtest/bench/faults.sh hostile    [--clients 1000] [--hostile 1000] [--secs 40]
-#                                       [--rounds 2]
+#                                       [--rounds 3]
 #   loadtest/bench/faults.sh soak       [--minutes 30] [--clients 2000] [--interval 15]
 #                                       [--churn 200] [--rate 100]
 #   common: [--results DIR] [--bin PATH]
@@ -61,7 +61,7 @@ case "$cmd" in
   *) echo "unknown subcommand: $cmd (redis-kill, slow, hostile, soak)" >&2; exit 2 ;;
 esac
 
-clients=""; rate=""; secs=40; kill_at=12; down=5; ack_ms=3000; stalled=3; rounds=2
+clients=""; rate=""; secs=40; kill_at=12; down=5; ack_ms=3000; stalled=3; rounds=3
 pad=0; hostile=1000; minutes=30; interval=15; churn=200; results=""
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -188,6 +188,8 @@ print(json.dumps({
   "lost": acc["lost"], "established": c["established"], "failed": c["failed"],
   "closed_during_run": c["closed_during_run"], "close_reasons": c["close_reasons"],
   "pushes_sent": r["pushes"]["sent"], "pushes_accepted": r["pushes"]["accepted"],
+  "gateway_rss_peak_kib": [g["rss_kib_peak"] for g in r["gateway"]],
+  "gateway_cpu_pct_push": [round(g["cpu_pct_push"] or 0, 1) for g in r["gateway"]],
 }))
 EOF
 }
@@ -404,7 +406,8 @@ normal_run() {
   fi
   stop_all
 }
-# p99 of each run and the ratio with/without (median of the rounds' ratios)
+# p99 of each run and the ratio with / without per round (each round runs both, one
+# after the other) and the median of those ratios
 p99_table() { # prefix-without prefix-with
   python3 - "$results/runs.txt" "$1" "$2" <<'EOF'
 import json, sys
@@ -425,7 +428,9 @@ while f"{base}-{r}" in runs and f"{fault}-{r}" in runs:
     r += 1
 ratios.sort()
 if ratios:
-    print(f"\nmedian p99 ratio with / without: {ratios[len(ratios) // 2]:.2f}")
+    k = len(ratios)
+    median = ratios[k // 2] if k % 2 else (ratios[k // 2 - 1] + ratios[k // 2]) / 2
+    print(f"\nmedian p99 ratio with / without over {k} rounds: {median:.2f}")
 EOF
 }
 
