@@ -26,21 +26,22 @@
 #             (pushgate-load, p99 from send to receipt), beside --stalled raw clients
 #             that join "/" and then never read (faults-clients.py stall), each also
 #             sent 64 KiB pushes to its own user 4 times a second so that its queue
-#             fills within the run. Runs without and with the stalled clients, alternating, --rounds
-#             times each, and reads pushgate_disconnects_total{reason="slow_client"}.
+#             fills within the run. Runs without and with the stalled clients,
+#             alternating, --rounds times each (--pad: filler bytes in each broadcast),
+#             and reads pushgate_disconnects_total{reason="slow_client"}.
 # hostile     One gateway with the default limits and a JWT secret, --clients normal
 #             clients receiving a broadcast every second, beside --hostile attackers
-#             (faults-clients.py hostile, spread over 127.0.0.100..: malformed Engine.IO
+#             (faults-clients.py hostile, from 127.0.0.99..199: malformed Engine.IO
 #             and Socket.IO packets, oversized frames, connect floods, handshakes without
 #             a token, raw garbage). Without and with the attack, alternating; refusals
 #             from /metrics (limit refusals, connect errors, disconnect reasons).
 # soak        Two gateways on one Redis, --clients connections taking acked per-user
 #             pushes at --rate per second for --minutes, and --churn more connections
-#             opened and closed every ~30 s; VmRSS and open files of each gateway every
+#             opened and closed every ~25 s; VmRSS and open files of each gateway every
 #             --interval seconds into soak.csv and an ASCII plot (soak.txt).
 #
 # Results (JSON of each load run, CSVs, a summary.md of the figures) go to --results
-# (default loadtest/results/faults-<date>/, git-ignored). Every process runs under
+# (default loadtest/results/faults-<date>/<subcommand>/, git-ignored). Every process runs under
 # `timeout`, on 127.0.0.1, with Redis on a free port. Needs target/release/pushgate and
 # pushgate-load (cargo build --release --workspace), redis-server, node 20, python3, curl.
 set -euo pipefail
