@@ -794,3 +794,137 @@ async fn the_sockets_of_a_node_that_never_reports_are_counted_unknown() {
         "n1's socket delivered, n2's two sockets unknown"
     );
 }
+
+/// Acked pushes sent at a steady rate while Redis is killed (SIGKILL) and restarted
+/// empty: each is refused with 503 or accepted, and every accepted one gets a final
+/// report whose counts add up — acked, or reported not delivered — readable from the
+/// other node. None is silently lost. (`loadtest/bench/faults.sh redis-kill` is the
+/// same at a larger size.)
+#[tokio::test(flavor = "multi_thread")]
+async fn acked_pushes_across_a_redis_kill_end_acked_or_reported_not_delivered() {
+    use futures_util::{SinkExt, StreamExt};
+    use std::time::{Duration, Instant};
+    use tokio_tungstenite::tungstenite::Message;
+
+    const USERS: usize = 8;
+    const PUSHES: usize = 400; // one every 20 ms: 8 s
+    let redis = Redis::start();
+    let nodes = vec![start_node(&redis, "n1"), start_node(&redis, "n2")];
+    let mut c = Cluster { redis, nodes };
+    // One socket per user, half on each node, each acking every event it gets.
+    let mut ackers = Vec::new();
+    for i in 0..USERS {
+        let mut s = c.connect(i % 2, &format!("u{i}"), &[]).await;
+        ackers.push(tokio::spawn(async move {
+            while let Some(Ok(msg)) = s.ws.next().await {
+                let Message::Text(t) = msg else { continue };
+                let answer = if t.as_str() == "2" {
+                    "3".to_owned()
+                } else if let Some(rest) = t.strip_prefix("42") {
+                    let id: String = rest.chars().take_while(|c| c.is_ascii_digit()).collect();
+                    format!("43{id}[]")
+                } else {
+                    continue;
+                };
+                if s.ws.send(Message::text(answer)).await.is_err() {
+                    break;
+                }
+            }
+        }));
+    }
+
+    let http = reqwest::Client::new();
+    let port = c.redis.port;
+    let start = Instant::now();
+    let mut calls = Vec::new();
+    let (mut killed, mut restarted) = (false, false);
+    for i in 0..PUSHES {
+        tokio::time::sleep_until((start + Duration::from_millis(20 * i as u64)).into()).await;
+        if !killed && start.elapsed() >= Duration::from_secs(2) {
+            c.redis.kill();
+            killed = true;
+        }
+        if killed && !restarted && start.elapsed() >= Duration::from_secs(4) {
+            c.redis = Redis::start_on(port);
+            restarted = true;
+        }
+        let (http, url) = (http.clone(), c.nodes[i % 2].url("/v1/push"));
+        let body = json!({"to": {"user": format!("u{}", i % USERS)}, "event": "n",
+                          "data": i, "ack": {"timeout_ms": 1000}});
+        calls.push(tokio::spawn(async move {
+            let r = http
+                .post(url)
+                .json(&body)
+                .timeout(Duration::from_secs(5))
+                .send()
+                .await;
+            match r {
+                Ok(r) => {
+                    let status = r.status().as_u16();
+                    let v: Value = r.json().await.unwrap_or(Value::Null);
+                    (i, status, v["id"].as_str().map(str::to_owned))
+                }
+                Err(_) => (i, 0, None),
+            }
+        }));
+    }
+    let mut accepted = Vec::new();
+    let (mut refused, mut other) = (0, Vec::new());
+    for call in calls {
+        match call.await.unwrap() {
+            (i, 202, Some(id)) => accepted.push((i, id)),
+            (_, 503, _) => refused += 1,
+            (i, status, _) => other.push((i, status)),
+        }
+    }
+    assert!(other.is_empty(), "answers other than 202 or 503: {other:?}");
+    assert!(refused > 0, "some pushes were refused while Redis was down");
+    // Push i is sent at i × 20 ms: before 100 Redis was up, from 200 on it was back.
+    assert!(
+        accepted.iter().any(|(i, _)| *i < 100) && accepted.iter().any(|(i, _)| *i >= 200),
+        "pushes were accepted before the kill and after the restart"
+    );
+
+    // Every accepted push: a final report, read from the node that did not accept it.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let (mut acked, mut not_delivered) = (0, 0);
+    for (i, id) in &accepted {
+        let path = format!("/v1/pushes/{id}");
+        let report = loop {
+            let (status, r) = c.nodes[(i + 1) % 2].get(&path).await;
+            if status == 200 && r["state"] == "final" {
+                break r["report"].clone();
+            }
+            assert!(
+                Instant::now() < deadline,
+                "push {i} ({id}) accepted, but no final report: {status} {r}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        let n = |k: &str| report[k].as_u64().unwrap_or(0);
+        assert_eq!(
+            n("delivered") + n("failed"),
+            n("sockets"),
+            "push {i}: {report}"
+        );
+        assert_eq!(
+            n("acked") + n("timed_out") + n("unackable"),
+            n("delivered"),
+            "push {i}: {report}"
+        );
+        assert_eq!(
+            n("sockets") + n("unknown"),
+            1,
+            "push {i} names its one socket: {report}"
+        );
+        if n("acked") == 1 {
+            acked += 1;
+        } else {
+            not_delivered += 1;
+        }
+    }
+    assert!(acked > 0, "{acked} acked, {not_delivered} not delivered");
+    for a in ackers {
+        a.abort();
+    }
+}
