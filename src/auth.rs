@@ -574,6 +574,25 @@ mod tests {
     }
 
     #[test]
+    fn a_null_exp_or_nbf_is_malformed_not_absent() {
+        // `null` is no NumericDate (RFC 7519): jsonwebtoken refuses it, where a
+        // left-out `nbf` is fine. The jwt fuzz target had read it as absent; this pins
+        // what such tokens get.
+        let auth = Authenticator::new(Some("k"));
+        let code = |claims| {
+            auth.authenticate(Some(&token("k", claims)))
+                .map(|_| ())
+                .map_err(|e| e.code())
+        };
+        assert_eq!(code(json!({"sub": "a", "exp": now() + 60})), Ok(()));
+        assert_eq!(
+            code(json!({"sub": "a", "exp": now() + 60, "nbf": null})),
+            Err("invalid_token")
+        );
+        assert_eq!(code(json!({"sub": "a", "exp": null})), Err("invalid_token"));
+    }
+
+    #[test]
     fn audience_and_issuer_are_checked_when_configured() {
         let open = Authenticator::new(Some("k"));
         let with_aud = token("k", json!({"sub": "a", "exp": now() + 60, "aud": "other"}));

@@ -331,6 +331,20 @@ impl Networks {
                     _ => return Err(format!("{item:?}: the prefix length must be 0 to {max}")),
                 },
             };
+            // `contains` reads an IPv4-mapped address as its IPv4 one, so a mapped entry
+            // is kept as its IPv4 network; as an IPv6 one it would match nothing.
+            let (ip, bits) = match ip {
+                IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+                    Some(v4) if bits >= 96 => (IpAddr::V4(v4), bits - 96),
+                    Some(_) => {
+                        return Err(format!(
+                            "{item:?}: an IPv4-mapped network must be /96 or longer"
+                        ))
+                    }
+                    None => (ip, bits),
+                },
+                v4 => (v4, bits),
+            };
             nets.push((ip, bits));
         }
         Ok(Self(nets))
@@ -1021,6 +1035,19 @@ mod tests {
             assert!(Networks::parse(bad).is_err(), "{bad}");
         }
         assert!(Networks::parse("").unwrap().is_empty());
+    }
+
+    #[test]
+    fn an_ipv4_mapped_entry_is_its_ipv4_network() {
+        // Found by the client_address fuzz target: `::ffff:10.0.0.2` was kept as an
+        // IPv6 network while every mapped address is looked up as IPv4, so the entry
+        // matched nothing and that proxy was never trusted.
+        let n = Networks::parse("::ffff:10.0.0.2, ::ffff:192.168.0.0/112").unwrap();
+        assert!(n.contains(ip("10.0.0.2")) && n.contains(ip("::ffff:10.0.0.2")));
+        assert!(n.contains(ip("192.168.3.4")) && n.contains(ip("::ffff:192.168.3.4")));
+        assert!(!n.contains(ip("10.0.0.3")) && !n.contains(ip("192.169.0.1")));
+        assert!(!n.contains(ip("::a00:2")), "IPv4-compatible is not mapped");
+        assert!(Networks::parse("::ffff:10.0.0.0/95").is_err());
     }
 
     #[test]

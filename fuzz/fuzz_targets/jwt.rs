@@ -191,12 +191,13 @@ enum Parsed {
     Secs(u64),
 }
 
-/// The claim's JSON (`None`: left out; `null` reads as absent too) and what the
-/// verifier makes of it.
+/// The claim's JSON (`None`: left out) and what the verifier makes of it. A `null`
+/// time is no NumericDate: malformed, not absent (unlike a `null` `aud` or `iss`), so
+/// a token with `"nbf": null` is refused as `invalid_token`.
 fn time(t: &Time, now: u64) -> (Option<Value>, Parsed) {
     match t {
         Time::Absent => (None, Parsed::NotPresent),
-        Time::Null => (Some(Value::Null), Parsed::NotPresent),
+        Time::Null => (Some(Value::Null), Parsed::Failed),
         Time::Rel(r) => {
             let v = now as i64 + i64::from(*r);
             let parsed = if v < 0 {
