@@ -177,11 +177,7 @@ pub(super) fn eval(
     key: String,
     args: impl IntoIterator<Item = String>,
 ) -> (CustomCommand, Vec<String>) {
-    let slot = fred::types::Key::from(key.as_str()).cluster_hash();
-    let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
-    let mut all = vec![script.to_owned(), "1".to_owned(), key];
-    all.extend(args);
-    (command, all)
+    eval_owned(script.to_owned(), key, args)
 }
 
 /// [`eval`] of a script built at run time.
@@ -205,10 +201,8 @@ pub(crate) fn eval_two(
     second: String,
     args: impl IntoIterator<Item = String>,
 ) -> (CustomCommand, Vec<String>) {
-    let slot = fred::types::Key::from(first.as_str()).cluster_hash();
-    let command = CustomCommand::new_static("EVAL", ClusterHash::Custom(slot), false);
-    let mut all = vec![script, "2".to_owned(), first, second];
-    all.extend(args);
+    let (command, mut all) = eval_owned(script, first, std::iter::once(second).chain(args));
+    all[1] = "2".to_owned(); // numkeys: the second key was passed as the first argument
     (command, all)
 }
 
