@@ -658,7 +658,64 @@ async function cleanupCluster() {
   await Promise.all([...redises].map((r) => r.stop()));
 }
 
+
+// ---------------------------------------------------------------- HAProxy
+
+/**
+ * Real HAProxy (pm/render-haproxy.sh's config: round robin, no stickiness) in front of
+ * `nodes`, named `names[i]`, on a free port; resolves once it answers `/readyz` and
+ * every gateway had time to enter the rotation. `lb` is `{url, port}` for the API and
+ * client helpers; `stop()` kills it and removes its directory. HAProxy must be
+ * installed (`.ci/run` installs it): a missing one fails the caller.
+ */
+async function startHaproxy(nodes, names) {
+  const { spawn: spawnProc, spawnSync } = require("node:child_process");
+  const fs = require("node:fs");
+  const os = require("node:os");
+  const assert = require("node:assert/strict");
+  const v = spawnSync("haproxy", ["-v"], { encoding: "utf8" });
+  if (v.error || v.status !== 0) {
+    throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
+  }
+  const port = await freePort();
+  const lb = { url: `http://127.0.0.1:${port}`, port };
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-haproxy-"));
+  const cfg = path.join(dir, "haproxy.cfg");
+  const servers = nodes.map((n, i) => `${names[i]}=127.0.0.1:${n.port}`).join(",");
+  const render = path.resolve(__dirname, "../../pm/render-haproxy.sh");
+  const r = spawnSync(render, ["--servers", servers, "--listen", `127.0.0.1:${port}`, "--maxconn", "1000", "--output", cfg], {
+    encoding: "utf8",
+  });
+  assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
+  const c = spawnSync("haproxy", ["-c", "-q", "-f", cfg], { encoding: "utf8" });
+  assert.equal(c.status, 0, `haproxy -c rejects the rendered config: ${c.stderr}${c.stdout}`);
+  const proc = spawnProc("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "pipe", "pipe"] });
+  const log = [];
+  for (const s of [proc.stdout, proc.stderr]) s.on("data", (d) => log.push(d.toString()));
+  const stop = async () => {
+    if (proc.exitCode === null) {
+      const exited = new Promise((r) => proc.once("exit", r));
+      proc.kill("SIGKILL");
+      await exited;
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  try {
+    await eventually(async () => (await api(lb, "GET", "/readyz").catch(() => ({}))).status === 200, {
+      timeout: 10_000,
+      what: "HAProxy answers /readyz",
+    });
+  } catch (e) {
+    await stop();
+    throw new Error(`${e.message}\n--- haproxy log ---\n${log.join("")}`);
+  }
+  // Every gateway in rotation (2 good checks each) before clients arrive.
+  await sleep(4500);
+  return { lb, log, stop };
+}
+
 module.exports = {
+  startHaproxy,
   BIN,
   startRedis,
   freePort,

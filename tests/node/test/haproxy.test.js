@@ -17,8 +17,7 @@ const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
 const CLIENTS = 9;
 
 describe("HAProxy failover: a gateway stops, its clients move to the others", () => {
-  let redis, nodes, lb, haproxy, dir;
-  const haproxyLog = [];
+  let redis, nodes, lb, stopHaproxy;
   const clients = []; // {sock, user, got: {all, user}}
 
   const nodeOf = async (sid) => {
@@ -27,10 +26,6 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
   };
 
   before(async () => {
-    const v = spawnSync("haproxy", ["-v"], { encoding: "utf8" });
-    if (v.error || v.status !== 0) {
-      throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
-    }
     redis = await h.startRedis();
     nodes = [];
     for (const id of ["hp1", "hp2", "hp3"]) {
@@ -45,25 +40,7 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
         })
       );
     }
-    const lbPort = await h.freePort();
-    lb = { url: `http://127.0.0.1:${lbPort}`, port: lbPort };
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-haproxy-"));
-    const cfg = path.join(dir, "haproxy.cfg");
-    const servers = nodes.map((n, i) => `hp${i + 1}=127.0.0.1:${n.port}`).join(",");
-    const r = spawnSync(RENDER, ["--servers", servers, "--listen", `127.0.0.1:${lbPort}`, "--maxconn", "1000", "--output", cfg], {
-      encoding: "utf8",
-    });
-    assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
-    const c = spawnSync("haproxy", ["-c", "-q", "-f", cfg], { encoding: "utf8" });
-    assert.equal(c.status, 0, `haproxy -c rejects the rendered config: ${c.stderr}${c.stdout}`);
-    haproxy = spawn("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "pipe", "pipe"] });
-    for (const s of [haproxy.stdout, haproxy.stderr]) s.on("data", (d) => haproxyLog.push(d.toString()));
-    await h.eventually(async () => (await h.api(lb, "GET", "/readyz").catch(() => ({}))).status === 200, {
-      timeout: 10_000,
-      what: "HAProxy answers /readyz",
-    });
-    // Every gateway in rotation (2 good checks each) before clients arrive, so round robin spreads them.
-    await h.sleep(4500);
+    ({ lb, stop: stopHaproxy } = await h.startHaproxy(nodes, ["hp1", "hp2", "hp3"]));
 
     for (let i = 0; i < CLIENTS; i++) {
       const user = `hu${i}`;
@@ -84,13 +61,8 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
   });
 
   after(async () => {
-    if (haproxy && haproxy.exitCode === null) {
-      const exited = new Promise((r) => haproxy.once("exit", r));
-      haproxy.kill("SIGKILL");
-      await exited;
-    }
+    if (stopHaproxy) await stopHaproxy();
     await h.cleanupCluster();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   test("clients that reconnect after SIGTERM reach the other gateways and get the next pushes", async () => {

@@ -8,15 +8,9 @@
 // through HAProxy to another node (Redis stream).
 const { describe, test, before, after } = require("node:test");
 const assert = require("node:assert/strict");
-const { spawn, spawnSync } = require("node:child_process");
-const fs = require("node:fs");
-const os = require("node:os");
-const path = require("node:path");
 const Phoenix = require("phoenix");
 const WebSocket = require("ws");
 const h = require("../harness");
-
-const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
 
 /** A socket.io-client that reconnects fast and records every `seq` push it gets. */
 function recoveringClient(url, user, extra = {}) {
@@ -214,14 +208,9 @@ describe("recovery on one node, phoenix.js: socket params carry the pid and offs
 });
 
 describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends it to another", () => {
-  let redis, nodes, lb, haproxy, dir;
-  const haproxyLog = [];
+  let redis, nodes, lb, stopHaproxy;
 
   before(async () => {
-    const v = spawnSync("haproxy", ["-v"], { encoding: "utf8" });
-    if (v.error || v.status !== 0) {
-      throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
-    }
     redis = await h.startRedis();
     nodes = [];
     for (const id of ["rc1", "rc2"]) {
@@ -236,31 +225,15 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
         })
       );
     }
-    const lbPort = await h.freePort();
-    lb = { url: `http://127.0.0.1:${lbPort}`, port: lbPort };
-    dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-recovery-"));
-    const cfg = path.join(dir, "haproxy.cfg");
-    const servers = nodes.map((n, i) => `rc${i + 1}=127.0.0.1:${n.port}`).join(",");
-    const r = spawnSync(RENDER, ["--servers", servers, "--listen", `127.0.0.1:${lbPort}`, "--maxconn", "1000", "--output", cfg], {
-      encoding: "utf8",
-    });
-    assert.equal(r.status, 0, `render-haproxy.sh failed: ${r.stderr}`);
-    haproxy = spawn("haproxy", ["-db", "-f", cfg], { stdio: ["ignore", "pipe", "pipe"] });
-    for (const s of [haproxy.stdout, haproxy.stderr]) s.on("data", (d) => haproxyLog.push(d.toString()));
-    await h.eventually(async () => (await h.api(lb, "GET", "/readyz").catch(() => ({}))).status === 200, {
-      timeout: 10_000,
-      what: "HAProxy answers /readyz",
-    });
-    await h.sleep(4500); // both gateways in rotation
+    ({ lb, stop: stopHaproxy } = await h.startHaproxy(nodes, ["rc1", "rc2"]));
   });
 
   after(async () => {
     h.closeClients();
     for (const s of phoenixes.splice(0)) s.disconnect();
-    if (haproxy) haproxy.kill("SIGKILL");
+    if (stopHaproxy) await stopHaproxy();
     await h.cleanup();
     await h.cleanupCluster();
-    if (dir) fs.rmSync(dir, { recursive: true, force: true });
   });
 
   test("the killed node's clients come back recovered, with every push exactly once and in order", async () => {
