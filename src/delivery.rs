@@ -554,15 +554,23 @@ impl Tracker {
 
     /// The sockets, as last read, of nodes that received a push but did not report.
     fn unreported(n: &Nodes) -> usize {
-        let missing = n.expected.is_some_and(|e| n.reporters.len() < e);
-        match &n.snapshot {
-            Some(per_node) if missing => per_node
-                .iter()
-                .filter(|(node, _)| !n.reporters.iter().any(|r| r.as_str() == node.as_str()))
-                .map(|(_, count)| count)
-                .sum(),
-            _ => 0,
+        let missing = n
+            .expected
+            .map_or(0, |e| e.saturating_sub(n.reporters.len()));
+        if missing == 0 {
+            return 0;
         }
+        let silent = |node: &str| !n.reporters.iter().any(|r| r.as_str() == node);
+        let (named, sockets) = n
+            .snapshot
+            .iter()
+            .flatten()
+            .filter(|(node, _)| silent(node))
+            .fold((0, 0), |(k, sum), (_, count)| (k + 1, sum + count));
+        // A node receives a push only for a socket of its target it holds: each silent
+        // node the snapshot could not name (the registry was unreadable, on the shard
+        // that failed) held one at least.
+        sockets + missing.saturating_sub(named)
     }
 
     /// Makes a record final: what is still awaited timed out; waiters are answered;
@@ -847,6 +855,27 @@ mod tests {
             .unwrap()
             .get("unknown")
             .is_none());
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_silent_node_the_registry_could_not_name_counts_one_unknown_socket() {
+        let t = tracker();
+        // The registry was unreadable (its shard failing): an empty table.
+        t.count_unreported_with(Arc::new(PerNode(&[])));
+        let id = PushId::generate();
+        t.open(&id, true, &Target::User(crate::id::UserId::from("alice")))
+            .unwrap();
+        t.expect(&id, 3, Duration::from_millis(300));
+        t.node_reported(&id, &NodeId::from("n1"), &fan_n(1, 1, 0));
+        let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
+            .await
+            .expect("no hang")
+            .unwrap();
+        assert_eq!(
+            (report.sockets, report.delivered, report.unknown),
+            (1, 1, 2),
+            "two nodes received the push and never said how many sockets: two at least"
+        );
     }
 
     #[tokio::test(start_paused = true)]

@@ -13,6 +13,8 @@ fn start_node(redis: &RedisCluster, id: &str) -> Gateway {
         ("PUSHGATE_REDIS_URL", &redis.url()),
         ("PUSHGATE_NODE_ID", id),
         ("PUSHGATE_JWT_SECRET", SECRET),
+        // Shorter than a failover takes: leases lapse meanwhile, and must not make
+        // live nodes dead.
         ("PUSHGATE_REGISTRY_TTL_MS", "3000"),
     ])
 }
@@ -197,18 +199,24 @@ async fn a_primary_killed_under_load_fails_over_and_no_accepted_push_is_lost() {
     redis.wait_healthy(&[dead]);
 
     // Nothing accepted was lost: alice got every push answered 200, and its report
-    // says so. An ack can be lost with the shard that carried it back (the push was
-    // delivered before the failure): that report says timed_out, never acked.
+    // says so. What was in flight at the failure may have had its way back cut with
+    // the shard: an ack (the report says timed_out, never acked), or n2's whole
+    // delivery report (the report says unknown, never 0 sockets).
     let mut got = std::collections::HashSet::new();
     while let Ok(seq) = got_rx.try_recv() {
         got.insert(seq);
     }
-    let mut unacked = 0;
+    let (mut unacked, mut unknown) = (0, 0);
     for (seq, report) in &accepted {
         assert!(
             got.contains(seq),
             "push {seq} was accepted but alice never got it"
         );
+        if report["unknown"] == json!(1) {
+            assert_eq!(report["delivered"], json!(0), "push {seq}: {report}");
+            unknown += 1;
+            continue;
+        }
         assert_eq!(
             (&report["sockets"], &report["delivered"], &report["failed"]),
             (&json!(1), &json!(1), &json!(0)),
@@ -221,8 +229,8 @@ async fn a_primary_killed_under_load_fails_over_and_no_accepted_push_is_lost() {
         }
     }
     assert!(
-        unacked <= 2,
-        "{unacked} acks lost: only those in flight at the failure may be"
+        unacked + unknown <= 2,
+        "{unacked} acks and {unknown} reports lost: only those in flight at the failure may be"
     );
     assert!(
         refused > 0,
