@@ -79,7 +79,13 @@ impl Registry {
 
     /// Reads every known node's lease; remembers the dead ones for readers and returns
     /// them.
-    pub async fn scan(&self) -> Result<Vec<NodeId>, RegistryError> {
+    ///
+    /// `settled` is false just after this node saw Redis fail (a restart, a failover):
+    /// every peer's lease may have lapsed then for want of Redis, not of the peer, so
+    /// a lease found missing makes no node newly dead — readers keep counting its
+    /// sockets and nobody cleans up — until the peers have had time to refresh.
+    /// Nodes already dead stay dead.
+    pub async fn scan(&self, settled: bool) -> Result<Vec<NodeId>, RegistryError> {
         let nodes: Vec<String> = self
             .client
             .hkeys(self.keys.nodes())
@@ -107,11 +113,15 @@ impl Registry {
         };
         let mut peers = Vec::new();
         let mut dead = Vec::new();
-        for (n, alive) in others.into_iter().zip(alive) {
-            if alive {
-                peers.push(NodeId::from(n));
-            } else {
-                dead.push(NodeId::from(n));
+        {
+            let known_dead = self.dead.read();
+            for (n, alive) in others.into_iter().zip(alive) {
+                let n = NodeId::from(n);
+                if alive || !(settled || known_dead.contains(&n)) {
+                    peers.push(n);
+                } else {
+                    dead.push(n);
+                }
             }
         }
         self.metrics.cluster_nodes.set(peers.len() as i64 + 1);

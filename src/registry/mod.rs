@@ -589,6 +589,15 @@ impl Registry {
             .map(|r| (State::Final, r)))
     }
 
+    /// Takes back every verdict of death: called when this node lost Redis, whose
+    /// outage may be why those leases lapsed (the scans made meanwhile saw the shards
+    /// that were up, not the nodes that could not reach the others). Scans find the
+    /// really dead again once Redis has been back long enough for every live node to
+    /// refresh its lease (see [`Registry::scan`]).
+    pub fn forget_dead(&self) {
+        self.dead.write().clear();
+    }
+
     /// The other nodes that were alive at the last scan.
     pub fn peers(&self) -> Vec<NodeId> {
         self.peers.read().clone()

@@ -65,6 +65,7 @@ impl RedisBus {
             r.lost_at = Some(crate::id::now_ms());
             r.peers = self.registry.peers();
             r.resubscribed_at = None;
+            self.registry.forget_dead();
         }
     }
 
@@ -137,7 +138,14 @@ impl RedisBus {
         self.caught_up.store(true, Ordering::Release);
     }
 
-    /// Whether dead-node cleanups should wait (just after a loss of Redis).
+    /// Notes that Redis failed this node's lease task: the peers' may have failed
+    /// too, so nobody is newly dead until two scans after the failures stop.
+    pub(super) fn unsettled(&self) {
+        self.recovery.lock().quiet_until = Some(Instant::now() + self.registry.scan_interval() * 2);
+    }
+
+    /// Whether dead-node cleanups, and newly dead nodes, should wait (just after a
+    /// loss of Redis).
     pub(super) fn quiet(&self) -> bool {
         let r = self.recovery.lock();
         r.lost_at.is_some() || r.quiet_until.is_some_and(|t| Instant::now() < t)

@@ -25,12 +25,17 @@ impl RedisBus {
                     tracing::info!("node lease taken; reconciling the registry");
                     let _ = self.writer.send(Work::Reconcile);
                 }
-                Err(_) => continue,
+                Err(_) => {
+                    self.unsettled();
+                    continue;
+                }
             }
-            let Ok(dead) = self.registry.scan().await else {
+            let quiet = self.quiet();
+            let Ok(dead) = self.registry.scan(!quiet).await else {
+                self.unsettled();
                 continue;
             };
-            if self.quiet() {
+            if quiet {
                 continue;
             }
             for node in dead {
