@@ -36,7 +36,8 @@ use crate::metrics::Metrics;
 /// How long a final report stays readable.
 pub const RETENTION: Duration = Duration::from_secs(600);
 /// Reports kept at most, so a high push rate cannot grow memory without bound
-/// (about 200 bytes each).
+/// (about 500 bytes each once final: the 328-byte record in its map, its id and its
+/// place in the expiry queue).
 pub const MAX_REPORTS: usize = 200_000;
 /// How long the origin of a push without acks waits for the delivering nodes' reports
 /// before it makes the report final with what arrived: a node reports within
@@ -620,6 +621,11 @@ impl Tracker {
         if let Some(a) = rec.ack_id.take() {
             r.by_ack.remove(&a);
         }
+        // A final report is kept for `RETENTION`, up to `MAX_REPORTS` of them: it keeps
+        // its counts and nothing of how they were gathered.
+        rec.early = HashSet::new();
+        rec.nodes = None;
+        rec.waiters = Vec::new();
         let now = Instant::now();
         r.finished.push_back((now, id.clone()));
         while let Some((at, old)) = r.finished.front() {
