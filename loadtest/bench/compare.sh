@@ -606,8 +606,8 @@ if has "$scenarios" big && has "$sides" pushgate; then
   p="$(procs_for "$big_conns")"
   say "big run: $big_conns connections over $p pushgate nodes"
   start_pushgate "$p"
-  # Every 5 s: the load, and what Redis is doing (CPU, clients and their buffers,
-  # commands, memory), to see what stops a run that stops.
+  # Every 5 s: the load, what Redis is doing (CPU, clients and their buffers,
+  # commands, memory) and the kernel's TCP memory, to see what stops a run that stops.
   (
     while sleep 5; do
       echo "== $(date -u +%T) load $(cut -d' ' -f1-3 /proc/loadavg)"
@@ -615,6 +615,10 @@ if has "$scenarios" big && has "$sides" pushgate; then
       redis-cli -p "$redis_port" INFO clients 2>&1 | grep -E '^(connected_clients|blocked_clients|client_recent_max_output_buffer|client_recent_max_input_buffer):' || true
       redis-cli -p "$redis_port" INFO stats 2>&1 | grep -E '^(total_commands_processed|instantaneous_ops_per_sec|rejected_connections|client_output_buffer_limit_disconnections):' || true
       redis-cli -p "$redis_port" INFO memory 2>&1 | grep -E '^used_memory_human:' || true
+      # The kernel's TCP memory (pages) against net.ipv4.tcp_mem: under pressure it
+      # collapses receive queues (CPU) and beyond the limit drops segments.
+      echo "tcp_mem $(cat /proc/sys/net/ipv4/tcp_mem) | $(grep '^TCP:' /proc/net/sockstat)"
+      grep -E '^(MemAvailable|Committed_AS):' /proc/meminfo | tr -s ' ' | tr '\n' ' '; echo
     done
   ) >"$results/big-redis-samples.log" 2>&1 &
   local_sampler=$!
