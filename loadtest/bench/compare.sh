@@ -89,6 +89,7 @@ step_secs=10
 big_hold=15
 redis_nice=0
 big_secs=40
+big_drain=10
 results=""
 build=1
 render_only=0
@@ -120,7 +121,7 @@ Options (defaults in brackets):
                           Redis had a core of its own, as it would in production)
   --per-proc N            connections per server process [$per_proc] (20k open files each)
   --ramp R                connections per second [$ramp]
-  --idle-hold S --bcast-secs S --step-secs S --big-hold S --big-secs S
+  --idle-hold S --bcast-secs S --step-secs S --big-hold S --big-secs S --big-drain S
   --results DIR           results directory (reused: the rendering covers all of it)
   --no-build              skip cargo build
   --render-only           only render DIR (with --results) into BENCHMARKS.md
@@ -158,6 +159,7 @@ while [ $# -gt 0 ]; do
     --big-hold) big_hold="$2"; shift 2 ;;
     --redis-nice) redis_nice="$2"; shift 2 ;;
     --big-secs) big_secs="$2"; shift 2 ;;
+    --big-drain) big_drain="$2"; shift 2 ;;
     --results) results="$2"; shift 2 ;;
     --no-build) build=0; shift ;;
     --render-only) render_only=1; shift ;;
@@ -623,7 +625,7 @@ if has "$scenarios" big && has "$sides" pushgate; then
   ) >"$results/big-redis-samples.log" 2>&1 &
   local_sampler=$!
   run_load big pushgate "$big_conns" "" "big-pushgate-$big_conns" -- --ramp-rate "$big_ramp" \
-    --hold "${big_hold}s" --push all --push-rate 0.2 --duration "${big_secs}s" --drain 10s \
+    --hold "${big_hold}s" --push all --push-rate 0.2 --duration "${big_secs}s" --drain "${big_drain}s" \
     --connect-timeout 60s
   kill "$local_sampler" 2>/dev/null || true
   redis-cli -p "$redis_port" SLOWLOG GET 20 >"$results/big-redis-slowlog.txt" 2>&1 || true
