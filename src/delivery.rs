@@ -832,18 +832,24 @@ mod tests {
         }
     }
 
+    /// The final report of a push to `target` that `nodes` nodes received, of which
+    /// only n1 reported (`fan`): the others stay silent until the deadline.
+    async fn n1_alone_reports(t: &Tracker, target: Target, nodes: usize, fan: FanOut) -> Report {
+        let id = PushId::generate();
+        t.open(&id, false, &target).unwrap();
+        t.expect(&id, nodes, Duration::from_millis(300));
+        t.node_reported(&id, &NodeId::from("n1"), &fan);
+        tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
+            .await
+            .expect("no hang")
+            .unwrap()
+    }
+
     #[tokio::test(start_paused = true)]
     async fn the_sockets_of_a_node_that_never_reported_are_counted_unknown() {
         let t = tracker();
         t.count_unreported_with(Arc::new(PerNode(&[("n1", 2), ("n2", 5)])));
-        let id = PushId::generate();
-        t.open(&id, false, &Target::All).unwrap();
-        t.expect(&id, 2, Duration::from_millis(300));
-        t.node_reported(&id, &NodeId::from("n1"), &fan_n(2, 2, 0));
-        let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
-            .await
-            .expect("no hang")
-            .unwrap();
+        let report = n1_alone_reports(&t, Target::All, 2, fan_n(2, 2, 0)).await;
         assert_eq!(
             (report.sockets, report.delivered, report.unknown),
             (2, 2, 5)
@@ -868,15 +874,8 @@ mod tests {
         let t = tracker();
         // The registry was unreadable (its shard failing): an empty table.
         t.count_unreported_with(Arc::new(PerNode(&[])));
-        let id = PushId::generate();
-        t.open(&id, true, &Target::User(crate::id::UserId::from("alice")))
-            .unwrap();
-        t.expect(&id, 3, Duration::from_millis(300));
-        t.node_reported(&id, &NodeId::from("n1"), &fan_n(1, 1, 0));
-        let report = tokio::time::timeout(Duration::from_secs(1), t.wait(&id))
-            .await
-            .expect("no hang")
-            .unwrap();
+        let alice = Target::User(crate::id::UserId::from("alice"));
+        let report = n1_alone_reports(&t, alice, 3, fan_n(1, 1, 0)).await;
         assert_eq!(
             (report.sockets, report.delivered, report.unknown),
             (1, 1, 2),
