@@ -28,6 +28,10 @@ function recoveringClient(url, user, extra = {}) {
     c.got.push(n);
     c.offsets.push(offset);
   });
+  sock.on("disconnect", () => {
+    c.lostAt = performance.now();
+    c.onDisconnect?.(c.sids.at(-1));
+  });
   sock.on("connect", () => {
     c.recovered.push(sock.recovered);
     c.sids.push(sock.id);
@@ -76,7 +80,7 @@ const phoenixes = [];
 
 /** Pushes numbered `seq` events to `to` through `gw`, remembering the accepted ones. */
 function sequencer(gw) {
-  const sent = []; // {n, to}
+  const sent = []; // {n, to, answered}
   let n = 0;
   let running = true;
   const targets = (users, room, sockets) => {
@@ -93,7 +97,7 @@ function sequencer(gw) {
         const to = all[n % all.length];
         const seq = ++n;
         const r = await h.push(gw(), { to, event: "seq", data: seq }).catch((e) => ({ status: 0, e }));
-        if (r.status === 202 || r.status === 200) sent.push({ n: seq, to });
+        if (r.status === 202 || r.status === 200) sent.push({ n: seq, to, answered: performance.now() });
         await h.sleep(every);
       }
     },
@@ -236,7 +240,7 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
     await h.cleanupCluster();
   });
 
-  test("the killed node's clients come back recovered, with every push exactly once and in order", async () => {
+  test("the killed node's clients come back recovered, with every push exactly once and in order", async (t) => {
     const clients = [];
     for (let i = 0; i < 8; i++) {
       // Half WebSocket only, half the default (long-polling, then the upgrade).
@@ -267,15 +271,24 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
     // Pushes name sockets by the ids the app knows: a victim's old id until its node
     // is killed, its new one once it reconnected.
     const sids = new Set(clients.map((c) => c.sock.id));
-    for (const c of victims) c.onConnect = (sid) => sids.add(sid);
+    for (const c of clients) c.onConnect = (sid) => sids.add(sid);
+    // An app stops addressing a socket id once that socket is gone: a restored socket
+    // has a new id (src/recovery.rs).
+    for (const c of clients) c.onDisconnect = (sid) => sids.delete(sid);
 
     // Pushes through the node that survives, to all, the room, each user and each socket.
     const seq = sequencer(() => nodes[1]);
     const running = seq.run(clients.map((c) => c.user), "room-rc", () => sids, { every: 15 });
     await h.eventually(() => clients.every((c) => c.got.length >= 5), { what: "pushes flowing" });
     for (const c of victims) sids.delete(c.sids[0]);
+    // A WebSocket upgrade that reached rc1 for a session on rc2 is piped through rc1
+    // (no sticky sessions: ARCHITECTURE.md, "Decisions"), and dies with it.
+    const pipedThroughRc1 = await h.metric(nodes[0], "pushgate_cluster_forwards_total", { kind: "upgrade", outcome: "ok" });
     nodes[0].proc.kill("SIGKILL");
-    await h.eventually(() => victims.every((c) => c.recovered.length >= 2), { timeout: 20_000, what: "victims reconnected" });
+    await h.eventually(
+      () => victims.every((c) => c.recovered.length >= 2) && clients.every((c) => c.sock.connected !== false),
+      { timeout: 20_000, what: "victims reconnected" }
+    );
     await h.sleep(1000);
     seq.stop();
     await running;
@@ -289,17 +302,37 @@ describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends i
       const want = expected(seq.sent, c, "room-rc");
       assert.deepEqual(c.got, want, `${c.user}: every push once, in order`);
     }
-    for (const c of clients.filter((c) => !victims.includes(c))) {
+    // A client on the survivor keeps its connection, unless its WebSocket was piped
+    // through rc1: then it comes back recovered, like a victim, to the session it has.
+    const survivors = clients.filter((c) => !victims.includes(c));
+    const cutOff = survivors.filter((c) => c.recovered.length > 1);
+    assert.ok(
+      cutOff.length <= (pipedThroughRc1 ?? 0),
+      `${cutOff.map((c) => c.user)} lost their connection, but rc1 piped only ${pipedThroughRc1 ?? 0} upgrades`
+    );
+    t.diagnostic(`${victims.length} on rc1, ${cutOff.length} on rc2 cut off with it (${pipedThroughRc1 ?? 0} upgrades piped)`);
+    for (const c of survivors.filter((c) => !cutOff.includes(c))) {
       assert.deepEqual(c.recovered, [false], `${c.user} never lost its connection`);
       assert.deepEqual(c.got, expected(seq.sent, c, "room-rc"), `${c.user}: every push once, in order`);
+    }
+    for (const c of cutOff) {
+      assert.deepEqual(c.recovered, [false, true], `${c.user} came back as a recovered session`);
+      // The one push to its old id that was answered after the connection dropped may
+      // have reached the gateway after the session was restored under its new id.
+      const inDoubt = (p) => p.to.socket === c.sids[0] && p.answered > c.lostAt;
+      const want = expected(seq.sent.filter((p) => !inDoubt(p)), c, "room-rc");
+      const doubtful = new Set(seq.sent.filter(inDoubt).map((p) => p.n));
+      assert.ok(doubtful.size <= 1, `${c.user}: at most the push in flight is in doubt (${[...doubtful]})`);
+      assert.deepEqual(c.got.filter((n) => !doubtful.has(n)), want, `${c.user}: every push once, in order`);
+      assert.deepEqual(c.got, [...new Set(c.got)].sort((a, b) => a - b), `${c.user}: no push twice, none out of order`);
     }
     // Recovered sockets live on the surviving node, in their room, as their user.
     const room = await h.api(nodes[1], "GET", "/v1/rooms/room-rc");
     assert.deepEqual([...room.body.sockets].sort(), clients.map((c) => c.sids.at(-1)).sort());
     assert.equal(
       await h.metric(nodes[1], "pushgate_recovery_total", { outcome: "recovered" }),
-      victims.length,
-      "every victim recovered on the survivor"
+      victims.length + cutOff.length,
+      "every victim, and every client cut off with rc1, recovered on the survivor"
     );
     assert.ok(seq.sent.length > 50, `a steady flow of pushes (${seq.sent.length})`);
   });
