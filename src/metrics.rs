@@ -34,6 +34,10 @@ pub struct Metrics {
     pub client_events: IntCounterVec,
     pub http_requests: IntCounterVec,
     pub http_request_seconds: HistogramVec,
+    /// Connections on the listener that ended with an HTTP error rather than a close,
+    /// by `reason` (`HTTP_CONNECTION_ERROR_REASONS`): what scanners and broken clients
+    /// send, which reaches no route and so no other metric.
+    pub http_connection_errors: IntCounterVec,
     /// Cluster bus: PUBLISH of a push, from first envelope sent to last answer.
     pub bus_publish_seconds: Histogram,
     /// Cluster bus messages by `direction` (`in`, `out`) and channel `kind`
@@ -211,6 +215,11 @@ impl Metrics {
                 )
                 .buckets(LATENCY_BUCKETS.to_vec()),
                 &["route"]
+            )),
+            http_connection_errors: reg!(counter(
+                "pushgate_http_connection_errors_total",
+                "Listener connections that ended with an HTTP error, by reason.",
+                &["reason"]
             )),
             bus_publish_seconds: reg!(Histogram::with_opts(
                 HistogramOpts::new(
@@ -468,6 +477,9 @@ impl Metrics {
         // Every scrape is a request to /metrics: its series exist before it counts one.
         self.http_requests.with_label_values(&["/metrics", "200"]);
         self.http_request_seconds.with_label_values(&["/metrics"]);
+        for reason in HTTP_CONNECTION_ERROR_REASONS {
+            self.http_connection_errors.with_label_values(&[reason]);
+        }
         for direction in ["in", "out"] {
             for kind in BUS_CHANNEL_KINDS {
                 self.bus_messages.with_label_values(&[direction, kind]);
@@ -614,6 +626,11 @@ const WEBHOOK_OUTCOMES: &[&str] = &["ok", "http_error", "network_error"];
 const WEBHOOK_DROP_REASONS: &[&str] = &["queue_full", "gave_up"];
 /// `crate::bus::envelope::DecodeError::reason`, and `lagged`.
 const BUS_DROP_REASONS: &[&str] = &["unknown_version", "undecodable", "lagged"];
+/// Why a listener connection ended with an error: `malformed` (not HTTP/1.x; answered
+/// 400), `too_large` (a head over the limit; 431), `incomplete` (closed within a
+/// request), `io` (the socket failed, e.g. reset), `other`.
+pub const HTTP_CONNECTION_ERROR_REASONS: &[&str] =
+    &["malformed", "too_large", "incomplete", "io", "other"];
 /// The registry's failing operations.
 const REGISTRY_OPS: &[&str] = &["write", "refresh", "read"];
 /// `crate::transport::forward`'s request kinds and outcomes.

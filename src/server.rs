@@ -309,7 +309,7 @@ pub async fn run(
         push,
         hub,
         tracker,
-        metrics,
+        metrics: metrics.clone(),
         events,
         keys: ApiKeys::new(&config.api_keys),
         node: config.node_id.clone(),
@@ -352,7 +352,13 @@ pub async fn run(
         engine: engine.clone(),
         phoenix: phoenix.clone(),
     });
-    let serve = listener::serve(listener, app, polls, stop_accepting.clone());
+    let serve = listener::serve(
+        listener,
+        app,
+        polls,
+        metrics.clone(),
+        stop_accepting.clone(),
+    );
     let mut server = tokio::spawn(serve);
 
     tokio::select! {

@@ -262,3 +262,69 @@ async fn unusual_requests_on_the_transport_path_are_served_by_hyper() {
     let (status, _, _) = response(&mut stream, &mut pending).await;
     assert_eq!(status, 400);
 }
+
+/// The value of `series` (name and labels, as exported) on `addr`'s /metrics.
+async fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
+    let (status, _, body) = response(&mut stream, &mut Vec::new()).await;
+    assert_eq!(status, 200);
+    body.lines()
+        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+}
+
+/// Waits up to 10 s for `series` to read `want`: a connection's error is counted once
+/// hyper has ended it, just after its answer was written.
+async fn metric_reaches(addr: SocketAddr, series: &str, want: u64) {
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let got = metric(addr, series).await;
+        if got == Some(want) {
+            return;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{series} is {got:?}, want {want}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_and_oversized_heads_are_refused_and_counted_by_reason() {
+    let (addr, _stop) = node().await;
+    let malformed = r#"pushgate_http_connection_errors_total{reason="malformed"}"#;
+    let too_large = r#"pushgate_http_connection_errors_total{reason="too_large"}"#;
+    assert_eq!(metric(addr, malformed).await, Some(0));
+    assert_eq!(metric(addr, too_large).await, Some(0));
+
+    // What a scanner sends: a TLS ClientHello's first bytes to a plain HTTP port.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    stream
+        .write_all(b"\x16\x03\x01\x02\x00\x01\x00\x01\xfc\x03\x03\r\n\r\n")
+        .await
+        .unwrap();
+    assert_eq!(response(&mut stream, &mut Vec::new()).await.0, 400);
+    metric_reaches(addr, malformed, 1).await;
+
+    // A head larger than any client needs: 431, and the connection is closed.
+    let mut stream = TcpStream::connect(addr).await.unwrap();
+    let huge = format!(
+        "GET /healthz HTTP/1.1\r\nHost: x\r\nX-Huge: {}\r\n\r\n",
+        "h".repeat(1 << 20)
+    );
+    // The node answers 431 before it has read it all and closes: the write may fail,
+    // and the unread rest may reset the connection before the answer is read.
+    let _ = stream.write_all(huge.as_bytes()).await;
+    let mut answer = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    if !answer.is_empty() {
+        let head = String::from_utf8_lossy(&answer);
+        assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
+    }
+    metric_reaches(addr, too_large, 1).await;
+    assert_eq!(metric(addr, malformed).await, Some(1));
+}

@@ -44,6 +44,7 @@ use tokio_util::task::TaskTracker;
 use tower_service::Service;
 
 use super::http1::{self, Parsed, Plan};
+use crate::metrics::Metrics;
 
 /// Bytes read per `read` call into the stack before they are appended to a
 /// connection's buffer, which grows only as far as the head needs.
@@ -69,6 +70,7 @@ pub async fn serve(
     listener: TcpListener,
     app: Router,
     polls: Arc<dyn LongPolls>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 ) -> io::Result<()> {
     let connections = TaskTracker::new();
@@ -90,6 +92,7 @@ pub async fn serve(
             remote,
             app: app.clone(),
             polls: polls.clone(),
+            metrics: metrics.clone(),
             stop: stop.clone(),
         };
         let task = conn.run();
@@ -100,6 +103,22 @@ pub async fn serve(
     connections.close();
     connections.wait().await;
     Ok(())
+}
+
+/// The `reason` label (`HTTP_CONNECTION_ERROR_REASONS`) of a connection hyper ended
+/// with `e`.
+fn error_reason(e: &hyper::Error) -> &'static str {
+    if e.is_parse_too_large() {
+        "too_large"
+    } else if e.is_parse() || e.is_parse_status() {
+        "malformed"
+    } else if e.is_incomplete_message() {
+        "incomplete"
+    } else if std::error::Error::source(e).is_some_and(|s| s.is::<io::Error>()) {
+        "io"
+    } else {
+        "other"
+    }
 }
 
 fn is_connection_error(e: &io::Error) -> bool {
@@ -120,6 +139,7 @@ struct Connection {
     remote: SocketAddr,
     app: Router,
     polls: Arc<dyn LongPolls>,
+    metrics: Arc<Metrics>,
     stop: CancellationToken,
 }
 
@@ -248,6 +268,7 @@ impl Connection {
             stream,
             remote,
             app,
+            metrics,
             stop,
             ..
         } = self;
@@ -273,7 +294,12 @@ impl Connection {
             }
         };
         if let Err(e) = result {
-            tracing::trace!(error = %e, "connection ended with an error");
+            let reason = error_reason(&e);
+            metrics
+                .http_connection_errors
+                .with_label_values(&[reason])
+                .inc();
+            tracing::debug!(error = %e, %remote, reason, "connection ended with an error");
         }
     }
 }
