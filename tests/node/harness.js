@@ -652,6 +652,29 @@ async function startRedis(port) {
   return r;
 }
 
+/**
+ * A cluster: a Redis of its own and one gateway per id in `ids` on it, started in
+ * order. Each gateway gets `PUSHGATE_REDIS_URL`, `PUSHGATE_NODE_ID`, the test JWT
+ * secret and a 3 s registry TTL (a killed node leaves every answer within seconds),
+ * then `env` over them. Resolves `{redis, nodes}`; `cleanupCluster()` stops it all.
+ */
+async function startCluster(ids, env = {}) {
+  const redis = await startRedis();
+  const nodes = [];
+  for (const id of ids) {
+    nodes.push(
+      await startGateway({
+        PUSHGATE_REDIS_URL: redis.url,
+        PUSHGATE_NODE_ID: id,
+        PUSHGATE_JWT_SECRET: SECRET,
+        PUSHGATE_REGISTRY_TTL_MS: "3000",
+        ...env,
+      })
+    );
+  }
+  return { redis, nodes };
+}
+
 /** `cleanup()` plus every Redis started with `startRedis`. */
 async function cleanupCluster() {
   await cleanup();
@@ -718,6 +741,7 @@ module.exports = {
   startHaproxy,
   BIN,
   startRedis,
+  startCluster,
   freePort,
   cleanupCluster,
   SECRET,

@@ -7,7 +7,7 @@ const assert = require("node:assert/strict");
 const h = require("../harness");
 
 describe("cluster: one Redis, three gateways", () => {
-  let redis, nodes, s;
+  let nodes, s;
   const events = {};
 
   // A socket of `user` on node `i`, reachable from every node before it is used.
@@ -25,18 +25,7 @@ describe("cluster: one Redis, three gateways", () => {
   }
 
   before(async () => {
-    redis = await h.startRedis();
-    nodes = [];
-    for (const id of ["c1", "c2", "c3"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-          PUSHGATE_REGISTRY_TTL_MS: "3000",
-        })
-      );
-    }
+    ({ nodes } = await h.startCluster(["c1", "c2", "c3"]));
     s = {
       alice1: await connect(0, "alice", ["team"]),
       alice2: await connect(1, "alice"),

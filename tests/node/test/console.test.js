@@ -169,18 +169,10 @@ describe("dev console in headless Chromium", () => {
 });
 
 describe("event stream across a cluster", () => {
-  let redis, a, b;
+  let a, b;
 
   before(async () => {
-    redis = await h.startRedis();
-    const env = (id) => ({
-      PUSHGATE_REDIS_URL: redis.url,
-      PUSHGATE_NODE_ID: id,
-      PUSHGATE_API_KEYS: KEY,
-      PUSHGATE_JWT_SECRET: h.SECRET,
-    });
-    a = await h.startGateway(env("ea"));
-    b = await h.startGateway(env("eb"));
+    ({ nodes: [a, b] } = await h.startCluster(["ea", "eb"], { PUSHGATE_API_KEYS: KEY }));
     a.key = b.key = KEY;
   });
   after(async () => {

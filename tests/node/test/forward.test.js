@@ -22,18 +22,7 @@ describe("no sticky sessions: every gateway serves every session's requests", ()
   let redis, nodes;
 
   before(async () => {
-    redis = await h.startRedis();
-    nodes = [];
-    for (const id of ["f1", "f2", "f3"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-          PUSHGATE_REGISTRY_TTL_MS: "3000",
-        })
-      );
-    }
+    ({ redis, nodes } = await h.startCluster(["f1", "f2", "f3"]));
     // Each gateway has published its address.
     await h.eventually(
       async () => {

@@ -21,7 +21,7 @@ const LONGPOLL = 4;
 const TOTAL = POLLING + DEFAULT + LONGPOLL;
 
 describe("HAProxy round robin without stickiness: polling, upgrading and long-poll clients", () => {
-  let redis, nodes, lb, haproxy, dir;
+  let nodes, lb, haproxy, dir;
   const haproxyLog = [];
   const sio = []; // {sock, user, kind, got: {all, user}, errors: [], disconnects: []}
   const phx = []; // {socket, user, got: {all, user}}
@@ -31,24 +31,14 @@ describe("HAProxy round robin without stickiness: polling, upgrading and long-po
     if (v.error || v.status !== 0) {
       throw new Error("haproxy is required for this test (Debian: apt-get install haproxy; .ci/run installs it)");
     }
-    redis = await h.startRedis();
-    nodes = [];
-    for (const id of ["rr1", "rr2", "rr3"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-          PUSHGATE_REGISTRY_TTL_MS: "3000",
-          // Heartbeats every second, so the test sees many of them go through
-          // forwarded polls; a generous pong deadline, so a busy CI machine does
-          // not turn a slow pong into a disconnect.
-          PUSHGATE_PING_INTERVAL_MS: "1000",
-          PUSHGATE_PING_TIMEOUT_MS: "10000",
-          PUSHGATE_WORKER_THREADS: "1",
-        })
-      );
-    }
+    ({ nodes } = await h.startCluster(["rr1", "rr2", "rr3"], {
+      // Heartbeats every second, so the test sees many of them go through
+      // forwarded polls; a generous pong deadline, so a busy CI machine does
+      // not turn a slow pong into a disconnect.
+      PUSHGATE_PING_INTERVAL_MS: "1000",
+      PUSHGATE_PING_TIMEOUT_MS: "10000",
+      PUSHGATE_WORKER_THREADS: "1",
+    }));
     const lbPort = await h.freePort();
     lb = { url: `http://127.0.0.1:${lbPort}`, port: lbPort };
     dir = fs.mkdtempSync(path.join(os.tmpdir(), "pushgate-haproxy-rr-"));

@@ -17,7 +17,7 @@ const RENDER = path.resolve(__dirname, "../../../pm/render-haproxy.sh");
 const CLIENTS = 9;
 
 describe("HAProxy failover: a gateway stops, its clients move to the others", () => {
-  let redis, nodes, lb, stopHaproxy;
+  let nodes, lb, stopHaproxy;
   const clients = []; // {sock, user, got: {all, user}}
 
   const nodeOf = async (sid) => {
@@ -26,20 +26,10 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
   };
 
   before(async () => {
-    redis = await h.startRedis();
-    nodes = [];
-    for (const id of ["hp1", "hp2", "hp3"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-          PUSHGATE_REGISTRY_TTL_MS: "3000",
-          PUSHGATE_SHUTDOWN_TIMEOUT_MS: "500",
-          PUSHGATE_WORKER_THREADS: "1",
-        })
-      );
-    }
+    ({ nodes } = await h.startCluster(["hp1", "hp2", "hp3"], {
+      PUSHGATE_SHUTDOWN_TIMEOUT_MS: "500",
+      PUSHGATE_WORKER_THREADS: "1",
+    }));
     ({ lb, stop: stopHaproxy } = await h.startHaproxy(nodes, ["hp1", "hp2", "hp3"]));
 
     for (let i = 0; i < CLIENTS; i++) {

@@ -521,27 +521,10 @@ describe("phoenix without a JWT secret (anonymous connections)", () => {
 
 // ---------------------------------------------------------------- two nodes, one Redis
 
-/** A Redis of its own and `ids.length` gateways sharing it (registry TTL `ttl` ms). */
-async function startCluster(ids, ttl) {
-  const redis = await h.startRedis();
-  const nodes = [];
-  for (const id of ids) {
-    nodes.push(
-      await h.startGateway({
-        PUSHGATE_REDIS_URL: redis.url,
-        PUSHGATE_NODE_ID: id,
-        PUSHGATE_JWT_SECRET: h.SECRET,
-        PUSHGATE_REGISTRY_TTL_MS: String(ttl),
-      })
-    );
-  }
-  return nodes;
-}
-
 describe("phoenix and socket.io clients on two nodes sharing a Redis", () => {
   let nodes;
   before(async () => {
-    nodes = await startCluster(["px1", "px2"], 3000);
+    ({ nodes } = await h.startCluster(["px1", "px2"]));
   });
   afterEach(h.closeClients);
   after(h.cleanupCluster);
@@ -654,7 +637,7 @@ describe("a node SIGKILLed in a cluster of two (PUSHGATE_REGISTRY_TTL_MS=3000)",
   // Each test kills node k2, so each starts a pair of its own.
   let nodes;
   beforeEach(async () => {
-    nodes = await startCluster(["k1", "k2"], TTL_MS);
+    ({ nodes } = await h.startCluster(["k1", "k2"], { PUSHGATE_REGISTRY_TTL_MS: String(TTL_MS) }));
   });
   afterEach(h.cleanupCluster);
 

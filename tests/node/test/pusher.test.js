@@ -403,18 +403,7 @@ describe("pusher-js, socket.io-client and phoenix across two nodes", () => {
   });
 
   test("a room push, SDK events, channel counts and terminate reach every node", async () => {
-    const redis = await h.startRedis();
-    const nodes = [];
-    for (const id of ["pa", "pb"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_PUSHER_APPS: APPS,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-        })
-      );
-    }
+    const { nodes } = await h.startCluster(["pa", "pb"], { PUSHGATE_PUSHER_APPS: APPS });
     const p1 = await pusherConnected(pjs(nodes[0], { user: { id: "zed" } }));
     const p2 = await pusherConnected(pjs(nodes[1], { user: { id: "zed" } }));
     const c1 = await subscribe(p1, "ops");

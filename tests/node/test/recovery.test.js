@@ -212,23 +212,13 @@ describe("recovery on one node, phoenix.js: socket params carry the pid and offs
 });
 
 describe("recovery across nodes: the client's node is SIGKILLed, HAProxy sends it to another", () => {
-  let redis, nodes, lb, stopHaproxy;
+  let nodes, lb, stopHaproxy;
 
   before(async () => {
-    redis = await h.startRedis();
-    nodes = [];
-    for (const id of ["rc1", "rc2"]) {
-      nodes.push(
-        await h.startGateway({
-          PUSHGATE_REDIS_URL: redis.url,
-          PUSHGATE_NODE_ID: id,
-          PUSHGATE_JWT_SECRET: h.SECRET,
-          PUSHGATE_REGISTRY_TTL_MS: "3000",
-          PUSHGATE_RECOVERY_WINDOW_MS: "30000",
-          PUSHGATE_WORKER_THREADS: "1",
-        })
-      );
-    }
+    ({ nodes } = await h.startCluster(["rc1", "rc2"], {
+      PUSHGATE_RECOVERY_WINDOW_MS: "30000",
+      PUSHGATE_WORKER_THREADS: "1",
+    }));
     ({ lb, stop: stopHaproxy } = await h.startHaproxy(nodes, ["rc1", "rc2"]));
   });
 
