@@ -56,6 +56,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 root="$(cd "$here/../.." && pwd)"
 peer_dir="$root/loadtest/peers/socketio"
 gw_bin="$root/target/release/pushgate"
@@ -207,8 +209,6 @@ render() {
 }
 if [ "$render_only" = 1 ]; then render; exit 0; fi
 
-say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
-
 need=(redis-server redis-cli python3 jq curl timeout git)
 has "$sides" peer && need+=(node)
 for c in "${need[@]}"; do
@@ -290,21 +290,6 @@ targets=()
 push_urls=()
 redis_port=""
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-
-# pid of the single child of a `timeout` wrapper
-child_of() {
-  local w="$1" c=""
-  for _ in $(seq 50); do
-    c="$(tr -d ' ' <"/proc/$w/task/$w/children" 2>/dev/null || true)"
-    [ -n "$c" ] && break
-    sleep 0.05
-  done
-  echo "$c"
-}
-
 stop_all() {
   local w
   for w in "${wrappers[@]}"; do kill -TERM "$w" 2>/dev/null || true; done
@@ -313,27 +298,6 @@ stop_all() {
 }
 trap 'stop_all; remove_base_worktree' EXIT
 trap 'exit 130' INT TERM
-
-start_redis() {
-  redis_port="$(free_port)"
-  nice -n "$redis_nice" timeout -k 5 "$life" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
-    --appendonly no --daemonize no --loglevel warning --maxclients 10000 \
-    >>"$results/redis.log" 2>&1 &
-  wrappers+=("$!")
-  for _ in $(seq 100); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "redis-server did not start" >&2; return 1
-}
-
-wait_http() { # url
-  for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "$1 did not answer 200" >&2; return 1
-}
 
 # The load tool connects from one loopback address at thousands a second and pushes at
 # up to tens of thousands a second without an API key: pushgate's per-address and rate
@@ -405,7 +369,6 @@ start_sockudo() {
 }
 
 procs_for() { echo $(( ($1 + per_proc - 1) / per_proc )); }
-join() { local IFS=,; echo "$*"; }
 
 # run_load SCENARIO SIDE CONNS STEP NAME -- tool args...
 run_load() {

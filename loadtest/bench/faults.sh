@@ -47,6 +47,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 root="$(cd "$here/../.." && pwd)"
 target_dir="${CARGO_TARGET_DIR:-$root/target}"
 gw_bin="$target_dir/release/pushgate"
@@ -97,7 +99,6 @@ mkdir -p "$results"
 results="$(cd "$results" && pwd)"
 log="$results/faults.log"
 summary="$results/summary.md"
-say() { echo "[$(date -u +%H:%M:%S)] $*" | tee -a "$log" >&2; }
 note() { echo "$*" | tee -a "$summary"; }
 
 # ---- processes ------------------------------------------------------------------------
@@ -108,18 +109,6 @@ targets=()
 redis_port=""
 redis_wrapper=""
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-child_of() { # pid of the single child of a `timeout` wrapper
-  local w="$1" c=""
-  for _ in $(seq 50); do
-    c="$(tr -d ' ' <"/proc/$w/task/$w/children" 2>/dev/null || true)"
-    [ -n "$c" ] && break
-    sleep 0.05
-  done
-  echo "$c"
-}
 stop_all() {
   local w
   for w in "${wrappers[@]}"; do kill -TERM "$w" 2>/dev/null || true; done
@@ -129,24 +118,6 @@ stop_all() {
 trap 'stop_all' EXIT
 trap 'exit 130' INT TERM
 
-start_redis() { # [port]
-  redis_port="${1:-$(free_port)}"
-  timeout -k 5 "$life" redis-server --port "$redis_port" --bind 127.0.0.1 --save "" \
-    --appendonly no --daemonize no --loglevel warning >>"$results/redis.log" 2>&1 &
-  redis_wrapper="$!"; wrappers+=("$redis_wrapper")
-  for _ in $(seq 100); do
-    redis-cli -p "$redis_port" ping >/dev/null 2>&1 && return 0
-    sleep 0.1
-  done
-  echo "redis-server did not start" >&2; return 1
-}
-wait_http() { # url
-  for _ in $(seq 200); do
-    [ "$(curl -s -o /dev/null -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-    sleep 0.1
-  done
-  echo "$1 did not answer 200" >&2; return 1
-}
 start_gateway() { # name [VAR=value ...]: one gateway, on Redis when redis_port is set
   local name="$1" port w; shift
   port="$(free_port)"
@@ -161,7 +132,6 @@ start_gateway() { # name [VAR=value ...]: one gateway, on Redis when redis_port 
 # clients (as in compare.sh); the hostile run sets them back.
 bench_limits=(PUSHGATE_MAX_CONNECTIONS_PER_IP=0 PUSHGATE_CONNECT_RATE_PER_IP=0
   PUSHGATE_API_RATE=0 PUSHGATE_MAX_PENDING_ACKS=0 PUSHGATE_JWT_SECRET="$secret")
-join() { local IFS=,; echo "$*"; }
 
 metric() { # target name [label-filter]: sum of the matching series
   curl -s "http://$1/metrics" | awk -v n="$2" -v f="${3:-}" '

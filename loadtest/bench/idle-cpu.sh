@@ -32,7 +32,8 @@ for b in "$gw_bin" "$load_bin"; do
 done
 
 ticks() { awk '{ print $14 + $15 }' "/proc/$1/stat"; }
-free_port() { python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+# shellcheck source=lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 for ping in "${intervals[@]}"; do
     port="$(free_port)"

@@ -17,6 +17,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 clients=3000
 procs=3
 hold=40
@@ -37,7 +39,6 @@ while [[ $# -gt 0 ]]; do
 done
 ((${#bins[@]} > 0)) || { echo "polling-rss: give at least one LABEL=BINARY" >&2; exit 2; }
 
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 work=$(mktemp -d /tmp/polling-rss.XXXXXX)

@@ -16,6 +16,8 @@ set -euo pipefail
 n="${1:-10000}"
 rate="${2:-8}"
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 root="$(cd "$here/../.." && pwd)"
 dir="${3:-$root/loadtest/results/profile-$(date -u +%Y-%m-%dT%H%M)}"
 mode="${4:-all}"
@@ -29,9 +31,6 @@ perf_secs=10
 ulimit -n "$(ulimit -Hn)" 2>/dev/null || true
 command -v perf >/dev/null || { echo "perf not found (apt-get install -y linux-perf)" >&2; exit 1; }
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
 pids=()
 cleanup() { for p in "${pids[@]}"; do kill -TERM "$p" 2>/dev/null || true; done; wait 2>/dev/null || true; }
 trap cleanup EXIT

@@ -20,6 +20,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+# shellcheck source=lib.sh
+. "$here/lib.sh"
 root="$(cd "$here/../.." && pwd)"
 bin="$root/target/release/pushgate"
 load_bin="$root/target/release/pushgate-load"
@@ -65,10 +67,6 @@ stop_all() {
 trap 'stop_all; rm -rf "$work"' EXIT
 trap 'exit 130' INT TERM
 
-free_port() {
-  python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1]); s.close()'
-}
-say() { echo "[$(date -u +%H:%M:%S)] $*" >&2; }
 
 # Sum of pushgate_connections over the gateways (every frontend).
 connections() {
