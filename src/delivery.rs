@@ -36,8 +36,8 @@ use crate::metrics::Metrics;
 /// How long a final report stays readable.
 pub const RETENTION: Duration = Duration::from_secs(600);
 /// Reports kept at most, so a high push rate cannot grow memory without bound
-/// (about 500 bytes each once final: the 328-byte record in its map, its id and its
-/// place in the expiry queue).
+/// (about 250 bytes each once final: a 64-byte record of counts in its map, its id
+/// twice, and its place in the expiry queue).
 pub const MAX_REPORTS: usize = 200_000;
 /// How long the origin of a push without acks waits for the delivering nodes' reports
 /// before it makes the report final with what arrived: a node reports within
@@ -49,9 +49,33 @@ const RELAY_GRACE: Duration = Duration::from_secs(1);
 
 pub use crate::report::{Report, State};
 
+/// A push's report and, until it is final, how it is being gathered. Final reports
+/// are most of the records (kept for `RETENTION`), so what only a pending one needs is
+/// boxed apart and dropped when it becomes final.
 struct Record {
     report: Report,
-    state: State,
+    /// `None` once the report is final.
+    pending: Option<Box<Pending>>,
+}
+
+impl Record {
+    fn new(report: Report, pending: Pending) -> Self {
+        Self {
+            report,
+            pending: Some(Box::new(pending)),
+        }
+    }
+
+    fn state(&self) -> State {
+        match self.pending {
+            Some(_) => State::Pending,
+            None => State::Final,
+        }
+    }
+}
+
+/// What a pending record gathers.
+struct Pending {
     ack_id: Option<u64>,
     /// Sockets the push was delivered to that have not acked yet.
     awaiting: HashSet<SocketId>,
@@ -62,8 +86,9 @@ struct Record {
     /// Cluster mode: what the delivering nodes reported so far.
     nodes: Option<Nodes>,
     waiters: Vec<oneshot::Sender<Report>>,
-    /// An ack-tracked push's place among the node's pending ones, until it is final.
-    slot: Option<AckSlot>,
+    /// An ack-tracked push's place among the node's pending ones, given back when it
+    /// is dropped: when the record becomes final.
+    _slot: Option<AckSlot>,
 }
 
 /// The origin's count of delivering nodes for one push.
@@ -203,23 +228,24 @@ impl Tracker {
         let mut r = self.records.lock();
         r.by_id.insert(
             id.clone(),
-            Record {
-                report: Report::default(),
-                state: State::Pending,
-                ack_id: None,
-                awaiting: HashSet::new(),
-                early: HashSet::new(),
-                delivered: false,
-                nodes: Some(Nodes {
-                    expected: None,
-                    reporters: Vec::new(),
-                    acks,
-                    target: target.clone(),
-                    snapshot: None,
-                }),
-                waiters: Vec::new(),
-                slot,
-            },
+            Record::new(
+                Report::default(),
+                Pending {
+                    ack_id: None,
+                    awaiting: HashSet::new(),
+                    early: HashSet::new(),
+                    delivered: false,
+                    nodes: Some(Nodes {
+                        expected: None,
+                        reporters: Vec::new(),
+                        acks,
+                        target: target.clone(),
+                        snapshot: None,
+                    }),
+                    waiters: Vec::new(),
+                    _slot: slot,
+                },
+            ),
         );
         Ok(())
     }
@@ -232,7 +258,7 @@ impl Tracker {
             let Some(rec) = r.by_id.get_mut(id) else {
                 return;
             };
-            if let Some(n) = rec.nodes.as_mut() {
+            if let Some(n) = rec.pending.as_mut().and_then(|p| p.nodes.as_mut()) {
                 n.expected = Some(nodes);
             }
             if self.settle(&mut r, id) {
@@ -248,12 +274,9 @@ impl Tracker {
         let Some(rec) = r.by_id.get_mut(id) else {
             return;
         };
-        let Some(n) = rec.nodes.as_mut() else {
+        let Some(n) = rec.pending.as_mut().and_then(|p| p.nodes.as_mut()) else {
             return;
         };
-        if rec.state == State::Final {
-            return;
-        }
         n.reporters.push(node.clone());
         rec.report.sockets += fan.sockets;
         rec.report.delivered += fan.delivered;
@@ -268,7 +291,7 @@ impl Tracker {
         let Some(rec) = r.by_id.get_mut(id) else {
             return;
         };
-        if rec.state == State::Final || rec.nodes.is_none() {
+        if rec.pending.as_ref().is_none_or(|p| p.nodes.is_none()) {
             return;
         }
         rec.report.acked += n;
@@ -285,10 +308,10 @@ impl Tracker {
         let Some(rec) = r.by_id.get(id) else {
             return true;
         };
-        if rec.state == State::Final {
+        let Some(pending) = &rec.pending else {
             return true;
-        }
-        let Some(n) = &rec.nodes else {
+        };
+        let Some(n) = &pending.nodes else {
             return false;
         };
         let all_reported = n.expected.is_some_and(|e| n.reporters.len() >= e);
@@ -318,7 +341,8 @@ impl Tracker {
                     .lock()
                     .by_id
                     .get_mut(&id)
-                    .and_then(|r| r.nodes.as_mut())
+                    .and_then(|r| r.pending.as_mut())
+                    .and_then(|p| p.nodes.as_mut())
                 {
                     n.snapshot = Some(per_node);
                 }
@@ -330,9 +354,9 @@ impl Tracker {
             };
             let mut r = t.records.lock();
             if let Some(rec) = r.by_id.get_mut(&id) {
-                let unknown = match &rec.nodes {
-                    Some(n) if rec.state == State::Pending => Self::unreported(n),
-                    _ => 0,
+                let unknown = match rec.pending.as_ref().and_then(|p| p.nodes.as_ref()) {
+                    Some(n) => Self::unreported(n),
+                    None => 0,
                 };
                 if unknown > 0 {
                     rec.report.unknown = unknown;
@@ -347,10 +371,8 @@ impl Tracker {
     /// not reported on yet.
     fn missing(&self, id: &PushId) -> Option<Target> {
         let r = self.records.lock();
-        let rec = r.by_id.get(id)?;
-        let n = rec.nodes.as_ref()?;
-        let missing =
-            rec.state == State::Pending && n.expected.is_some_and(|e| n.reporters.len() < e);
+        let n = r.by_id.get(id)?.pending.as_ref()?.nodes.as_ref()?;
+        let missing = n.expected.is_some_and(|e| n.reporters.len() < e);
         missing.then(|| n.target.clone())
     }
 
@@ -420,17 +442,18 @@ impl Tracker {
         r.by_ack.insert(ack_id, id.clone());
         r.by_id.insert(
             id.clone(),
-            Record {
-                report: Report::default(),
-                state: State::Pending,
-                ack_id: Some(ack_id),
-                awaiting: HashSet::new(),
-                early: HashSet::new(),
-                delivered: false,
-                nodes: None,
-                waiters: Vec::new(),
-                slot,
-            },
+            Record::new(
+                Report::default(),
+                Pending {
+                    ack_id: Some(ack_id),
+                    awaiting: HashSet::new(),
+                    early: HashSet::new(),
+                    delivered: false,
+                    nodes: None,
+                    waiters: Vec::new(),
+                    _slot: slot,
+                },
+            ),
         );
         Ok(ack_id)
     }
@@ -438,10 +461,13 @@ impl Tracker {
     /// Forgets a push the bus refused before anything was delivered.
     pub fn abandon(&self, id: &PushId) {
         let mut r = self.records.lock();
-        if let Some(rec) = r.by_id.remove(id) {
-            if let Some(a) = rec.ack_id {
-                r.by_ack.remove(&a);
-            }
+        if let Some(a) = r
+            .by_id
+            .remove(id)
+            .and_then(|rec| rec.pending)
+            .and_then(|p| p.ack_id)
+        {
+            r.by_ack.remove(&a);
         }
     }
 
@@ -452,21 +478,24 @@ impl Tracker {
             let Some(rec) = r.by_id.get_mut(id) else {
                 return;
             };
+            let Some(pending) = rec.pending.as_mut() else {
+                return;
+            };
             rec.report = fan.report();
-            rec.delivered = true;
-            let early = std::mem::take(&mut rec.early);
+            pending.delivered = true;
+            let early = std::mem::take(&mut pending.early);
             for socket in fan.delivered_to {
                 if early.contains(&socket) {
                     rec.report.acked += 1;
                 } else {
-                    rec.awaiting.insert(socket);
+                    pending.awaiting.insert(socket);
                 }
             }
             self.metrics
                 .acks
                 .with_label_values(&["acked"])
                 .inc_by(rec.report.acked as u64);
-            if rec.awaiting.is_empty() {
+            if pending.awaiting.is_empty() {
                 self.finish(&mut r, id);
                 return;
             }
@@ -481,17 +510,11 @@ impl Tracker {
             id.clone(),
             Record {
                 report,
-                state: State::Pending,
-                ack_id: None,
-                awaiting: HashSet::new(),
-                early: HashSet::new(),
-                delivered: true,
-                nodes: None,
-                waiters: Vec::new(),
-                slot: None,
+                pending: None,
             },
         );
-        self.finish(&mut r, id);
+        self.tell_events(id, report);
+        Self::retain(&mut r, id);
     }
 
     /// A client acknowledged ack id `ack_id`. Returns whether it counted: an ack for an
@@ -518,15 +541,18 @@ impl Tracker {
         let Some(rec) = r.by_id.get_mut(&id) else {
             return false;
         };
-        if !rec.delivered {
-            return rec.early.insert(socket.clone());
+        let Some(pending) = rec.pending.as_mut() else {
+            return false;
+        };
+        if !pending.delivered {
+            return pending.early.insert(socket.clone());
         }
-        if !rec.awaiting.remove(socket) {
+        if !pending.awaiting.remove(socket) {
             return false;
         }
         rec.report.acked += 1;
         self.metrics.acks.with_label_values(&["acked"]).inc();
-        if rec.awaiting.is_empty() {
+        if pending.awaiting.is_empty() {
             self.finish(&mut r, &id);
         }
         true
@@ -535,7 +561,7 @@ impl Tracker {
     /// The current report of a push.
     pub fn get(&self, id: &str) -> Option<(State, Report)> {
         let r = self.records.lock();
-        r.by_id.get(id).map(|rec| (rec.state, rec.report))
+        r.by_id.get(id).map(|rec| (rec.state(), rec.report))
     }
 
     /// Resolves with the final report (at once if it is final already).
@@ -543,11 +569,11 @@ impl Tracker {
         let rx = {
             let mut r = self.records.lock();
             let rec = r.by_id.get_mut(id)?;
-            if rec.state == State::Final {
+            let Some(pending) = rec.pending.as_mut() else {
                 return Some(rec.report);
-            }
+            };
             let (tx, rx) = oneshot::channel();
-            rec.waiters.push(tx);
+            pending.waiters.push(tx);
             rx
         };
         rx.await.ok()
@@ -580,11 +606,13 @@ impl Tracker {
         let Some(rec) = r.by_id.get_mut(id) else {
             return;
         };
-        if rec.state == State::Final {
+        // A final report keeps its counts and nothing of how they were gathered;
+        // dropping the pending part also frees its place among the pending ack-tracked
+        // pushes, for another to take.
+        let Some(pending) = rec.pending.take() else {
             return;
-        }
-        rec.state = State::Final;
-        rec.report.timed_out = match &rec.nodes {
+        };
+        rec.report.timed_out = match &pending.nodes {
             // Deliveries whose ack never came, including those of a node that died after
             // reporting. A node that never reported is not counted: nothing says it
             // delivered anything.
@@ -594,38 +622,41 @@ impl Tracker {
                 .saturating_sub(rec.report.unackable)
                 .saturating_sub(rec.report.acked),
             Some(_) => 0,
-            None => rec.awaiting.len(),
+            None => pending.awaiting.len(),
         };
-        if let (Some(_), Some(tx)) = (&rec.nodes, self.finals.get()) {
-            let _ = tx.send((id.clone(), rec.report));
+        let report = rec.report;
+        if let (Some(_), Some(tx)) = (&pending.nodes, self.finals.get()) {
+            let _ = tx.send((id.clone(), report));
         }
-        if rec.report.timed_out > 0 {
+        if report.timed_out > 0 {
             self.metrics
                 .acks
                 .with_label_values(&["timed_out"])
-                .inc_by(rec.report.timed_out as u64);
+                .inc_by(report.timed_out as u64);
         }
+        self.tell_events(id, report);
+        for w in pending.waiters {
+            let _ = w.send(report);
+        }
+        if let Some(a) = pending.ack_id {
+            r.by_ack.remove(&a);
+        }
+        Self::retain(r, id);
+    }
+
+    /// The event stream hears of a final report.
+    fn tell_events(&self, id: &PushId, report: Report) {
         if let Some(events) = self.events.get() {
-            let report = rec.report;
             events.emit(|| Event::Report {
                 id: id.clone(),
                 report,
             });
         }
-        rec.awaiting = HashSet::new();
-        // No longer pending: another ack-tracked push may take its place.
-        rec.slot = None;
-        for w in rec.waiters.drain(..) {
-            let _ = w.send(rec.report);
-        }
-        if let Some(a) = rec.ack_id.take() {
-            r.by_ack.remove(&a);
-        }
-        // A final report is kept for `RETENTION`, up to `MAX_REPORTS` of them: it keeps
-        // its counts and nothing of how they were gathered.
-        rec.early = HashSet::new();
-        rec.nodes = None;
-        rec.waiters = Vec::new();
+    }
+
+    /// Keeps a final report for `RETENTION`, up to `MAX_REPORTS` of them; older ones
+    /// expire.
+    fn retain(r: &mut Records, id: &PushId) {
         let now = Instant::now();
         r.finished.push_back((now, id.clone()));
         while let Some((at, old)) = r.finished.front() {
@@ -647,6 +678,15 @@ mod tests {
         Tracker::new(Arc::new(Metrics::new()))
     }
 
+    impl Tracker {
+        /// The report of `id`, if it is final (its record holds nothing pending).
+        fn report_if_final(&self, id: &PushId) -> Option<Report> {
+            let r = self.records.lock();
+            let rec = r.by_id.get(id)?;
+            rec.pending.is_none().then_some(rec.report)
+        }
+    }
+
     fn fan(to: &[&SocketId]) -> FanOut {
         FanOut {
             sockets: to.len(),
@@ -664,6 +704,29 @@ mod tests {
             unackable,
             ..FanOut::default()
         }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_final_report_keeps_its_counts_and_nothing_of_how_they_were_gathered() {
+        let t = tracker();
+        let id = PushId::generate();
+        let a = SocketId::from("n.a");
+        let ack = t.begin(&id).unwrap();
+        t.delivered(&id, fan(&[&a]), Duration::from_secs(5));
+        assert!(
+            t.report_if_final(&id).is_none(),
+            "pending while the ack is awaited"
+        );
+        assert!(t.ack(ack, &a));
+        let kept = t.report_if_final(&id).expect("final once acked");
+        assert_eq!((kept.delivered, kept.acked), (1, 1));
+        assert!(t.records.lock().by_ack.is_empty(), "its ack id is gone");
+        // What MAX_REPORTS' estimate counts on: a record of counts, in one word more.
+        assert!(
+            std::mem::size_of::<Record>() <= std::mem::size_of::<Report>() + 8,
+            "{} bytes",
+            std::mem::size_of::<Record>()
+        );
     }
 
     #[tokio::test(start_paused = true)]
