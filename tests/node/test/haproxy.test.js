@@ -55,7 +55,7 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
     await h.cleanupCluster();
   });
 
-  test("clients that reconnect after SIGTERM reach the other gateways and get the next pushes", async () => {
+  test("clients that reconnect after SIGTERM reach the other gateways and get the next pushes", async (t) => {
     // Where each client is, as the cluster registry says.
     const where = new Map();
     await h.eventually(
@@ -72,7 +72,7 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
     const moving = clients.filter((c) => where.get(c) === victimId);
     assert.ok(moving.length >= 1, `no client on ${victimId}: ${JSON.stringify(perNode)}`);
     assert.ok(Object.keys(perNode).length >= 2, `HAProxy put every client on one gateway: ${JSON.stringify(perNode)}`);
-    const oldIds = new Map(moving.map((c) => [c, c.sock.id]));
+    const oldIds = new Map(clients.map((c) => [c, c.sock.id]));
 
     const code = await victim.stop("SIGTERM", 10_000);
     assert.equal(code, 0, `the gateway exits 0 after SIGTERM\n${victim.logs()}`);
@@ -94,8 +94,16 @@ describe("HAProxy failover: a gateway stops, its clients move to the others", ()
       what: "every client registered on a live gateway",
     });
 
+    // A client on another gateway whose transport passed through the stopped one (its
+    // WebSocket piped there, or a poll forwarded there: no sticky sessions) reconnects
+    // too. Its old session on its gateway then lives until its heartbeat runs out, and
+    // a push to all counts it: at most one socket more per such client.
+    const cutOff = clients.filter((c) => !moving.includes(c) && c.sock.id !== oldIds.get(c));
     const all = await h.push(lb, { to: { all: true }, event: "all", data: "after", wait: true });
-    assert.deepEqual(all.body.report, { sockets: CLIENTS, delivered: CLIENTS, acked: 0, timed_out: 0, failed: 0 });
+    const { sockets, ...rest } = all.body.report;
+    t.diagnostic(`${moving.length} clients on ${victimId} moved, ${cutOff.length} on other gateways reconnected; a push to all found ${sockets} sockets`);
+    assert.ok(sockets >= CLIENTS && sockets <= CLIENTS + cutOff.length, JSON.stringify(all.body.report));
+    assert.deepEqual(rest, { delivered: sockets, acked: 0, timed_out: 0, failed: 0 });
     for (const c of clients) {
       await c.got.all.waitCount(1);
       assert.deepEqual(c.got.all.data(), ["after"]);
