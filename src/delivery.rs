@@ -513,8 +513,7 @@ impl Tracker {
                 pending: None,
             },
         );
-        self.tell_events(id, report);
-        Self::retain(&mut r, id);
+        self.keep_final(&mut r, id, report);
     }
 
     /// A client acknowledged ack id `ack_id`. Returns whether it counted: an ack for an
@@ -634,29 +633,24 @@ impl Tracker {
                 .with_label_values(&["timed_out"])
                 .inc_by(report.timed_out as u64);
         }
-        self.tell_events(id, report);
-        for w in pending.waiters {
-            let _ = w.send(report);
-        }
         if let Some(a) = pending.ack_id {
             r.by_ack.remove(&a);
         }
-        Self::retain(r, id);
+        self.keep_final(r, id, report);
+        for w in pending.waiters {
+            let _ = w.send(report);
+        }
     }
 
-    /// The event stream hears of a final report.
-    fn tell_events(&self, id: &PushId, report: Report) {
+    /// What every report does once final: the event stream hears of it, and it is kept
+    /// for `RETENTION`, up to `MAX_REPORTS` of them (older ones expire).
+    fn keep_final(&self, r: &mut Records, id: &PushId, report: Report) {
         if let Some(events) = self.events.get() {
             events.emit(|| Event::Report {
                 id: id.clone(),
                 report,
             });
         }
-    }
-
-    /// Keeps a final report for `RETENTION`, up to `MAX_REPORTS` of them; older ones
-    /// expire.
-    fn retain(r: &mut Records, id: &PushId) {
         let now = Instant::now();
         r.finished.push_back((now, id.clone()));
         while let Some((at, old)) = r.finished.front() {

@@ -352,13 +352,7 @@ pub async fn run(
         engine: engine.clone(),
         phoenix: phoenix.clone(),
     });
-    let serve = listener::serve(
-        listener,
-        app,
-        polls,
-        metrics.clone(),
-        stop_accepting.clone(),
-    );
+    let serve = listener::serve(listener, app, polls, metrics, stop_accepting.clone());
     let mut server = tokio::spawn(serve);
 
     tokio::select! {
