@@ -2,6 +2,8 @@
 //! (API calls, unusual requests) handed to hyper on the same connection, pipelining,
 //! and a held poll released when its client goes away.
 
+mod common;
+
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -263,43 +265,37 @@ async fn unusual_requests_on_the_transport_path_are_served_by_hyper() {
     assert_eq!(status, 400);
 }
 
-/// The value of `series` (name and labels, as exported) on `addr`'s /metrics.
-async fn metric(addr: SocketAddr, series: &str) -> Option<u64> {
-    let mut stream = TcpStream::connect(addr).await.unwrap();
-    stream
-        .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\n\r\n")
+/// `pushgate_http_connection_errors_total` for `reason` on `addr`'s /metrics; `None`
+/// when the series is not exported.
+async fn connection_errors(addr: SocketAddr, reason: &str) -> Option<f64> {
+    let text = reqwest::get(format!("http://{addr}/metrics"))
+        .await
+        .unwrap()
+        .text()
         .await
         .unwrap();
-    let (status, _, body) = response(&mut stream, &mut Vec::new()).await;
-    assert_eq!(status, 200);
-    body.lines()
-        .find_map(|l| l.strip_prefix(series)?.trim().parse().ok())
+    common::metric_in(
+        &text,
+        "pushgate_http_connection_errors_total",
+        &[&format!("reason=\"{reason}\"")],
+    )
 }
 
-/// Waits up to 10 s for `series` to read `want`: a connection's error is counted once
-/// hyper has ended it, just after its answer was written.
-async fn metric_reaches(addr: SocketAddr, series: &str, want: u64) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-    loop {
-        let got = metric(addr, series).await;
-        if got == Some(want) {
-            return;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "{series} is {got:?}, want {want}"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+/// Waits up to 10 s for the count of `reason` to read `want`: a connection's error is
+/// counted once hyper has ended it, just after its answer was written.
+async fn connection_errors_reach(addr: SocketAddr, reason: &str, want: f64) {
+    let what = format!("{reason} connection errors reach {want}");
+    common::eventually(10, &what, || async {
+        connection_errors(addr, reason).await == Some(want)
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_and_oversized_heads_are_refused_and_counted_by_reason() {
     let (addr, _stop) = node().await;
-    let malformed = r#"pushgate_http_connection_errors_total{reason="malformed"}"#;
-    let too_large = r#"pushgate_http_connection_errors_total{reason="too_large"}"#;
-    assert_eq!(metric(addr, malformed).await, Some(0));
-    assert_eq!(metric(addr, too_large).await, Some(0));
+    assert_eq!(connection_errors(addr, "malformed").await, Some(0.0));
+    assert_eq!(connection_errors(addr, "too_large").await, Some(0.0));
 
     // What a scanner sends: a TLS ClientHello's first bytes to a plain HTTP port.
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -308,7 +304,7 @@ async fn garbage_and_oversized_heads_are_refused_and_counted_by_reason() {
         .await
         .unwrap();
     assert_eq!(response(&mut stream, &mut Vec::new()).await.0, 400);
-    metric_reaches(addr, malformed, 1).await;
+    connection_errors_reach(addr, "malformed", 1.0).await;
 
     // A head larger than any client needs: 431, and the connection is closed.
     let mut stream = TcpStream::connect(addr).await.unwrap();
@@ -325,6 +321,6 @@ async fn garbage_and_oversized_heads_are_refused_and_counted_by_reason() {
         let head = String::from_utf8_lossy(&answer);
         assert!(head.starts_with("HTTP/1.1 431 "), "{head}");
     }
-    metric_reaches(addr, too_large, 1).await;
-    assert_eq!(metric(addr, malformed).await, Some(1));
+    connection_errors_reach(addr, "too_large", 1.0).await;
+    assert_eq!(connection_errors(addr, "malformed").await, Some(1.0));
 }

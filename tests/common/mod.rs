@@ -348,13 +348,19 @@ impl Gateway {
             .text()
             .await
             .unwrap();
-        text.lines()
-            .filter(|l| !l.starts_with('#'))
-            .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
-            .filter(|l| labels.iter().all(|x| l.contains(x)))
-            .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-            .sum()
+        metric_in(&text, name, labels).unwrap_or(0.0)
     }
+}
+
+/// In a `/metrics` text, the sum of every series of metric `name` whose labels contain
+/// `labels` (`label="value"` strings); `None` when no series matches.
+pub fn metric_in(text: &str, name: &str, labels: &[&str]) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter(|l| l.starts_with(&format!("{name}{{")) || l.starts_with(&format!("{name} ")))
+        .filter(|l| labels.iter().all(|x| l.contains(x)))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .reduce(|a, b| a + b)
 }
 
 /// Polls `f` until it is true, for at most `secs` seconds.
