@@ -143,7 +143,7 @@ metric_lines() { # target prefix: the series, for the record
 }
 proc_sample() { # pid: "rss_kib fds"
   local rss fds
-  rss="$(awk '/^VmRSS:/ { print $2 }' "/proc/$1/status" 2>/dev/null || echo 0)"
+  rss="$(rss_kib "$1" 2>/dev/null || echo 0)"
   fds="$(ls "/proc/$1/fd" 2>/dev/null | wc -l)"
   echo "$rss $fds"
 }

@@ -19,6 +19,9 @@ say() {
   fi
 }
 
+# The resident memory of process PID, in KiB.
+rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+
 # The arguments joined with commas.
 join() { local IFS=,; echo "$*"; }
 

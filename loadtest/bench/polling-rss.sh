@@ -39,7 +39,6 @@ while [[ $# -gt 0 ]]; do
 done
 ((${#bins[@]} > 0)) || { echo "polling-rss: give at least one LABEL=BINARY" >&2; exit 2; }
 
-rss_kib() { awk '/^VmRSS:/ {print $2}' "/proc/$1/status"; }
 
 work=$(mktemp -d /tmp/polling-rss.XXXXXX)
 pids=()

@@ -30,8 +30,6 @@ for s in "${sides[@]}"; do
     [[ -x ${s#*=} ]] || { echo "${s#*=} is not an executable" >&2; exit 2; }
 done
 
-rss_kib() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
-
 run() { # name binary
     local name=$1 bin=$2 port pid before after
     port="$(free_port)"
